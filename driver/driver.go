@@ -1,0 +1,132 @@
+// Package driver implements Docker's remote NetworkDriver API: one Linux
+// bridge per network, one veth pair per endpoint, and the firewall rules of
+// Docker's bridge driver in chains of ournet's own.
+//
+// Files follow the CNM lifecycle: network.go (CreateNetwork/DeleteNetwork),
+// endpoint.go (CreateEndpoint/DeleteEndpoint), joinleave.go (Join/Leave and
+// external connectivity), state.go (what is persisted and the restore).
+package driver
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/docker/go-plugins-helpers/network"
+	log "github.com/sirupsen/logrus"
+
+	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/store"
+)
+
+// Links is the part of netdev the driver uses; tests may stand in for it.
+type Links interface {
+	EnsureBridge(netdev.Bridge) error
+	DeleteBridge(name, owner string) error
+	EnsureVeth(netdev.Veth) error
+	DeleteVeth(host, owner string) error
+	Exists(name string) (bool, error)
+}
+
+// Firewall is the part of the firewall package the driver uses.
+type Firewall interface {
+	AddNetwork(firewall.Network) error
+	DelNetwork(id string) error
+}
+
+// Driver is ournet's NetworkDriver. It is safe for concurrent use.
+type Driver struct {
+	mu        sync.Mutex
+	links     Links
+	fw        Firewall
+	st        *store.Store
+	networks  map[string]*Network
+	endpoints map[string]*Endpoint
+
+	ready chan struct{} // closed once Restore has run
+}
+
+// New returns a driver over the given kernel interfaces and store. Calls
+// wait until Restore has run, so that the plugin can listen before it
+// restores (dockerd gives it only seconds to open its socket).
+func New(links Links, fw Firewall, st *store.Store) *Driver {
+	return &Driver{
+		links:     links,
+		fw:        fw,
+		st:        st,
+		networks:  map[string]*Network{},
+		endpoints: map[string]*Endpoint{},
+		ready:     make(chan struct{}),
+	}
+}
+
+// lock waits for the restore and takes the driver's lock.
+func (d *Driver) lock() func() {
+	<-d.ready
+	d.mu.Lock()
+	return d.mu.Unlock
+}
+
+// GetCapabilities: networks and their connectivity are local to this host.
+func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+}
+
+// AllocateNetwork and FreeNetwork are swarm-only (global scope) calls.
+func (d *Driver) AllocateNetwork(*network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	return &network.AllocateNetworkResponse{}, nil
+}
+
+// FreeNetwork is swarm-only.
+func (d *Driver) FreeNetwork(*network.FreeNetworkRequest) error { return nil }
+
+// DiscoverNew is unused by local drivers.
+func (d *Driver) DiscoverNew(*network.DiscoveryNotification) error { return nil }
+
+// DiscoverDelete is unused by local drivers.
+func (d *Driver) DiscoverDelete(*network.DiscoveryNotification) error { return nil }
+
+func logNet(id string) *log.Entry { return log.WithField("nid", short12(id)) }
+
+func logEp(nid, eid string) *log.Entry {
+	return log.WithFields(log.Fields{"nid": short12(nid), "eid": short12(eid)})
+}
+
+// fwNetwork is what the firewall needs to know of n.
+func (n *Network) fwNetwork() firewall.Network {
+	fn := firewall.Network{
+		ID: n.ID, Bridge: n.Bridge, ICC: n.Options.ICC,
+		Masquerade: n.Options.Masquerade, Internal: n.Options.Internal,
+	}
+	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
+		fn.Subnets = append(fn.Subnets, s.Pool)
+	}
+	return fn
+}
+
+// bridgeMAC is stable per network: a bridge's MAC would otherwise follow its
+// lowest port's and change as containers come and go, which peers' ARP
+// caches notice.
+func bridgeMAC(id string) net.HardwareAddr {
+	mac := net.HardwareAddr{0x02, 0x6f, 0, 0, 0, 0}
+	for i := 0; i < 4 && 2*i+1 < len(id); i++ {
+		var b byte
+		fmt.Sscanf(id[2*i:2*i+2], "%02x", &b)
+		mac[2+i] = b
+	}
+	return mac
+}
+
+// endpointMAC derives the MAC the way Docker does (02:42 + IPv4), so that
+// users see the addresses they know; without IPv4 it derives from the ID.
+func endpointMAC(addr netip.Prefix, id string) net.HardwareAddr {
+	if addr.IsValid() && addr.Addr().Is4() {
+		a := addr.Addr().As4()
+		return net.HardwareAddr{0x02, 0x42, a[0], a[1], a[2], a[3]}
+	}
+	mac := bridgeMAC(id)
+	mac[1] = 0x42
+	return mac
+}

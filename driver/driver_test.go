@@ -1,0 +1,245 @@
+package driver
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/store"
+)
+
+// fakeLinks and fakeFW record what exists, so tests can check that a failed
+// create leaves nothing behind.
+type fakeLinks struct {
+	bridges map[string]netdev.Bridge
+	veths   map[string]netdev.Veth
+	foreign map[string]bool
+	failVet error
+}
+
+func (f *fakeLinks) EnsureBridge(b netdev.Bridge) error {
+	if f.foreign[b.Name] {
+		return netdev.ErrNotOurs
+	}
+	f.bridges[b.Name] = b
+	return nil
+}
+func (f *fakeLinks) DeleteBridge(name, owner string) error { delete(f.bridges, name); return nil }
+func (f *fakeLinks) EnsureVeth(v netdev.Veth) error {
+	if f.failVet != nil {
+		return f.failVet
+	}
+	f.veths[v.Host] = v
+	return nil
+}
+func (f *fakeLinks) DeleteVeth(host, owner string) error { delete(f.veths, host); return nil }
+func (f *fakeLinks) Exists(name string) (bool, error) {
+	_, b := f.bridges[name]
+	_, v := f.veths[name]
+	return b || v || f.foreign[name], nil
+}
+
+type fakeFW struct {
+	nets map[string]firewall.Network
+	fail error
+}
+
+func (f *fakeFW) AddNetwork(n firewall.Network) error {
+	if f.fail != nil {
+		return f.fail
+	}
+	f.nets[n.ID] = n
+	return nil
+}
+func (f *fakeFW) DelNetwork(id string) error { delete(f.nets, id); return nil }
+
+func newTestDriver(t *testing.T) (*Driver, *fakeLinks, *fakeFW, *store.Store) {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	l := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
+	fw := &fakeFW{nets: map[string]firewall.Network{}}
+	d := New(l, fw, st)
+	if err := d.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	return d, l, fw, st
+}
+
+const nid = "aaaaaaaaaaaa0000000000000000000000000000000000000000000000000000"
+const eid = "eeeeeeeeeeee0000000000000000000000000000000000000000000000000000"
+
+func createReq(opts ...string) *network.CreateNetworkRequest {
+	return &network.CreateNetworkRequest{
+		NetworkID: nid, Options: generic(opts...),
+		IPv4Data: []*network.IPAMData{{Pool: "198.18.7.0/24", Gateway: "198.18.7.1/24"}},
+	}
+}
+
+func TestCreateJoinDelete(t *testing.T) {
+	d, l, fw, st := newTestDriver(t)
+	if err := d.CreateNetwork(createReq(optMTU, "1450")); err != nil {
+		t.Fatal(err)
+	}
+	br, ok := l.bridges["ournet-aaaaaaaa"]
+	if !ok || br.MTU != 1450 || len(br.Addrs) != 1 || br.Addrs[0].String() != "198.18.7.1/24" {
+		t.Fatalf("bridge = %+v", br)
+	}
+	if _, ok := fw.nets[nid]; !ok {
+		t.Fatal("no firewall rules")
+	}
+	res, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Interface == nil || res.Interface.MacAddress != "02:42:c6:12:07:05" || res.Interface.Address != "" {
+		t.Fatalf("CreateEndpoint must fill only the MAC: %+v", res.Interface)
+	}
+	if v := l.veths["ov"+eid[:12]]; v.MTU != 1450 || v.Bridge != "ournet-aaaaaaaa" {
+		t.Fatalf("veth = %+v", v)
+	}
+	// A MAC the engine gave is kept, and nothing is returned.
+	res2, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: "e2" + eid[2:],
+		Interface: &network.EndpointInterface{Address: "198.18.7.6/24", MacAddress: "02:00:00:00:00:01"}})
+	if err != nil || res2.Interface != nil {
+		t.Fatalf("CreateEndpoint with a MAC = %+v, %v", res2.Interface, err)
+	}
+	j, err := d.Join(&network.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: "/var/run/docker/netns/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.InterfaceName.SrcName != "oc"+eid[:12] || j.InterfaceName.DstPrefix != "eth" || j.Gateway != "198.18.7.1" {
+		t.Fatalf("Join = %+v", j)
+	}
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.veths["ov"+eid[:12]]; ok {
+		t.Fatal("veth remains after DeleteEndpoint")
+	}
+	if err := d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: nid}); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.bridges)+len(l.veths)+len(fw.nets) != 0 {
+		t.Fatalf("left behind: %v %v %v", l.bridges, l.veths, fw.nets)
+	}
+	nets, _ := store.LoadAll[Network](st, bucketNetworks)
+	eps, _ := store.LoadAll[Endpoint](st, bucketEndpoints)
+	if len(nets)+len(eps) != 0 {
+		t.Fatalf("state left behind: %v %v", nets, eps)
+	}
+}
+
+func TestInternalHasNoGateway(t *testing.T) {
+	d, _, fw, _ := newTestDriver(t)
+	req := createReq()
+	req.Options[optInternal] = true
+	if err := d.CreateNetwork(req); err != nil {
+		t.Fatal(err)
+	}
+	if !fw.nets[nid].Internal {
+		t.Fatal("firewall not told the network is internal")
+	}
+	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := d.Join(&network.JoinRequest{NetworkID: nid, EndpointID: eid})
+	if err != nil || j.Gateway != "" {
+		t.Fatalf("Join on internal = %+v, %v", j, err)
+	}
+}
+
+func TestCreateFailureLeavesNothing(t *testing.T) {
+	d, l, fw, st := newTestDriver(t)
+	fw.fail = errors.New("iptables exploded")
+	err := d.CreateNetwork(createReq())
+	if err == nil || !strings.Contains(err.Error(), "iptables exploded") {
+		t.Fatalf("err = %v", err)
+	}
+	if len(l.bridges) != 0 {
+		t.Fatalf("bridge left behind: %v", l.bridges)
+	}
+	if nets, _ := store.LoadAll[Network](st, bucketNetworks); len(nets) != 0 {
+		t.Fatalf("record left behind: %v", nets)
+	}
+	fw.fail = nil
+	l.failVet = errors.New("no veth for you")
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err == nil {
+		t.Fatal("CreateEndpoint succeeded without a veth")
+	}
+	if eps, _ := store.LoadAll[Endpoint](st, bucketEndpoints); len(eps) != 0 {
+		t.Fatalf("endpoint record left behind: %v", eps)
+	}
+}
+
+func TestBadInputRefused(t *testing.T) {
+	d, l, _, _ := newTestDriver(t)
+	l.foreign["eth9"] = true
+	for _, tc := range []struct {
+		req  *network.CreateNetworkRequest
+		want string
+	}{
+		{createReq(optBridgeName, "eth9"), "already exists"},
+		{createReq(optBridgeName, "much-too-long-bridge"), "at most 15"},
+		{createReq(optICC, "perhaps"), "not a boolean"},
+		{&network.CreateNetworkRequest{NetworkID: nid, Options: generic(),
+			IPv4Data: []*network.IPAMData{{Pool: "198.18.7.0/24", Gateway: "198.18.8.1/24"}}}, "outside subnet"},
+	} {
+		if err := d.CreateNetwork(tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("err = %v, want %q", err, tc.want)
+		}
+	}
+	if len(l.bridges) != 0 {
+		t.Fatalf("bridges left behind: %v", l.bridges)
+	}
+}
+
+func TestUnknownIDsAreGone(t *testing.T) {
+	d, _, _, _ := newTestDriver(t)
+	if err := d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: nid}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Leave(&network.LeaveRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid})
+	if err == nil || !strings.Contains(err.Error(), "unknown to ournet") {
+		t.Fatalf("CreateEndpoint on an unknown network: %v", err)
+	}
+}
+
+func TestRestoreReprogramsFromStore(t *testing.T) {
+	d, _, _, st := newTestDriver(t)
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
+	fw2 := &fakeFW{nets: map[string]firewall.Network{}}
+	d2 := New(l2, fw2, st)
+	if err := d2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l2.bridges["ournet-aaaaaaaa"]; !ok {
+		t.Fatal("restore did not recreate the bridge")
+	}
+	if _, ok := fw2.nets[nid]; !ok {
+		t.Fatal("restore did not reprogram the rules")
+	}
+}

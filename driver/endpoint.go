@@ -1,0 +1,123 @@
+package driver
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/docker/go-plugins-helpers/network"
+)
+
+// Veth names: "ov" (host end, stays) and "oc" (container end, renamed by the
+// engine) + 12 characters of the endpoint ID, within the kernel's 15.
+func hostVethName(eid string) string { return "ov" + short12(eid) }
+func peerVethName(eid string) string { return "oc" + short12(eid) }
+
+// CreateEndpoint creates the endpoint's veth pair on the network's bridge.
+// The engine has already allocated the addresses; ournet fills in only what
+// was left empty (the MAC).
+func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *network.CreateEndpointResponse, retErr error) {
+	defer d.lock()()
+	n, ok := d.networks[req.NetworkID]
+	if !ok {
+		return nil, fmt.Errorf("ournet: network %s is unknown to ournet (its state may have been lost); remove and recreate the network", short12(req.NetworkID))
+	}
+	ep := &Endpoint{
+		ID: req.EndpointID, NetworkID: n.ID,
+		HostVeth: hostVethName(req.EndpointID), PeerVeth: peerVethName(req.EndpointID),
+	}
+	res = &network.CreateEndpointResponse{}
+	var err error
+	if iface := req.Interface; iface != nil {
+		if ep.Addr, err = parsePrefix(iface.Address); err != nil {
+			return nil, err
+		}
+		if ep.AddrV6, err = parsePrefix(iface.AddressIPv6); err != nil {
+			return nil, err
+		}
+		ep.MAC = iface.MacAddress
+	}
+	if ep.MAC == "" {
+		ep.MAC = endpointMAC(ep.Addr, ep.ID).String()
+		res.Interface = &network.EndpointInterface{MacAddress: ep.MAC}
+	} else if _, err := parseMAC(ep.MAC); err != nil {
+		return nil, err
+	}
+
+	defer func() {
+		if retErr != nil {
+			d.deleteEndpoint(n, ep)
+		}
+	}()
+	if err := d.links.EnsureVeth(d.veth(n, ep)); err != nil {
+		return nil, fmt.Errorf("ournet: creating the container's interface: %w", err)
+	}
+	if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
+		return nil, fmt.Errorf("ournet: saving endpoint state: %w", err)
+	}
+	d.endpoints[ep.ID] = ep
+	logEp(n.ID, ep.ID).WithField("addr", ep.Addr).Debug("endpoint created")
+	return res, nil
+}
+
+// DeleteEndpoint removes the endpoint's veth pair. An unknown endpoint is
+// already gone: success.
+func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
+	defer d.lock()()
+	ep, ok := d.endpoints[req.EndpointID]
+	if !ok {
+		return nil
+	}
+	if err := d.deleteEndpoint(d.networks[ep.NetworkID], ep); err != nil {
+		return err
+	}
+	delete(d.endpoints, ep.ID)
+	logEp(ep.NetworkID, ep.ID).Debug("endpoint deleted")
+	return nil
+}
+
+// deleteEndpoint removes ep's record and kernel state; n may be nil.
+func (d *Driver) deleteEndpoint(n *Network, ep *Endpoint) error {
+	if err := d.st.Delete(bucketEndpoints, ep.ID); err != nil {
+		return fmt.Errorf("ournet: saving endpoint state: %w", err)
+	}
+	if err := d.links.DeleteVeth(ep.HostVeth, ep.ID); err != nil {
+		return fmt.Errorf("ournet: removing the container's interface: %w", err)
+	}
+	return nil
+}
+
+// EndpointInfo reports what ournet knows of an endpoint.
+func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
+	defer d.lock()()
+	ep, ok := d.endpoints[req.EndpointID]
+	if !ok {
+		return &network.InfoResponse{Value: map[string]string{}}, nil
+	}
+	return &network.InfoResponse{Value: map[string]string{
+		"com.docker.network.endpoint.macaddress": ep.MAC,
+		"ournet.host_interface":                  ep.HostVeth,
+	}}, nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, fmt.Errorf("ournet: address %q from the engine is not in CIDR form", s)
+	}
+	return p, nil
+}
+
+func parseMAC(s string) (net.HardwareAddr, error) {
+	if s == "" {
+		return nil, nil
+	}
+	mac, err := net.ParseMAC(s)
+	if err != nil || len(mac) != 6 {
+		return nil, fmt.Errorf("ournet: MAC address %q is not valid; give six hex bytes such as 02:42:0a:01:00:05", s)
+	}
+	return mac, nil
+}

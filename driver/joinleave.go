@@ -1,0 +1,64 @@
+package driver
+
+import (
+	"fmt"
+
+	"github.com/docker/go-plugins-helpers/network"
+)
+
+// Join hands the container end of the veth to the engine, which moves it
+// into the container and names it <prefix>N. ournet's endpoint is the
+// container's gateway unless the network is internal.
+func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
+	defer d.lock()()
+	ep, ok := d.endpoints[req.EndpointID]
+	if !ok {
+		return nil, fmt.Errorf("ournet: endpoint %s is unknown to ournet (its state may have been lost); restart the container", short12(req.EndpointID))
+	}
+	n, ok := d.networks[ep.NetworkID]
+	if !ok {
+		return nil, fmt.Errorf("ournet: network %s is unknown to ournet (its state may have been lost); remove and recreate the network", short12(ep.NetworkID))
+	}
+	// After a restart the pair may be gone (the engine created the endpoint
+	// before a reboot): make it again.
+	if err := d.links.EnsureVeth(d.veth(n, ep)); err != nil {
+		return nil, fmt.Errorf("ournet: preparing the container's interface: %w", err)
+	}
+	res := &network.JoinResponse{
+		InterfaceName: network.InterfaceName{SrcName: ep.PeerVeth, DstPrefix: n.Options.IfacePrefix},
+	}
+	if !n.Options.Internal {
+		for _, s := range n.IPv4 {
+			if s.Gateway.IsValid() && s.Pool.Contains(ep.Addr.Addr()) {
+				res.Gateway = s.Gateway.Addr().String()
+			}
+		}
+		for _, s := range n.IPv6 {
+			if s.Gateway.IsValid() && s.Pool.Contains(ep.AddrV6.Addr()) {
+				res.GatewayIPv6 = s.Gateway.Addr().String()
+			}
+		}
+	}
+	logEp(n.ID, ep.ID).WithField("sandbox", req.SandboxKey).Debug("joined")
+	return res, nil
+}
+
+// Leave: the container's end goes away with its namespace; the host end is
+// removed by DeleteEndpoint.
+func (d *Driver) Leave(req *network.LeaveRequest) error {
+	defer d.lock()()
+	logEp(req.NetworkID, req.EndpointID).Debug("left")
+	return nil
+}
+
+// ProgramExternalConnectivity is where published ports are programmed.
+func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnectivityRequest) error {
+	defer d.lock()()
+	return nil
+}
+
+// RevokeExternalConnectivity removes what ProgramExternalConnectivity made.
+func (d *Driver) RevokeExternalConnectivity(req *network.RevokeExternalConnectivityRequest) error {
+	defer d.lock()()
+	return nil
+}

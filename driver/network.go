@@ -1,0 +1,160 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/ournet/ournet/internal/netdev"
+)
+
+// CreateNetwork creates the network's bridge and rules, then persists it.
+// On any failure it undoes what it made: no bridge, rule or record remains.
+func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error) {
+	defer d.lock()()
+	log := logNet(req.NetworkID)
+	if old, ok := d.networks[req.NetworkID]; ok {
+		// The engine does not send the same ID twice; if it does, the
+		// network is already there: make sure it still is, whole.
+		return d.programNetwork(old)
+	}
+	n, err := newNetwork(req)
+	if err != nil {
+		return err
+	}
+	for _, other := range d.networks {
+		if other.Bridge == n.Bridge {
+			return fmt.Errorf("ournet: bridge name %s is already used by ournet network %s; choose another %s", n.Bridge, short12(other.ID), optBridgeName)
+		}
+	}
+	if ok, err := d.links.Exists(n.Bridge); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("ournet: a network device named %s already exists on this host; choose another %s or remove that device", n.Bridge, optBridgeName)
+	}
+
+	defer func() {
+		if retErr != nil {
+			d.unprogramNetwork(n)
+		}
+	}()
+	if err := d.programNetwork(n); err != nil {
+		return err
+	}
+	if err := d.st.Put(bucketNetworks, n.ID, n); err != nil {
+		return fmt.Errorf("ournet: saving network state: %w", err)
+	}
+	d.networks[n.ID] = n
+	log.WithField("bridge", n.Bridge).Info("network created")
+	return nil
+}
+
+// newNetwork validates the request into a Network.
+func newNetwork(req *network.CreateNetworkRequest) (*Network, error) {
+	opts, err := ParseOptions(req.NetworkID, req.Options)
+	if err != nil {
+		return nil, err
+	}
+	n := &Network{ID: req.NetworkID, Bridge: opts.BridgeName, Options: opts}
+	if n.IPv4, err = subnets(req.IPv4Data, false); err != nil {
+		return nil, err
+	}
+	if n.IPv6, err = subnets(req.IPv6Data, true); err != nil {
+		return nil, err
+	}
+	if len(n.IPv4) == 0 && !opts.InhibitIPv4 {
+		return nil, errors.New("ournet: the network has no IPv4 subnet; give one with --subnet")
+	}
+	return n, nil
+}
+
+func subnets(data []*network.IPAMData, v6 bool) ([]Subnet, error) {
+	var out []Subnet
+	for _, d := range data {
+		if d == nil || d.Pool == "" {
+			continue
+		}
+		pool, err := netip.ParsePrefix(d.Pool)
+		if err != nil || pool.Addr().Is6() != v6 {
+			return nil, fmt.Errorf("ournet: subnet %q is not a valid IPv%s prefix", d.Pool, map[bool]string{false: "4", true: "6"}[v6])
+		}
+		s := Subnet{Pool: pool.Masked()}
+		if d.Gateway != "" {
+			gw, err := netip.ParsePrefix(d.Gateway)
+			if err != nil {
+				a, aerr := netip.ParseAddr(d.Gateway)
+				if aerr != nil {
+					return nil, fmt.Errorf("ournet: gateway %q is not an IP address", d.Gateway)
+				}
+				gw = netip.PrefixFrom(a, pool.Bits())
+			}
+			if !s.Pool.Contains(gw.Addr()) {
+				return nil, fmt.Errorf("ournet: gateway %s is outside subnet %s; give a --gateway inside the subnet", gw.Addr(), s.Pool)
+			}
+			s.Gateway = netip.PrefixFrom(gw.Addr(), pool.Bits())
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// programNetwork makes the kernel match n: bridge, addresses, rules. It is
+// idempotent, so the restore and drift repair use it too.
+func (d *Driver) programNetwork(n *Network) error {
+	if err := d.links.EnsureBridge(n.bridge()); err != nil {
+		if errors.Is(err, netdev.ErrNotOurs) {
+			return fmt.Errorf("ournet: a network device named %s already exists and is not ournet's; choose another %s", n.Bridge, optBridgeName)
+		}
+		return fmt.Errorf("ournet: setting up bridge %s: %w", n.Bridge, err)
+	}
+	if err := d.fw.AddNetwork(n.fwNetwork()); err != nil {
+		return fmt.Errorf("ournet: programming firewall rules for bridge %s: %w", n.Bridge, err)
+	}
+	return nil
+}
+
+// unprogramNetwork removes n's rules and bridge, logging what it cannot.
+func (d *Driver) unprogramNetwork(n *Network) error {
+	var first error
+	if err := d.fw.DelNetwork(n.ID); err != nil {
+		logNet(n.ID).WithError(err).Warn("removing firewall rules")
+		first = err
+	}
+	if err := d.links.DeleteBridge(n.Bridge, n.ID); err != nil && !errors.Is(err, netdev.ErrNotOurs) {
+		logNet(n.ID).WithError(err).Warn("removing bridge")
+		first = cmpErr(first, err)
+	}
+	return first
+}
+
+// DeleteNetwork removes the network's endpoints, rules and bridge. A network
+// ournet does not know is already gone: success.
+func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
+	defer d.lock()()
+	n, ok := d.networks[req.NetworkID]
+	if !ok {
+		logNet(req.NetworkID).Debug("delete of unknown network: nothing to do")
+		return nil
+	}
+	for id, ep := range d.endpoints {
+		if ep.NetworkID == n.ID {
+			if err := d.deleteEndpoint(n, ep); err != nil {
+				return err
+			}
+			delete(d.endpoints, id)
+		}
+	}
+	// Forget it first: a crash after this leaves kernel objects the restore
+	// removes as orphans, never a record that resurrects a deleted network.
+	if err := d.st.Delete(bucketNetworks, n.ID); err != nil {
+		return fmt.Errorf("ournet: saving network state: %w", err)
+	}
+	delete(d.networks, n.ID)
+	if err := d.unprogramNetwork(n); err != nil {
+		return fmt.Errorf("ournet: removing network %s: %w", short12(n.ID), err)
+	}
+	logNet(n.ID).Info("network deleted")
+	return nil
+}

@@ -1,0 +1,185 @@
+package driver
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/ournet/ournet/internal/netdev"
+)
+
+// Option names, the same as Docker's bridge driver where they exist there.
+const (
+	optGeneric       = "com.docker.network.generic"
+	optEnableIPv6    = "com.docker.network.enable_ipv6"
+	optInternal      = "com.docker.network.internal"
+	optBridgeName    = "com.docker.network.bridge.name"
+	optICC           = "com.docker.network.bridge.enable_icc"
+	optMasquerade    = "com.docker.network.bridge.enable_ip_masquerade"
+	optHostBindingV4 = "com.docker.network.bridge.host_binding_ipv4"
+	optInhibitIPv4   = "com.docker.network.bridge.inhibit_ipv4"
+	optGwModeV4      = "com.docker.network.bridge.gateway_mode_ipv4"
+	optGwModeV6      = "com.docker.network.bridge.gateway_mode_ipv6"
+	optDefaultBridge = "com.docker.network.bridge.default_bridge"
+	optMTU           = "com.docker.network.driver.mtu"
+	optIfacePrefix   = "com.docker.network.container_iface_prefix"
+
+	bridgeOptPrefix = "com.docker.network.bridge."
+	ournetOptPrefix = "ournet."
+
+	// BridgePrefix starts the name of every bridge ournet names itself.
+	BridgePrefix = "ournet-"
+)
+
+// NetworkOptions are a network's settings, parsed and validated.
+type NetworkOptions struct {
+	BridgeName    string
+	ICC           bool
+	Masquerade    bool
+	Internal      bool
+	EnableIPv6    bool
+	InhibitIPv4   bool
+	HostBindingV4 netip.Addr
+	GwModeV4      string // nat or routed
+	GwModeV6      string
+	MTU           int
+	IfacePrefix   string
+}
+
+// knownOptions lists every -o key ournet accepts in the namespaces it owns.
+var knownOptions = map[string]bool{
+	optBridgeName: true, optICC: true, optMasquerade: true, optHostBindingV4: true,
+	optInhibitIPv4: true, optGwModeV4: true, optGwModeV6: true, optDefaultBridge: true,
+	optMTU: true, optIfacePrefix: true, optEnableIPv6: true, optInternal: true,
+}
+
+// ParseOptions reads CreateNetwork's options. It refuses unknown keys in
+// Docker's bridge namespace and in ournet's, and bad values, with a message
+// that names the option and says what would be accepted.
+func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error) {
+	o := NetworkOptions{
+		BridgeName:  BridgePrefix + short8(networkID),
+		ICC:         true,
+		Masquerade:  true,
+		GwModeV4:    "nat",
+		GwModeV6:    "nat",
+		IfacePrefix: "eth",
+	}
+	var err error
+	if o.EnableIPv6, err = boolOf(opts[optEnableIPv6], optEnableIPv6, false); err != nil {
+		return o, err
+	}
+	if o.Internal, err = boolOf(opts[optInternal], optInternal, false); err != nil {
+		return o, err
+	}
+	generic, _ := opts[optGeneric].(map[string]any)
+	keys := make([]string, 0, len(generic))
+	for k := range generic {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := generic[k]
+		if (strings.HasPrefix(k, bridgeOptPrefix) || strings.HasPrefix(k, ournetOptPrefix)) && !knownOptions[k] {
+			return o, fmt.Errorf("ournet: unknown option %q; ournet accepts %s", k, strings.Join(knownList(), ", "))
+		}
+		s := fmt.Sprint(v)
+		switch k {
+		case optBridgeName:
+			if err := netdev.CheckName(s); err != nil {
+				return o, fmt.Errorf("ournet: option %s: %w", k, err)
+			}
+			o.BridgeName = s
+		case optICC:
+			o.ICC, err = boolOf(v, k, true)
+		case optMasquerade:
+			o.Masquerade, err = boolOf(v, k, true)
+		case optInhibitIPv4:
+			o.InhibitIPv4, err = boolOf(v, k, false)
+		case optEnableIPv6:
+			o.EnableIPv6, err = boolOf(v, k, o.EnableIPv6)
+		case optInternal:
+			o.Internal, err = boolOf(v, k, o.Internal)
+		case optDefaultBridge:
+			var b bool
+			if b, err = boolOf(v, k, false); err == nil && b {
+				err = fmt.Errorf("ournet: option %s=true is for Docker's own default bridge; ournet networks are user-defined, remove the option", k)
+			}
+		case optHostBindingV4:
+			a, perr := netip.ParseAddr(s)
+			if perr != nil || !a.Is4() {
+				err = fmt.Errorf("ournet: option %s=%q is not an IPv4 address; give one such as 127.0.0.1 or 0.0.0.0", k, s)
+			}
+			o.HostBindingV4 = a
+		case optGwModeV4, optGwModeV6:
+			if s != "nat" && s != "routed" {
+				err = fmt.Errorf("ournet: option %s=%q is not valid; use nat or routed", k, s)
+			}
+			if k == optGwModeV4 {
+				o.GwModeV4 = s
+			} else {
+				o.GwModeV6 = s
+			}
+		case optMTU:
+			n, perr := strconv.Atoi(s)
+			if perr != nil || n < 68 || n > 65535 {
+				err = fmt.Errorf("ournet: option %s=%q is not valid; give an MTU from 68 to 65535 (1500 is usual)", k, s)
+			}
+			o.MTU = n
+		case optIfacePrefix:
+			if err := netdev.CheckName(s + "0"); err != nil || len(s) > 10 {
+				return o, fmt.Errorf("ournet: option %s=%q is not valid: give a short interface name prefix such as eth", k, s)
+			}
+			o.IfacePrefix = s
+		}
+		if err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+func knownList() []string {
+	out := make([]string, 0, len(knownOptions))
+	for k := range knownOptions {
+		if k != optEnableIPv6 && k != optInternal {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// boolOf accepts what Docker's bridge driver accepts: a JSON bool or a string
+// strconv.ParseBool understands.
+func boolOf(v any, name string, def bool) (bool, error) {
+	switch t := v.(type) {
+	case nil:
+		return def, nil
+	case bool:
+		return t, nil
+	case string:
+		b, err := strconv.ParseBool(t)
+		if err != nil {
+			return def, fmt.Errorf("ournet: option %s=%q is not a boolean; use true or false", name, t)
+		}
+		return b, nil
+	}
+	return def, fmt.Errorf("ournet: option %s=%v is not a boolean; use true or false", name, v)
+}
+
+func short8(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+func short12(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,111 @@
+package driver
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/store"
+)
+
+// Store buckets.
+const (
+	bucketNetworks  = "networks"
+	bucketEndpoints = "endpoints"
+)
+
+// Subnet is one of a network's address pools and its gateway.
+type Subnet struct {
+	Pool    netip.Prefix
+	Gateway netip.Prefix // the gateway address in the pool's prefix length; may be invalid
+}
+
+// Network is one ournet network as persisted.
+type Network struct {
+	ID      string
+	Bridge  string
+	Options NetworkOptions
+	IPv4    []Subnet
+	IPv6    []Subnet
+}
+
+// Endpoint is one ournet endpoint as persisted.
+type Endpoint struct {
+	ID        string
+	NetworkID string
+	Addr      netip.Prefix
+	AddrV6    netip.Prefix
+	MAC       string
+	HostVeth  string
+	PeerVeth  string
+}
+
+func (n *Network) bridge() netdev.Bridge {
+	b := netdev.Bridge{Name: n.Bridge, Owner: n.ID, MTU: n.Options.MTU, MAC: bridgeMAC(n.ID)}
+	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
+		if s.Gateway.IsValid() && !(s.Gateway.Addr().Is4() && n.Options.InhibitIPv4) {
+			b.Addrs = append(b.Addrs, s.Gateway)
+		}
+	}
+	return b
+}
+
+func (d *Driver) veth(n *Network, ep *Endpoint) netdev.Veth {
+	mac, _ := parseMAC(ep.MAC)
+	return netdev.Veth{
+		Host: ep.HostVeth, Peer: ep.PeerVeth, Owner: ep.ID, Bridge: n.Bridge,
+		MTU: n.Options.MTU, PeerMAC: mac,
+	}
+}
+
+// Restore loads the persisted networks and endpoints and makes the kernel
+// match them: CreateNetwork is never replayed by dockerd, so ournet alone
+// knows its networks after a restart. It runs once, after the plugin
+// listens; calls that arrive meanwhile wait for it.
+func (d *Driver) Restore() error {
+	defer close(d.ready)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.st == nil {
+		return nil
+	}
+	nets, err := store.LoadAll[Network](d.st, bucketNetworks)
+	if err != nil {
+		return fmt.Errorf("loading networks: %w", err)
+	}
+	eps, err := store.LoadAll[Endpoint](d.st, bucketEndpoints)
+	if err != nil {
+		return fmt.Errorf("loading endpoints: %w", err)
+	}
+	d.networks, d.endpoints = nets, eps
+	var firstErr error
+	for _, n := range nets {
+		if err := d.programNetwork(n); err != nil {
+			logNet(n.ID).WithError(err).Error("restoring network")
+			firstErr = cmpErr(firstErr, err)
+		}
+	}
+	for _, ep := range eps {
+		n := nets[ep.NetworkID]
+		if n == nil {
+			continue
+		}
+		// Only reattach a host end that still exists: a veth whose container
+		// is gone went with the container's namespace, and recreating it
+		// would leave a dangling interface.
+		if ok, _ := d.links.Exists(ep.HostVeth); ok {
+			if err := d.links.EnsureVeth(d.veth(n, ep)); err != nil {
+				logEp(n.ID, ep.ID).WithError(err).Error("restoring endpoint")
+			}
+		}
+	}
+	logNet("").WithField("networks", len(nets)).WithField("endpoints", len(eps)).Info("state restored")
+	return firstErr
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}

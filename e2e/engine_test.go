@@ -1,0 +1,249 @@
+package e2e
+
+// Helpers that drive a private Docker engine: start and stop it, import the
+// test image offline, install the plugin, run docker commands. Every e2e test
+// (issues #2 to #7) builds on these.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Engine is one private dockerd with its own data-root, exec-root and socket.
+type Engine struct {
+	Dir     string // holds data/, exec/, docker.sock, dockerd.log
+	Host    string // DOCKER_HOST value
+	Dockerd string // the dockerd binary
+	cmd     *exec.Cmd
+	log     *os.File
+	extra   []string
+}
+
+// StartEngine starts dockerd (the binary in $E2E_DOCKERD, else dockerd in
+// PATH) and waits until it answers. extra are more dockerd flags.
+func StartEngine(dir string, extra ...string) (*Engine, error) {
+	bin := os.Getenv("E2E_DOCKERD")
+	if bin == "" {
+		bin = "dockerd"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock"), Dockerd: bin, extra: extra}
+	return e, e.Start()
+}
+
+// Start (re)starts the engine's process.
+func (e *Engine) Start() error {
+	args := append([]string{
+		"--data-root", filepath.Join(e.Dir, "data"),
+		"--exec-root", filepath.Join(e.Dir, "exec"),
+		"--pidfile", filepath.Join(e.Dir, "dockerd.pid"),
+		"-H", e.Host,
+	}, e.extra...)
+	f, err := os.OpenFile(filepath.Join(e.Dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	e.log = f
+	e.cmd = exec.Command(e.Dockerd, args...)
+	e.cmd.Stdout, e.cmd.Stderr = f, f
+	e.cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH"))
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := e.cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", e.Dockerd, err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := e.Docker(10*time.Second, "version", "--format", "{{.Server.Version}}"); err == nil {
+			return nil
+		}
+		if e.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("dockerd did not answer within 60s; its log:\n%s", e.LogTail(40))
+}
+
+// Stop sends SIGTERM and waits for the engine to exit (SIGKILL after 60s).
+func (e *Engine) Stop() {
+	if e.cmd == nil || e.cmd.Process == nil {
+		return
+	}
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = e.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		_ = e.cmd.Process.Kill()
+		<-done
+	}
+	e.log.Close()
+	e.cmd = nil
+}
+
+// Kill stops the engine at once, as a crash would.
+func (e *Engine) Kill() {
+	if e.cmd == nil || e.cmd.Process == nil {
+		return
+	}
+	_ = e.cmd.Process.Kill()
+	_ = e.cmd.Wait()
+	e.log.Close()
+	e.cmd = nil
+}
+
+// Remove stops the engine and deletes its directory, unmounting what the
+// engine left mounted under it.
+func (e *Engine) Remove() {
+	e.Stop()
+	out, _ := exec.Command("findmnt", "-rn", "-o", "TARGET").Output()
+	var mounts []string
+	for _, m := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(m, e.Dir+"/") {
+			mounts = append(mounts, m)
+		}
+	}
+	for i := len(mounts) - 1; i >= 0; i-- {
+		_ = exec.Command("umount", "-l", mounts[i]).Run()
+	}
+	_ = os.RemoveAll(e.Dir)
+}
+
+// LogTail returns the last n lines of the engine's log.
+func (e *Engine) LogTail(n int) string {
+	b, _ := os.ReadFile(filepath.Join(e.Dir, "dockerd.log"))
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Docker runs the docker CLI against this engine. The error includes stderr.
+func (e *Engine) Docker(timeout time.Duration, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		return out.String(), fmt.Errorf("docker %s: timed out after %s", strings.Join(args, " "), timeout)
+	}
+	if err != nil {
+		return out.String(), fmt.Errorf("docker %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+// Run is Docker with a 2 minute bound that fails the test on error.
+func (e *Engine) Run(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := e.Docker(2*time.Minute, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Fails runs a docker command that must fail and returns its error text.
+func (e *Engine) Fails(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := e.Docker(2*time.Minute, args...)
+	if err == nil {
+		t.Fatalf("docker %s succeeded, want an error; output: %s", strings.Join(args, " "), out)
+	}
+	return err.Error()
+}
+
+// Script runs a script of the repo (scripts/NAME) against this engine.
+func (e *Engine) Script(name string, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", name), args...)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("scripts/%s: %w: %s", name, err, out)
+	}
+	return string(out), nil
+}
+
+// TestSettings keep every address the plugin picks by itself inside the
+// ranges tests may use (198.18.0.0/15 and documentation IPv6).
+const TestSettings = "LOG_LEVEL=debug DEFAULT_POOLS=base=198.19.0.0/16,size=24 DEFAULT_POOLS_V6=base=2001:db8:e2e::/48,size=64"
+
+// PluginName is the managed plugin's name (the driver is plain "ournet").
+const PluginName = "ournet/ournet"
+
+// InstallPlugin installs build/plugin on this engine with TestSettings.
+func (e *Engine) InstallPlugin() error {
+	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "install-plugin.sh"), pluginDir())
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host, "OURNET_SETTINGS="+TestSettings)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("installing the plugin: %w: %s", err, out)
+	}
+	return nil
+}
+
+// ImportImage imports the busybox test image as name, built offline from
+// Debian's busybox-static.
+func (e *Engine) ImportImage(name string) error {
+	dir, err := os.MkdirTemp("", "ournet-img")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	for _, d := range []string{"bin", "tmp", "etc", "var/www", "proc", "sys", "dev"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	_ = os.Chmod(filepath.Join(dir, "tmp"), 0o1777)
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return fmt.Errorf("busybox not found: apt-get install busybox-static")
+	}
+	raw, err := os.ReadFile(bb)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin/busybox"), raw, 0o755); err != nil {
+		return err
+	}
+	for _, applet := range []string{"sh", "ip", "ping", "ping6", "nc", "wget", "httpd", "sleep", "true", "cat", "echo",
+		"hostname", "ifconfig", "route", "arping", "ls", "grep", "awk", "seq", "timeout", "udhcpc", "sed", "head", "wc"} {
+		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
+			return err
+		}
+	}
+	cmd := exec.Command("sh", "-c", "tar -C "+dir+" -c . | docker import -c 'ENV PATH=/bin' - "+name)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("importing image: %w: %s", err, out)
+	}
+	return nil
+}
+
+// repoRoot is the repository's top directory (the e2e package is one below).
+func repoRoot() string {
+	wd, _ := os.Getwd()
+	return filepath.Dir(wd)
+}
+
+func pluginDir() string {
+	if d := os.Getenv("E2E_PLUGIN_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join(repoRoot(), "build", "plugin")
+}

@@ -1,0 +1,100 @@
+package firewall
+
+import (
+	"bytes"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// ExecRunner runs the real iptables tools found in PATH.
+type ExecRunner struct {
+	ipt map[Family]*iptables.IPTables
+}
+
+// NewExecRunner finds the tools of each family; a family whose tools are
+// missing is reported as an error, so that ournet never silently runs
+// without the rules it promises.
+func NewExecRunner(families ...Family) (*ExecRunner, error) {
+	r := &ExecRunner{ipt: map[Family]*iptables.IPTables{}}
+	for _, f := range families {
+		proto := iptables.ProtocolIPv4
+		if f == IPv6 {
+			proto = iptables.ProtocolIPv6
+		}
+		ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(10))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		r.ipt[f] = ipt
+	}
+	return r, nil
+}
+
+func (r *ExecRunner) tool(f Family, suffix string) string { return f.String() + suffix }
+
+// Save implements Runner.
+func (r *ExecRunner) Save(f Family, table string) (string, error) {
+	var out, errb bytes.Buffer
+	cmd := exec.Command(r.tool(f, "-save"), "-t", table)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s -t %s: %w: %s", cmd.Path, table, err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// Restore implements Runner.
+func (r *ExecRunner) Restore(f Family, script string) error {
+	var errb bytes.Buffer
+	cmd := exec.Command(r.tool(f, "-restore"), "--noflush", "--wait", "10")
+	cmd.Stdin = strings.NewReader(script)
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", cmd.Path, err, strings.TrimSpace(errb.String()))
+	}
+	return nil
+}
+
+// EnsureBase implements Runner. The FORWARD jump goes right after dockerd's
+// DOCKER-USER jump, so the user's rules still come first, and before
+// dockerd's own ACCEPT rules for its bridges, so ournet's isolation holds.
+func (r *ExecRunner) EnsureBase(f Family) error {
+	ipt := r.ipt[f]
+	for _, c := range []struct{ table, chain, parent string }{
+		{"filter", ForwardChain, "FORWARD"},
+		{"nat", PostroutingChain, "POSTROUTING"},
+	} {
+		ok, err := ipt.ChainExists(c.table, c.chain)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if err := ipt.NewChain(c.table, c.chain); err != nil {
+				return err
+			}
+		}
+		if ok, err := ipt.Exists(c.table, c.parent, "-j", c.chain); err != nil || ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		rules, err := ipt.List(c.table, c.parent)
+		if err != nil {
+			return err
+		}
+		pos := 1
+		for i, rule := range rules[1:] { // rules[0] is the policy line
+			if rule == "-A "+c.parent+" -j DOCKER-USER" {
+				pos = i + 2
+			}
+		}
+		if err := ipt.Insert(c.table, c.parent, pos, "-j", c.chain); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+package netdev
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ournet/ournet/internal/testns"
+)
+
+func TestCheckName(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"ournet-0123abcd": true, "br0": true, "": false, "a-name-that-is-long": false,
+		"has space": false, "a/b": false, "..": false,
+	} {
+		if err := CheckName(name); (err == nil) != ok {
+			t.Errorf("CheckName(%q) = %v, want ok=%v", name, err, ok)
+		}
+	}
+	if err := CheckName("sixteen-chars-xx"); err == nil || !strings.Contains(err.Error(), "at most 15") {
+		t.Errorf("long name error does not say the limit: %v", err)
+	}
+}
+
+func TestBridgeAndVethInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		m, err := New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		br := Bridge{Name: "ournet-test", Owner: "net1", MTU: 1400, MAC: net.HardwareAddr{2, 0x6f, 1, 2, 3, 4},
+			Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.9.1/24"), netip.MustParsePrefix("fd00:9::1/64")}}
+		for i := 0; i < 2; i++ { // the second time must change nothing and not fail
+			if err := m.EnsureBridge(br); err != nil {
+				t.Fatalf("EnsureBridge #%d: %v", i+1, err)
+			}
+		}
+		link, err := netlink.LinkByName("ournet-test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if link.Attrs().MTU != 1400 || link.Attrs().HardwareAddr.String() != br.MAC.String() || link.Attrs().Flags&net.FlagUp == 0 {
+			t.Fatalf("bridge attrs = mtu %d mac %s flags %v", link.Attrs().MTU, link.Attrs().HardwareAddr, link.Attrs().Flags)
+		}
+		addrs, _ := netlink.AddrList(link, netlink.FAMILY_ALL)
+		var got []string
+		for _, a := range addrs {
+			got = append(got, a.IPNet.String())
+		}
+		if s := strings.Join(got, " "); !strings.Contains(s, "198.18.9.1/24") || !strings.Contains(s, "fd00:9::1/64") {
+			t.Fatalf("bridge addresses = %s", s)
+		}
+		// Someone else's device of the same name is refused, not adopted.
+		if err := m.EnsureBridge(Bridge{Name: "ournet-test", Owner: "net2"}); !errors.Is(err, ErrNotOurs) {
+			t.Fatalf("EnsureBridge of another network's bridge = %v, want ErrNotOurs", err)
+		}
+		foreign := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "foreign0"}, PeerName: "foreign1"}
+		if err := netlink.LinkAdd(foreign); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.EnsureBridge(Bridge{Name: "foreign0", Owner: "net3"}); !errors.Is(err, ErrNotOurs) {
+			t.Fatalf("EnsureBridge over a foreign veth = %v, want ErrNotOurs", err)
+		}
+		if err := m.DeleteBridge("foreign0", "net3"); !errors.Is(err, ErrNotOurs) {
+			t.Fatalf("DeleteBridge of a foreign device = %v, want ErrNotOurs", err)
+		}
+
+		v := Veth{Host: "ovtest", Peer: "octest", Owner: "ep1", Bridge: "ournet-test", MTU: 1400,
+			PeerMAC: net.HardwareAddr{2, 0x42, 198, 18, 9, 2}}
+		for i := 0; i < 2; i++ {
+			if err := m.EnsureVeth(v); err != nil {
+				t.Fatalf("EnsureVeth #%d: %v", i+1, err)
+			}
+		}
+		host, _ := netlink.LinkByName("ovtest")
+		peer, _ := netlink.LinkByName("octest")
+		if host == nil || peer == nil {
+			t.Fatal("veth ends missing")
+		}
+		if host.Attrs().MasterIndex != link.Attrs().Index || host.Attrs().MTU != 1400 || peer.Attrs().MTU != 1400 {
+			t.Fatalf("veth: master %d (bridge %d), mtu %d/%d", host.Attrs().MasterIndex, link.Attrs().Index, host.Attrs().MTU, peer.Attrs().MTU)
+		}
+		if peer.Attrs().HardwareAddr.String() != v.PeerMAC.String() {
+			t.Fatalf("peer MAC = %s, want %s", peer.Attrs().HardwareAddr, v.PeerMAC)
+		}
+		owned, err := m.Owned()
+		if err != nil || owned["ovtest"] != "ep1" || owned["ournet-test"] != "net1" || owned["foreign0"] != "" {
+			t.Fatalf("Owned() = %v, %v", owned, err)
+		}
+		for i := 0; i < 2; i++ { // deleting what is gone is success
+			if err := m.DeleteVeth("ovtest", "ep1"); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.DeleteBridge("ournet-test", "net1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ok, _ := m.Exists("octest"); ok {
+			t.Fatal("peer end survived its host end")
+		}
+		if ok, _ := m.Exists("ournet-test"); ok {
+			t.Fatal("bridge survived DeleteBridge")
+		}
+	})
+}

@@ -1,0 +1,43 @@
+// Package testns runs kernel tests in throwaway network namespaces, so that
+// they never touch the host's links or rules and can run side by side.
+package testns
+
+import (
+	"os"
+	"runtime"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+// Do runs fn on a locked OS thread inside a new, empty network namespace,
+// which is discarded afterwards. Processes fn starts (iptables) inherit it.
+// Without root the test is skipped, except in CI (CI=true), where it fails.
+func Do(t *testing.T, fn func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("kernel test needs root, and CI runs as root")
+		}
+		t.Skip("kernel test needs root")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New() // unshares and switches this thread
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			// This thread is unusable now; do not let it serve other goroutines.
+			panic(err)
+		}
+	}()
+	fn()
+}

@@ -1,0 +1,154 @@
+// Command ournet is the plugin process: it serves Docker's NetworkDriver and
+// IpamDriver APIs on one unix socket.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	log "github.com/sirupsen/logrus"
+
+	"github.com/ournet/ournet/driver"
+	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/store"
+	"github.com/ournet/ournet/ipam"
+)
+
+// settings are read from the environment, which `docker plugin set` controls.
+type settings struct {
+	LogLevel     log.Level
+	Socket       string   // the managed plugin's own socket
+	AliasSockets []string // more sockets, e.g. in the host's /run/docker/plugins
+	StatePath    string
+	DefaultPools []ipam.DefaultPool
+	PoolsV6      []ipam.DefaultPool
+}
+
+func env(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func loadSettings() (settings, error) {
+	var s settings
+	var err error
+	if s.LogLevel, err = log.ParseLevel(env("LOG_LEVEL", "info")); err != nil {
+		return s, fmt.Errorf("LOG_LEVEL=%q is not valid; use one of debug, info, warn, error", os.Getenv("LOG_LEVEL"))
+	}
+	s.Socket = env("OURNET_SOCKET", "/run/docker/plugins/ournet.sock")
+	for _, p := range strings.Split(env("OURNET_ALIAS_SOCKETS", ""), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			s.AliasSockets = append(s.AliasSockets, p)
+		}
+	}
+	s.StatePath = env("OURNET_STATE", "/var/lib/ournet/state.db")
+	s.DefaultPools = ipam.DefaultV4Pools()
+	if v := env("DEFAULT_POOLS", ""); v != "" {
+		if s.DefaultPools, err = ipam.ParseDefaultPools(v); err != nil {
+			return s, fmt.Errorf("DEFAULT_POOLS: %w", err)
+		}
+	}
+	s.PoolsV6 = ipam.DefaultV6Pools()
+	if v := env("DEFAULT_POOLS_V6", ""); v != "" {
+		if s.PoolsV6, err = ipam.ParseDefaultPools(v); err != nil {
+			return s, fmt.Errorf("DEFAULT_POOLS_V6: %w", err)
+		}
+	}
+	return s, nil
+}
+
+func main() {
+	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, DisableColors: true})
+	if err := run(); err != nil {
+		log.WithError(err).Error("ournet stopped")
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	cfg, err := loadSettings()
+	if err != nil {
+		return err
+	}
+	log.SetLevel(cfg.LogLevel)
+
+	st, err := store.Open(cfg.StatePath)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	links, err := netdev.New()
+	if err != nil {
+		return err
+	}
+	defer links.Close()
+	families := []firewall.Family{firewall.IPv4, firewall.IPv6}
+	runner, err := firewall.NewExecRunner(families...)
+	if err != nil {
+		return fmt.Errorf("finding iptables: %w", err)
+	}
+	fw := firewall.New(runner, families...)
+
+	alloc, err := ipam.New(ipam.Config{
+		DefaultPools:   cfg.DefaultPools,
+		DefaultPoolsV6: cfg.PoolsV6,
+		HostNetworks:   links.HostPrefixes,
+	}, st)
+	if err != nil {
+		return fmt.Errorf("loading address allocations: %w", err)
+	}
+	drv := driver.New(links, fw, st)
+
+	// Listen first: dockerd gives a starting plugin only seconds to open its
+	// socket, and calls wait inside the driver until the restore is done.
+	srv := &http.Server{Handler: newMux(drv, alloc, nil), ReadHeaderTimeout: 10 * time.Second}
+	var listeners []net.Listener
+	for _, path := range append([]string{cfg.Socket}, cfg.AliasSockets...) {
+		l, err := listenUnix(path)
+		if err != nil {
+			return err
+		}
+		listeners = append(listeners, l)
+		go func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.WithError(err).WithField("socket", path).Error("serving")
+			}
+		}()
+		log.WithField("socket", path).Info("listening")
+	}
+
+	start := time.Now()
+	if err := fw.Setup(); err != nil {
+		log.WithError(err).Error("setting up firewall base chains")
+	}
+	if err := drv.Restore(); err != nil {
+		log.WithError(err).Error("restoring state (continuing with what could be restored)")
+	}
+	log.WithField("took", time.Since(start).Round(time.Millisecond)).Info("ready")
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.WithField("signal", s).Info("shutting down")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(ctx)
+	// Alias sockets live in a directory the engine scans; a dead socket
+	// there would make `-d ournet` fail with "connection refused" rather
+	// than the engine's own clear "plugin not found".
+	for _, path := range cfg.AliasSockets {
+		_ = os.Remove(path)
+	}
+	return nil
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	ipamapi "github.com/docker/go-plugins-helpers/ipam"
+	"github.com/docker/go-plugins-helpers/network"
+	log "github.com/sirupsen/logrus"
+)
+
+const contentType = "application/vnd.docker.plugins.v1.1+json"
+
+// errorBody carries a failure in both spellings: the network API reads Err,
+// the IPAM API reads Error on a 200 reply. We also fail with a 500 so that
+// either one counts it as an error whatever engine version reads it.
+type errorBody struct {
+	Err   string
+	Error string `json:",omitempty"`
+}
+
+// route registers one typed endpoint: decode Req, call fn, encode Res.
+func route[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res, error)) {
+	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		req := new(Req)
+		if err := json.NewDecoder(r.Body).Decode(req); err != nil && !errors.Is(err, io.EOF) {
+			writeJSON(w, http.StatusBadRequest, errorBody{Err: "ournet: bad request: " + err.Error()})
+			return
+		}
+		res, err := fn(req)
+		fields := log.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)}
+		if err != nil {
+			log.WithFields(fields).WithError(err).Warn("call failed")
+			writeJSON(w, http.StatusInternalServerError, errorBody{Err: err.Error(), Error: err.Error()})
+			return
+		}
+		log.WithFields(fields).Debug("call done")
+		writeJSON(w, http.StatusOK, res)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", contentType)
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		log.WithError(err).Debug("writing reply")
+	}
+}
+
+type empty struct{}
+
+// noErr adapts a method that only returns an error.
+func noErr[Req any](fn func(*Req) error) func(*Req) (empty, error) {
+	return func(r *Req) (empty, error) { return empty{}, fn(r) }
+}
+
+// newMux serves the NetworkDriver and the IpamDriver APIs on one handler:
+// a managed plugin has one socket, and go-plugins-helpers' handlers each own
+// a private mux with its own /Plugin.Activate.
+func newMux(d network.Driver, a ipamapi.Ipam, extra func(*http.ServeMux)) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
+	})
+
+	route(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*network.CapabilitiesResponse, error) { return d.GetCapabilities() })
+	route(mux, "/NetworkDriver.CreateNetwork", noErr(d.CreateNetwork))
+	route(mux, "/NetworkDriver.DeleteNetwork", noErr(d.DeleteNetwork))
+	route(mux, "/NetworkDriver.AllocateNetwork", d.AllocateNetwork)
+	route(mux, "/NetworkDriver.FreeNetwork", noErr(d.FreeNetwork))
+	route(mux, "/NetworkDriver.CreateEndpoint", d.CreateEndpoint)
+	route(mux, "/NetworkDriver.DeleteEndpoint", noErr(d.DeleteEndpoint))
+	route(mux, "/NetworkDriver.EndpointOperInfo", d.EndpointInfo)
+	route(mux, "/NetworkDriver.Join", d.Join)
+	route(mux, "/NetworkDriver.Leave", noErr(d.Leave))
+	route(mux, "/NetworkDriver.DiscoverNew", noErr(d.DiscoverNew))
+	route(mux, "/NetworkDriver.DiscoverDelete", noErr(d.DiscoverDelete))
+	route(mux, "/NetworkDriver.ProgramExternalConnectivity", noErr(d.ProgramExternalConnectivity))
+	route(mux, "/NetworkDriver.RevokeExternalConnectivity", noErr(d.RevokeExternalConnectivity))
+
+	route(mux, "/IpamDriver.GetCapabilities", func(*empty) (*ipamapi.CapabilitiesResponse, error) { return a.GetCapabilities() })
+	route(mux, "/IpamDriver.GetDefaultAddressSpaces", func(*empty) (*ipamapi.AddressSpacesResponse, error) { return a.GetDefaultAddressSpaces() })
+	route(mux, "/IpamDriver.RequestPool", a.RequestPool)
+	route(mux, "/IpamDriver.ReleasePool", noErr(a.ReleasePool))
+	route(mux, "/IpamDriver.RequestAddress", a.RequestAddress)
+	route(mux, "/IpamDriver.ReleaseAddress", noErr(a.ReleaseAddress))
+	if extra != nil {
+		extra(mux)
+	}
+	return mux
+}
+
+// listenUnix listens on path, replacing a stale socket left by a crash.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	return l, nil
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	ipamapi "github.com/docker/go-plugins-helpers/ipam"
+	"github.com/docker/go-plugins-helpers/network"
+)
+
+type stubIPAM struct{ ipamapi.Ipam }
+
+func (stubIPAM) RequestPool(r *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
+	if r.Pool == "bad" {
+		return nil, errors.New("ournet ipam: bad pool")
+	}
+	return &ipamapi.RequestPoolResponse{PoolID: "p1", Pool: r.Pool}, nil
+}
+
+func (stubIPAM) GetCapabilities() (*ipamapi.CapabilitiesResponse, error) {
+	return &ipamapi.CapabilitiesResponse{}, nil
+}
+
+type stubDriver struct{ network.Driver }
+
+func (stubDriver) GetCapabilities() (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: "local", ConnectivityScope: "local"}, nil
+}
+
+func call(t *testing.T, mux http.Handler, path, body string) (int, map[string]any) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, strings.NewReader(body)))
+	if ct := rec.Header().Get("Content-Type"); ct != contentType {
+		t.Errorf("%s: content type %q", path, ct)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatalf("%s: reply %q is not JSON: %v", path, rec.Body.String(), err)
+	}
+	return rec.Code, out
+}
+
+func TestOneSocketBothAPIs(t *testing.T) {
+	mux := newMux(stubDriver{}, stubIPAM{}, nil)
+	code, out := call(t, mux, "/Plugin.Activate", "")
+	impl, _ := out["Implements"].([]any)
+	if code != 200 || len(impl) != 2 || impl[0] != "NetworkDriver" || impl[1] != "IpamDriver" {
+		t.Fatalf("Activate = %d %v", code, out)
+	}
+	if code, out := call(t, mux, "/NetworkDriver.GetCapabilities", ""); code != 200 || out["Scope"] != "local" {
+		t.Fatalf("NetworkDriver.GetCapabilities = %d %v", code, out)
+	}
+	if code, out := call(t, mux, "/IpamDriver.GetCapabilities", "{}"); code != 200 || out["RequiresMACAddress"] != false {
+		t.Fatalf("IpamDriver.GetCapabilities = %d %v", code, out)
+	}
+	if code, out := call(t, mux, "/IpamDriver.RequestPool", `{"Pool":"198.18.0.0/24"}`); code != 200 || out["PoolID"] != "p1" {
+		t.Fatalf("RequestPool = %d %v", code, out)
+	}
+}
+
+// An IPAM failure must be seen as one by every engine: a 500 with both Err
+// and Error (a 200 carrying only Err counts as success for IPAM).
+func TestErrorsCarryBothFields(t *testing.T) {
+	mux := newMux(stubDriver{}, stubIPAM{}, nil)
+	code, out := call(t, mux, "/IpamDriver.RequestPool", `{"Pool":"bad"}`)
+	if code != 500 || out["Err"] != "ournet ipam: bad pool" || out["Error"] != "ournet ipam: bad pool" {
+		t.Fatalf("RequestPool error = %d %v", code, out)
+	}
+	code, out = call(t, mux, "/IpamDriver.RequestPool", `{not json`)
+	if code != 400 || !strings.Contains(out["Err"].(string), "bad request") {
+		t.Fatalf("malformed request = %d %v", code, out)
+	}
+}
+
+func TestListenUnixReplacesStaleSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "ournet.sock")
+	l1, err := listenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
+	l1.Close() // leaves the file behind, as a crash would
+	l2, err := listenUnix(path)
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	l2.Close()
+}
