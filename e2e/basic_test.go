@@ -20,7 +20,7 @@ func TestTwoContainersTalk(t *testing.T) {
 			nw := "talk-" + tc.name
 			id := Net(t, eng, nw, tc.args...)
 			bridge := "ournet-" + id[:8]
-			if !linkExists(bridge) {
+			if !eng.LinkExists(bridge) {
 				t.Fatalf("bridge %s does not exist after network create", bridge)
 			}
 			a, b := nw+"-a", nw+"-b"
@@ -44,18 +44,18 @@ func TestTwoContainersTalk(t *testing.T) {
 			}
 
 			epA := eng.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+nw+"\").EndpointID}}", a)
-			if !linkExists("ov" + epA[:12]) {
+			if !eng.LinkExists("ov" + epA[:12]) {
 				t.Fatalf("host end ov%s of %s's veth does not exist", epA[:12], a)
 			}
 			eng.Run(t, "rm", "-f", a, b)
-			if linkExists("ov" + epA[:12]) {
+			if eng.LinkExists("ov" + epA[:12]) {
 				t.Fatalf("host end ov%s of %s's veth remains after rm", epA[:12], a)
 			}
 			eng.Run(t, "network", "rm", nw)
-			if linkExists(bridge) {
+			if eng.LinkExists(bridge) {
 				t.Fatalf("bridge %s still exists after network rm", bridge)
 			}
-			if out, _ := hostCmd("iptables-save"); strings.Contains(out, "OURNET-I-"+id[:12]) {
+			if out, _ := eng.Sh("iptables-save"); strings.Contains(out, "OURNET-I-"+id[:12]) {
 				t.Fatalf("rules of the removed network remain:\n%s", out)
 			}
 		})

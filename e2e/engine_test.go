@@ -17,27 +17,44 @@ import (
 	"time"
 )
 
-// Engine is one private dockerd with its own data-root, exec-root and socket.
+// Engine is one private dockerd with its own data-root, exec-root and socket,
+// running in a network namespace of its own (the engine's "host": its
+// bridges, iptables and plugin live there, never in the real host's) and a
+// mount namespace in which /run/docker/plugins, where the engine discovers
+// the plain "ournet" socket, is a directory of its own. So several engines,
+// and several test runs, never see each other.
 type Engine struct {
-	Dir     string // holds data/, exec/, docker.sock, dockerd.log
+	Dir     string // holds data/, exec/, plugins/, docker.sock, dockerd.log
 	Host    string // DOCKER_HOST value
+	NetNS   string // the engine's network namespace (/run/netns/NetNS)
 	Dockerd string // the dockerd binary
 	cmd     *exec.Cmd
 	log     *os.File
 	extra   []string
 }
 
-// StartEngine starts dockerd (the binary in $E2E_DOCKERD, else dockerd in
-// PATH) and waits until it answers. extra are more dockerd flags.
+// StartEngine creates the engine's namespace and starts dockerd (the binary
+// in $E2E_DOCKERD, else dockerd in PATH), waiting until it answers. extra are
+// more dockerd flags.
 func StartEngine(dir string, extra ...string) (*Engine, error) {
 	bin := os.Getenv("E2E_DOCKERD")
 	if bin == "" {
 		bin = "dockerd"
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "plugins"), 0o700); err != nil {
 		return nil, err
 	}
-	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock"), Dockerd: bin, extra: extra}
+	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock"), Dockerd: bin, extra: extra,
+		NetNS: "oe-" + filepath.Base(dir)[len(filepath.Base(dir))-6:]}
+	for _, c := range [][]string{
+		{"mkdir", "-p", "/run/docker/plugins"},
+		{"ip", "netns", "add", e.NetNS},
+		{"ip", "-n", e.NetNS, "link", "set", "lo", "up"},
+	} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			return e, fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
+		}
+	}
 	return e, e.Start()
 }
 
@@ -49,12 +66,17 @@ func (e *Engine) Start() error {
 		"--pidfile", filepath.Join(e.Dir, "dockerd.pid"),
 		"-H", e.Host,
 	}, e.extra...)
+	// nsenter, not "ip netns exec": the latter remounts /sys, which hides
+	// the cgroups from dockerd.
+	script := `mount --make-rprivate / && mount --bind "$0" /run/docker/plugins && exec "$@"`
+	args = append([]string{"--net=/run/netns/" + e.NetNS, "unshare", "--mount", "--propagation", "private",
+		"sh", "-c", script, filepath.Join(e.Dir, "plugins"), e.Dockerd}, args...)
 	f, err := os.OpenFile(filepath.Join(e.Dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	e.log = f
-	e.cmd = exec.Command(e.Dockerd, args...)
+	e.cmd = exec.Command("nsenter", args...)
 	e.cmd.Stdout, e.cmd.Stderr = f, f
 	e.cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH"))
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -118,6 +140,19 @@ func (e *Engine) Remove() {
 		_ = exec.Command("umount", "-l", mounts[i]).Run()
 	}
 	_ = os.RemoveAll(e.Dir)
+	_ = exec.Command("ip", "netns", "del", e.NetNS).Run()
+}
+
+// Sh runs a command in the engine's network namespace (its "host").
+func (e *Engine) Sh(args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + e.NetNS}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// LinkExists reports whether the engine's host has a link of that name.
+func (e *Engine) LinkExists(name string) bool {
+	_, err := e.Sh("ip", "link", "show", name)
+	return err == nil
 }
 
 // LogTail returns the last n lines of the engine's log.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 )
@@ -27,7 +26,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: must run as root (it starts dockerd and creates network namespaces)")
 		return 1
 	}
-	for _, bin := range []string{"dockerd", "docker", "busybox", "iptables", "ip"} {
+	for _, bin := range []string{"dockerd", "docker", "busybox", "iptables", "ip", "nsenter", "unshare"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s not found: run 'make deps'\n", bin)
 			return 1
@@ -108,16 +107,4 @@ func (e *Engine) Ping(from, addr string) error {
 		return fmt.Errorf("%s cannot ping %s: %v %s", from, addr, err, out)
 	}
 	return nil
-}
-
-// hostCmd runs a command on the host.
-func hostCmd(args ...string) (string, error) {
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
-// linkExists reports whether the host has a link of that name.
-func linkExists(name string) bool {
-	_, err := hostCmd("ip", "link", "show", name)
-	return err == nil
 }
