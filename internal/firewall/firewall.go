@@ -200,8 +200,13 @@ func AddScript(f Family, n Network, existing jumps) string {
 
 	b.WriteString("*filter\n")
 	fmt.Fprintf(&b, ":%s - [0:0]\n:%s - [0:0]\n", in, out)
-	// Into the bridge: replies, then same-network traffic, then nothing else.
+	// Into the bridge: replies, published ports (connections ournet's own
+	// DNAT rules sent here), same-network traffic, and nothing else: no
+	// direct routing to container addresses, whatever FORWARD's policy.
 	fmt.Fprintf(&b, "-A %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n", in)
+	if !n.Internal {
+		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate DNAT -j ACCEPT\n", in)
+	}
 	if n.ICC {
 		fmt.Fprintf(&b, "-A %s -i %s -j ACCEPT\n", in, br)
 	}
