@@ -28,12 +28,24 @@ type Links interface {
 	EnsureVeth(netdev.Veth) error
 	DeleteVeth(host, owner string) error
 	Exists(name string) (bool, error)
+	DeleteLink(name, owner string) error
+	Owned() (map[string]string, error)
+	ForeignBridges() ([]string, error)
 }
 
 // Firewall is the part of the firewall package the driver uses.
 type Firewall interface {
+	Setup() error
 	AddNetwork(firewall.Network) error
 	DelNetwork(id string) error
+	Drifted([]firewall.Network) ([]firewall.Network, error)
+	SetForeignBridges([]string) error
+	OwnedNetworks() (map[string]bool, error)
+}
+
+// Sysctls sets network sysctls (internal/sysctl in the plugin).
+type Sysctls interface {
+	Set(key, value string) error
 }
 
 // Driver is ournet's NetworkDriver. It is safe for concurrent use.
@@ -41,9 +53,11 @@ type Driver struct {
 	mu        sync.Mutex
 	links     Links
 	fw        Firewall
+	sys       Sysctls
 	st        *store.Store
 	networks  map[string]*Network
 	endpoints map[string]*Endpoint
+	foreign   []string // the bridges OURNET-FOREIGN lists now
 
 	ready chan struct{} // closed once Restore has run
 }
@@ -51,10 +65,11 @@ type Driver struct {
 // New returns a driver over the given kernel interfaces and store. Calls
 // wait until Restore has run, so that the plugin can listen before it
 // restores (dockerd gives it only seconds to open its socket).
-func New(links Links, fw Firewall, st *store.Store) *Driver {
+func New(links Links, fw Firewall, sys Sysctls, st *store.Store) *Driver {
 	return &Driver{
 		links:     links,
 		fw:        fw,
+		sys:       sys,
 		st:        st,
 		networks:  map[string]*Network{},
 		endpoints: map[string]*Endpoint{},
@@ -97,8 +112,11 @@ func logEp(nid, eid string) *log.Entry {
 // fwNetwork is what the firewall needs to know of n.
 func (n *Network) fwNetwork() firewall.Network {
 	fn := firewall.Network{
-		ID: n.ID, Bridge: n.Bridge, ICC: n.Options.ICC,
-		Masquerade: n.Options.Masquerade, Internal: n.Options.Internal,
+		ID: n.ID, Bridge: n.Bridge, ICC: n.Options.ICC, Internal: n.Options.Internal,
+		Masquerade: map[firewall.Family]bool{
+			firewall.IPv4: n.Options.Masquerade && n.Options.GwModeV4 == "nat",
+			firewall.IPv6: n.Options.Masquerade && n.Options.GwModeV6 == "nat",
+		},
 	}
 	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
 		fn.Subnets = append(fn.Subnets, s.Pool)

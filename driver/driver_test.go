@@ -38,6 +38,22 @@ func (f *fakeLinks) EnsureVeth(v netdev.Veth) error {
 	return nil
 }
 func (f *fakeLinks) DeleteVeth(host, owner string) error { delete(f.veths, host); return nil }
+func (f *fakeLinks) DeleteLink(name, owner string) error {
+	delete(f.veths, name)
+	delete(f.bridges, name)
+	return nil
+}
+func (f *fakeLinks) Owned() (map[string]string, error) {
+	out := map[string]string{}
+	for n, b := range f.bridges {
+		out[n] = b.Owner
+	}
+	for n, v := range f.veths {
+		out[n] = v.Owner
+	}
+	return out, nil
+}
+func (f *fakeLinks) ForeignBridges() ([]string, error) { return nil, nil }
 func (f *fakeLinks) Exists(name string) (bool, error) {
 	_, b := f.bridges[name]
 	_, v := f.veths[name]
@@ -56,7 +72,36 @@ func (f *fakeFW) AddNetwork(n firewall.Network) error {
 	f.nets[n.ID] = n
 	return nil
 }
-func (f *fakeFW) DelNetwork(id string) error { delete(f.nets, id); return nil }
+func (f *fakeFW) DelNetwork(id string) error {
+	for full := range f.nets {
+		if strings.HasPrefix(full, id) {
+			delete(f.nets, full)
+		}
+	}
+	return nil
+}
+func (f *fakeFW) Setup() error { return nil }
+func (f *fakeFW) Drifted(nets []firewall.Network) ([]firewall.Network, error) {
+	var out []firewall.Network
+	for _, n := range nets {
+		if _, ok := f.nets[n.ID]; !ok {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+func (f *fakeFW) SetForeignBridges([]string) error { return nil }
+func (f *fakeFW) OwnedNetworks() (map[string]bool, error) {
+	out := map[string]bool{}
+	for id := range f.nets {
+		out[id[:12]] = true
+	}
+	return out, nil
+}
+
+type fakeSysctl map[string]string
+
+func (f fakeSysctl) Set(k, v string) error { f[k] = v; return nil }
 
 func newTestDriver(t *testing.T) (*Driver, *fakeLinks, *fakeFW, *store.Store) {
 	t.Helper()
@@ -67,7 +112,7 @@ func newTestDriver(t *testing.T) (*Driver, *fakeLinks, *fakeFW, *store.Store) {
 	t.Cleanup(func() { st.Close() })
 	l := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
 	fw := &fakeFW{nets: map[string]firewall.Network{}}
-	d := New(l, fw, st)
+	d := New(l, fw, fakeSysctl{}, st)
 	if err := d.Restore(); err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +277,7 @@ func TestRestoreReprogramsFromStore(t *testing.T) {
 	}
 	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
 	fw2 := &fakeFW{nets: map[string]firewall.Network{}}
-	d2 := New(l2, fw2, st)
+	d2 := New(l2, fw2, fakeSysctl{}, st)
 	if err := d2.Restore(); err != nil {
 		t.Fatal(err)
 	}
@@ -241,5 +286,43 @@ func TestRestoreReprogramsFromStore(t *testing.T) {
 	}
 	if _, ok := fw2.nets[nid]; !ok {
 		t.Fatal("restore did not reprogram the rules")
+	}
+}
+
+// Orphans (links and rules of IDs the store does not know) are removed at
+// restore; what the store knows stays. Drift is repaired by Reconcile.
+func TestRestoreRemovesOrphansAndReconcileRepairs(t *testing.T) {
+	d, _, _, st := newTestDriver(t)
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{
+		"ournet-bbbbbbbb": {Name: "ournet-bbbbbbbb", Owner: "bbbbbbbbbbbb0000"},
+	}, veths: map[string]netdev.Veth{"ovcccccccccccc": {Host: "ovcccccccccccc", Owner: "cccccccccccc0000"}}, foreign: map[string]bool{}}
+	fw2 := &fakeFW{nets: map[string]firewall.Network{"bbbbbbbbbbbb0000": {ID: "bbbbbbbbbbbb0000"}}}
+	d2 := New(l2, fw2, fakeSysctl{}, st)
+	if err := d2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l2.bridges["ournet-bbbbbbbb"]; ok {
+		t.Fatal("orphan bridge kept")
+	}
+	if _, ok := l2.veths["ovcccccccccccc"]; ok {
+		t.Fatal("orphan veth kept")
+	}
+	if _, ok := fw2.nets["bbbbbbbbbbbb0000"]; ok {
+		t.Fatal("orphan rules kept")
+	}
+	if _, ok := l2.bridges["ournet-aaaaaaaa"]; !ok {
+		t.Fatal("known bridge removed")
+	}
+	delete(l2.bridges, "ournet-aaaaaaaa")
+	delete(fw2.nets, nid)
+	d2.Reconcile()
+	if _, ok := l2.bridges["ournet-aaaaaaaa"]; !ok {
+		t.Fatal("Reconcile did not recreate the deleted bridge")
+	}
+	if _, ok := fw2.nets[nid]; !ok {
+		t.Fatal("Reconcile did not restore the rules")
 	}
 }

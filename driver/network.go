@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 
 	"github.com/docker/go-plugins-helpers/network"
 
@@ -109,8 +110,31 @@ func (d *Driver) programNetwork(n *Network) error {
 		}
 		return fmt.Errorf("ournet: setting up bridge %s: %w", n.Bridge, err)
 	}
+	if err := d.setSysctls(n); err != nil {
+		return err
+	}
 	if err := d.fw.AddNetwork(n.fwNetwork()); err != nil {
 		return fmt.Errorf("ournet: programming firewall rules for bridge %s: %w", n.Bridge, err)
+	}
+	return nil
+}
+
+// setSysctls turns on forwarding, as Docker's bridge driver does, and keeps
+// router advertisements from configuring the bridge: ournet's bridges are
+// routers, and an RA sent by a container must not give the host a route.
+func (d *Driver) setSysctls(n *Network) error {
+	want := [][2]string{{"ipv4/ip_forward", "1"}}
+	if len(n.IPv6) > 0 {
+		want = append(want, [2]string{"ipv6/conf/all/forwarding", "1"})
+	}
+	for _, kv := range want {
+		if err := d.sys.Set(kv[0], kv[1]); err != nil {
+			return fmt.Errorf("ournet: enabling forwarding: %w", err)
+		}
+	}
+	// The bridge's IPv6 settings exist only while IPv6 is on in the kernel.
+	if err := d.sys.Set("ipv6/conf/"+n.Bridge+"/accept_ra", "0"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("ournet: turning off router advertisements on %s: %w", n.Bridge, err)
 	}
 	return nil
 }

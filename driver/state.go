@@ -55,6 +55,10 @@ func (d *Driver) veth(n *Network, ep *Endpoint) netdev.Veth {
 	return netdev.Veth{
 		Host: ep.HostVeth, Peer: ep.PeerVeth, Owner: ep.ID, Bridge: n.Bridge,
 		MTU: n.Options.MTU, PeerMAC: mac,
+		// icc=false is enforced at layer 2 too: isolated bridge ports
+		// cannot talk to each other whether or not br_netfilter passes
+		// bridged traffic through iptables.
+		Isolated: !n.Options.ICC,
 	}
 }
 
@@ -78,6 +82,7 @@ func (d *Driver) Restore() error {
 		return fmt.Errorf("loading endpoints: %w", err)
 	}
 	d.networks, d.endpoints = nets, eps
+	d.removeOrphans()
 	var firstErr error
 	for _, n := range nets {
 		if err := d.programNetwork(n); err != nil {
@@ -85,19 +90,8 @@ func (d *Driver) Restore() error {
 			firstErr = cmpErr(firstErr, err)
 		}
 	}
-	for _, ep := range eps {
-		n := nets[ep.NetworkID]
-		if n == nil {
-			continue
-		}
-		// Only reattach a host end that still exists: a veth whose container
-		// is gone went with the container's namespace, and recreating it
-		// would leave a dangling interface.
-		if ok, _ := d.links.Exists(ep.HostVeth); ok {
-			if err := d.links.EnsureVeth(d.veth(n, ep)); err != nil {
-				logEp(n.ID, ep.ID).WithError(err).Error("restoring endpoint")
-			}
-		}
+	for _, n := range nets {
+		d.reattachEndpoints(n)
 	}
 	logNet("").WithField("networks", len(nets)).WithField("endpoints", len(eps)).Info("state restored")
 	return firstErr

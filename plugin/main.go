@@ -20,6 +20,7 @@ import (
 	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/store"
+	"github.com/ournet/ournet/internal/sysctl"
 	"github.com/ournet/ournet/ipam"
 )
 
@@ -29,8 +30,11 @@ type settings struct {
 	Socket       string   // the managed plugin's own socket
 	AliasSockets []string // more sockets, e.g. in the host's /run/docker/plugins
 	StatePath    string
-	DefaultPools []ipam.DefaultPool
-	PoolsV6      []ipam.DefaultPool
+	// ReconcileEvery is how often drift (flushed rules, a deleted bridge)
+	// is looked for and repaired.
+	ReconcileEvery time.Duration
+	DefaultPools   []ipam.DefaultPool
+	PoolsV6        []ipam.DefaultPool
 }
 
 func env(key, def string) string {
@@ -53,6 +57,9 @@ func loadSettings() (settings, error) {
 		}
 	}
 	s.StatePath = env("OURNET_STATE", "/var/lib/ournet/state.db")
+	if s.ReconcileEvery, err = time.ParseDuration(env("RECONCILE_INTERVAL", "5s")); err != nil || s.ReconcileEvery < 100*time.Millisecond {
+		return s, fmt.Errorf("RECONCILE_INTERVAL=%q is not valid; give a duration of at least 100ms such as 5s", os.Getenv("RECONCILE_INTERVAL"))
+	}
 	s.DefaultPools = ipam.DefaultV4Pools()
 	if v := env("DEFAULT_POOLS", ""); v != "" {
 		if s.DefaultPools, err = ipam.ParseDefaultPools(v); err != nil {
@@ -67,6 +74,11 @@ func loadSettings() (settings, error) {
 	}
 	return s, nil
 }
+
+// sysctlSetter adapts package sysctl to driver.Sysctls.
+type sysctlSetter struct{}
+
+func (sysctlSetter) Set(key, value string) error { return sysctl.Set(key, value) }
 
 func main() {
 	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, DisableColors: true})
@@ -108,7 +120,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("loading address allocations: %w", err)
 	}
-	drv := driver.New(links, fw, st)
+	drv := driver.New(links, fw, sysctlSetter{}, st)
 
 	// Listen first: dockerd gives a starting plugin only seconds to open its
 	// socket, and calls wait inside the driver until the restore is done.
@@ -136,6 +148,9 @@ func run() error {
 		log.WithError(err).Error("restoring state (continuing with what could be restored)")
 	}
 	log.WithField("took", time.Since(start).Round(time.Millisecond)).Info("ready")
+	stop := make(chan struct{})
+	defer close(stop)
+	go drv.Watch(cfg.ReconcileEvery, stop)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

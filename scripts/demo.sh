@@ -36,7 +36,7 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
 	mkdir -p "$tmp"/{bin,tmp,etc,proc,sys,dev}
 	chmod 1777 "$tmp/tmp"
 	cp "$(command -v busybox)" "$tmp/bin/busybox"
-	for a in sh ip ping nc wget httpd sleep true cat echo hostname; do ln -s busybox "$tmp/bin/$a"; done
+	for a in sh ip ping nc wget httpd sleep true cat echo hostname timeout mkdir; do ln -s busybox "$tmp/bin/$a"; done
 	tar -C "$tmp" -c . | docker import -c 'ENV PATH=/bin' - "$image" >/dev/null
 	rm -rf "$tmp"
 fi
@@ -63,7 +63,7 @@ docker exec demo-a ping -c 2 -W 2 demo-b
 say "demo-b fetches a page that demo-a serves"
 docker exec -d demo-a sh -c 'mkdir -p /tmp/www && echo "hello from demo-a over ournet" > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www'
 sleep 0.5
-docker exec demo-b wget -q -T 3 -O - http://demo-a:8080/
+docker exec demo-b timeout 5 wget -q -O - http://demo-a:8080/
 
 say "it works: containers on an ournet network talk to each other"
 echo "bridge: $(ip -br link show | awk '/^ournet-/ {print $1}' | head -1) (ournet-<network id>)"

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -60,11 +61,13 @@ func (r *ExecRunner) Restore(f Family, script string) error {
 
 // EnsureBase implements Runner. The FORWARD jump goes right after dockerd's
 // DOCKER-USER jump, so the user's rules still come first, and before
-// dockerd's own ACCEPT rules for its bridges, so ournet's isolation holds.
+// dockerd's own ACCEPT rules for its bridges; the mangle guard goes first.
 func (r *ExecRunner) EnsureBase(f Family) error {
 	ipt := r.ipt[f]
 	for _, c := range []struct{ table, chain, parent string }{
+		{"filter", ForeignChain, ""},
 		{"filter", ForwardChain, "FORWARD"},
+		{"mangle", GuardChain, "FORWARD"},
 		{"nat", PostroutingChain, "POSTROUTING"},
 	} {
 		ok, err := ipt.ChainExists(c.table, c.chain)
@@ -76,25 +79,41 @@ func (r *ExecRunner) EnsureBase(f Family) error {
 				return err
 			}
 		}
-		if ok, err := ipt.Exists(c.table, c.parent, "-j", c.chain); err != nil || ok {
-			if err != nil {
-				return err
-			}
+		if c.parent == "" {
 			continue
 		}
 		rules, err := ipt.List(c.table, c.parent)
 		if err != nil {
 			return err
 		}
-		pos := 1
-		for i, rule := range rules[1:] { // rules[0] is the policy line
-			if rule == "-A "+c.parent+" -j DOCKER-USER" {
-				pos = i + 2
+		want := jumpPosition(rules, c.parent, c.chain)
+		if have := slices.Index(rules, "-A "+c.parent+" -j "+c.chain); have == want {
+			continue
+		} else if have > 0 {
+			// Present but out of place (dockerd inserted its rules above
+			// it): move it back.
+			if err := ipt.Delete(c.table, c.parent, "-j", c.chain); err != nil {
+				return err
+			}
+			if have < want {
+				want--
 			}
 		}
-		if err := ipt.Insert(c.table, c.parent, pos, "-j", c.chain); err != nil {
+		if err := ipt.Insert(c.table, c.parent, want, "-j", c.chain); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// jumpPosition is where ournet's jump belongs in parent, as a 1-based rule
+// number (rules[0] is the policy line, so it doubles as an index in rules):
+// right after DOCKER-USER's jump in filter FORWARD, else first.
+func jumpPosition(rules []string, parent, chain string) int {
+	if chain == ForwardChain {
+		if i := slices.Index(rules, "-A "+parent+" -j DOCKER-USER"); i > 0 {
+			return i + 1
+		}
+	}
+	return 1
 }

@@ -1,16 +1,23 @@
 // Package firewall programs ournet's iptables rules.
 //
 // Layout. ournet never writes into dockerd's chains (dockerd flushes them at
-// start). It owns two base chains, each reached by one jump:
+// start). It owns base chains, each reached by one jump:
 //
-//	filter FORWARD     -> OURNET-FORWARD
+//	filter FORWARD     -> OURNET-FORWARD      (right after DOCKER-USER)
+//	mangle FORWARD     -> OURNET-GUARD        (first)
 //	nat    POSTROUTING -> OURNET-POSTROUTING
+//	filter OURNET-FOREIGN: bridges on the host that are not ournet's
 //
-// and three chains per network (ID cut to 12 characters):
+// and four chains per network (ID cut to 12 characters):
 //
-//	OURNET-I-<id>  every packet that leaves through the network's bridge
-//	OURNET-O-<id>  every packet that arrives from the bridge and leaves elsewhere
-//	OURNET-N-<id>  nat: masquerade of the network's subnets
+//	filter OURNET-I-<id>  every packet that leaves through the network's bridge
+//	filter OURNET-O-<id>  every packet from the bridge that leaves elsewhere
+//	mangle OURNET-G-<id>  the same guard as the I chain's last DROP, in a
+//	                      table dockerd never reorders: isolation and "no
+//	                      direct routing" hold even if dockerd inserts its
+//	                      own ACCEPTs above ournet's jump, or FORWARD's
+//	                      policy is ACCEPT
+//	nat    OURNET-N-<id>  masquerade of the network's subnets
 //
 // OURNET-FORWARD holds all "-o <bridge> -j OURNET-I-…" jumps before all
 // "-i <bridge> -j OURNET-O-…" jumps, and every I chain ends in a verdict. So a
@@ -24,9 +31,11 @@
 package firewall
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 )
@@ -49,17 +58,24 @@ func (f Family) String() string {
 // Base chain names.
 const (
 	ForwardChain     = "OURNET-FORWARD"
+	GuardChain       = "OURNET-GUARD"
 	PostroutingChain = "OURNET-POSTROUTING"
+	ForeignChain     = "OURNET-FOREIGN"
 )
+
+// tables in the order scripts touch them.
+var tables = []string{"filter", "mangle", "nat"}
 
 // Network is what the firewall needs to know about one network.
 type Network struct {
-	ID         string
-	Bridge     string
-	Subnets    []netip.Prefix // both families; each family's rules use its own
-	ICC        bool
-	Masquerade bool
-	Internal   bool
+	ID       string
+	Bridge   string
+	Subnets  []netip.Prefix // both families; each family's rules use its own
+	ICC      bool
+	Internal bool
+	// Masquerade per family: off for a family whose gateway mode is routed
+	// or when enable_ip_masquerade is false.
+	Masquerade map[Family]bool
 }
 
 func short(id string) string {
@@ -70,9 +86,19 @@ func short(id string) string {
 }
 
 // Chain names of one network.
-func inChain(id string) string  { return "OURNET-I-" + short(id) }
-func outChain(id string) string { return "OURNET-O-" + short(id) }
-func natChain(id string) string { return "OURNET-N-" + short(id) }
+func inChain(id string) string    { return "OURNET-I-" + short(id) }
+func outChain(id string) string   { return "OURNET-O-" + short(id) }
+func guardChain(id string) string { return "OURNET-G-" + short(id) }
+func natChain(id string) string   { return "OURNET-N-" + short(id) }
+
+// chainsOf lists a network's chains per table.
+func chainsOf(id string) map[string][]string {
+	return map[string][]string{
+		"filter": {inChain(id), outChain(id)},
+		"mangle": {guardChain(id)},
+		"nat":    {natChain(id)},
+	}
+}
 
 func (n Network) subnets(f Family) []netip.Prefix {
 	var out []netip.Prefix
@@ -82,6 +108,74 @@ func (n Network) subnets(f Family) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// tableRules is what ournet wants in one table for one network: the rules of
+// the chains it owns, and its jumps from base chains, as iptables-save
+// prints them ("-A CHAIN ...").
+type tableRules struct {
+	chains map[string][]string
+	jumps  []string
+}
+
+// rules computes network n's rules for family f, per table.
+func rules(f Family, n Network) map[string]*tableRules {
+	br := n.Bridge
+	in, out, guard, nat := inChain(n.ID), outChain(n.ID), guardChain(n.ID), natChain(n.ID)
+
+	// Into the bridge: replies, published ports (connections ournet's own
+	// DNAT rules sent here), same-network traffic, and nothing else: no
+	// direct routing to container addresses, whatever FORWARD's policy.
+	inRules := []string{"-A " + in + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}
+	if !n.Internal {
+		inRules = append(inRules, "-A "+in+" -m conntrack --ctstate DNAT -j ACCEPT")
+	}
+	if n.ICC {
+		inRules = append(inRules, "-A "+in+" -i "+br+" -j ACCEPT")
+	}
+	inRules = append(inRules, "-A "+in+" -j DROP")
+
+	// Out of the bridge to anywhere that is not an ournet bridge: never to
+	// another engine bridge (OURNET-FOREIGN decides those), else out.
+	var outRules []string
+	if n.Internal {
+		outRules = []string{"-A " + out + " -j DROP"}
+	} else {
+		outRules = []string{
+			"-A " + out + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+			"-A " + out + " -j " + ForeignChain,
+			"-A " + out + " -j ACCEPT",
+		}
+	}
+
+	guardRules := []string{"-A " + guard + " ! -i " + br + " -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"}
+	if n.Internal {
+		guardRules = []string{"-A " + guard + " ! -i " + br + " -m conntrack ! --ctstate RELATED,ESTABLISHED -j DROP"}
+	}
+
+	var natRules []string
+	if n.Masquerade[f] && !n.Internal {
+		for _, s := range n.subnets(f) {
+			natRules = append(natRules, "-A "+nat+" -s "+s.String()+" ! -o "+br+" -j MASQUERADE")
+		}
+	}
+	return map[string]*tableRules{
+		"filter": {
+			chains: map[string][]string{in: inRules, out: outRules},
+			jumps: []string{
+				"-A " + ForwardChain + " -o " + br + " -j " + in,
+				"-A " + ForwardChain + " -i " + br + " -j " + out,
+			},
+		},
+		"mangle": {
+			chains: map[string][]string{guard: guardRules},
+			jumps:  []string{"-A " + GuardChain + " -o " + br + " -j " + guard},
+		},
+		"nat": {
+			chains: map[string][]string{nat: natRules},
+			jumps:  []string{"-A " + PostroutingChain + " -j " + nat},
+		},
+	}
 }
 
 // Runner runs the iptables tools of one family.
@@ -106,6 +200,9 @@ func New(run Runner, families ...Family) *Firewall {
 	return &Firewall{run: run, families: families}
 }
 
+// Families lists the families this firewall programs.
+func (fw *Firewall) Families() []Family { return fw.families }
+
 // Setup creates the base chains and jumps; safe to call again at any time.
 func (fw *Firewall) Setup() error {
 	fw.mu.Lock()
@@ -123,11 +220,11 @@ func (fw *Firewall) AddNetwork(n Network) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
 	for _, f := range fw.families {
-		existing, err := fw.ourJumps(f)
+		saved, err := fw.save(f)
 		if err != nil {
 			return err
 		}
-		if err := fw.run.Restore(f, AddScript(f, n, existing)); err != nil {
+		if err := fw.run.Restore(f, AddScript(f, n, saved)); err != nil {
 			return fmt.Errorf("%s: adding rules of network %s: %w", f, short(n.ID), err)
 		}
 	}
@@ -140,39 +237,86 @@ func (fw *Firewall) DelNetwork(id string) error {
 	defer fw.mu.Unlock()
 	var errs []error
 	for _, f := range fw.families {
-		existing, err := fw.ourJumps(f)
+		saved, err := fw.save(f)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if err := fw.run.Restore(f, DelScript(id, existing)); err != nil {
+		if err := fw.run.Restore(f, DelScript(id, saved)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: removing rules of network %s: %w", f, short(id), err))
 		}
 	}
-	if len(errs) > 0 {
-		return errs[0]
+	return errors.Join(errs...)
+}
+
+// SetForeignBridges rewrites OURNET-FOREIGN: traffic from ournet networks to
+// these bridges (the engine's docker0, br-*, anyone else's) is dropped,
+// except connections DNATed to a port published there. docker0 and br-+ are
+// always listed, so the engine's bridges are covered before anyone lists them.
+func (fw *Firewall) SetForeignBridges(names []string) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	for _, f := range fw.families {
+		if err := fw.run.Restore(f, ForeignScript(names)); err != nil {
+			return fmt.Errorf("%s: listing foreign bridges: %w", f, err)
+		}
 	}
 	return nil
 }
 
-// jumps are the rules of base chains that jump to a per-network chain, as
-// "table chain rule" lines exactly as iptables-save prints them.
-type jumps map[string][]string // table -> "-A CHAIN ..." lines
+// ForeignScript is the iptables-restore input that rewrites OURNET-FOREIGN.
+func ForeignScript(names []string) string {
+	set := map[string]bool{"docker0": true, "br-+": true}
+	for _, n := range names {
+		set[n] = true
+	}
+	sorted := make([]string, 0, len(set))
+	for n := range set {
+		sorted = append(sorted, n)
+	}
+	sort.Strings(sorted)
+	var b strings.Builder
+	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", ForeignChain)
+	for _, n := range sorted {
+		fmt.Fprintf(&b, "-A %s -o %s -m conntrack --ctstate DNAT -j ACCEPT\n", ForeignChain, n)
+		fmt.Fprintf(&b, "-A %s -o %s -j DROP\n", ForeignChain, n)
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
 
-func (fw *Firewall) ourJumps(f Family) (jumps, error) {
-	out := jumps{}
-	for _, table := range []string{"filter", "nat"} {
+// Saved is iptables-save output parsed per table: chain -> rule lines.
+type Saved map[string]map[string][]string
+
+func (fw *Firewall) save(f Family) (Saved, error) {
+	out := Saved{}
+	for _, table := range tables {
 		dump, err := fw.run.Save(f, table)
 		if err != nil {
 			return nil, fmt.Errorf("%s: reading table %s: %w", f, table, err)
 		}
-		for _, line := range strings.Split(dump, "\n") {
-			if strings.HasPrefix(line, "-A "+ForwardChain+" ") || strings.HasPrefix(line, "-A "+PostroutingChain+" ") {
-				out[table] = append(out[table], line)
-			}
-		}
+		out[table] = ParseSave(dump)
 	}
 	return out, nil
+}
+
+// ParseSave reads iptables-save output into chain -> "-A chain ..." lines;
+// declared chains with no rules are present with no lines.
+func ParseSave(dump string) map[string][]string {
+	chains := map[string][]string{}
+	for _, line := range strings.Split(dump, "\n") {
+		switch {
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			if _, ok := chains[name]; !ok {
+				chains[name] = nil
+			}
+		case strings.HasPrefix(line, "-A "):
+			name, _, _ := strings.Cut(line[3:], " ")
+			chains[name] = append(chains[name], line)
+		}
+	}
+	return chains
 }
 
 // referencing returns the lines of lines that jump to one of chains.
@@ -188,59 +332,46 @@ func referencing(lines []string, chains ...string) []string {
 	return out
 }
 
+// baseOf is the base chain a jump line is in.
+func baseOf(jump string) string {
+	name, _, _ := strings.Cut(strings.TrimPrefix(jump, "-A "), " ")
+	return name
+}
+
 func deleteLine(addLine string) string { return "-D" + strings.TrimPrefix(addLine, "-A") }
 
-// AddScript is the iptables-restore input that installs network n, given the
-// jumps that exist now. It is pure so that it can be tested with golden files.
-func AddScript(f Family, n Network, existing jumps) string {
+// AddScript is the iptables-restore input that installs network n, given
+// what iptables-save shows now. It is pure, for golden-file tests.
+func AddScript(f Family, n Network, saved Saved) string {
 	var b strings.Builder
-	br := n.Bridge
-	in, out, nat := inChain(n.ID), outChain(n.ID), natChain(n.ID)
-	subnets := n.subnets(f)
-
-	b.WriteString("*filter\n")
-	fmt.Fprintf(&b, ":%s - [0:0]\n:%s - [0:0]\n", in, out)
-	// Into the bridge: replies, published ports (connections ournet's own
-	// DNAT rules sent here), same-network traffic, and nothing else: no
-	// direct routing to container addresses, whatever FORWARD's policy.
-	fmt.Fprintf(&b, "-A %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n", in)
-	if !n.Internal {
-		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate DNAT -j ACCEPT\n", in)
-	}
-	if n.ICC {
-		fmt.Fprintf(&b, "-A %s -i %s -j ACCEPT\n", in, br)
-	}
-	fmt.Fprintf(&b, "-A %s -j DROP\n", in)
-	// Out of the bridge to anywhere that is not an ournet bridge.
-	if n.Internal {
-		fmt.Fprintf(&b, "-A %s -j DROP\n", out)
-	} else {
-		fmt.Fprintf(&b, "-A %s -j ACCEPT\n", out)
-	}
-	wantFilter := []string{
-		fmt.Sprintf("-A %s -o %s -j %s", ForwardChain, br, in),
-		fmt.Sprintf("-A %s -i %s -j %s", ForwardChain, br, out),
-	}
-	writeJumps(&b, existing["filter"], wantFilter, []string{in, out})
-	b.WriteString("COMMIT\n")
-
-	b.WriteString("*nat\n")
-	fmt.Fprintf(&b, ":%s - [0:0]\n", nat)
-	if n.Masquerade && !n.Internal {
-		for _, s := range subnets {
-			fmt.Fprintf(&b, "-A %s -s %s ! -o %s -j MASQUERADE\n", nat, s, br)
+	want := rules(f, n)
+	for _, table := range tables {
+		tr := want[table]
+		fmt.Fprintf(&b, "*%s\n", table)
+		names := sortedKeys(tr.chains)
+		for _, c := range names {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
 		}
+		for _, c := range names {
+			for _, r := range tr.chains[c] {
+				b.WriteString(r + "\n")
+			}
+		}
+		writeJumps(&b, saved[table], tr.jumps, names)
+		b.WriteString("COMMIT\n")
 	}
-	writeJumps(&b, existing["nat"], []string{fmt.Sprintf("-A %s -j %s", PostroutingChain, nat)}, []string{nat})
-	b.WriteString("COMMIT\n")
 	return b.String()
 }
 
-// writeJumps makes the base chain's jumps to chains exactly want: it leaves
-// them alone when they already are, otherwise deletes the old and adds the new.
-// The -o jump goes first in OURNET-FORWARD (inserted), others are appended.
-func writeJumps(b *strings.Builder, existing, want, chains []string) {
-	have := referencing(existing, chains...)
+// writeJumps makes the base chains' jumps to chains exactly want: it leaves
+// them alone when they already are, otherwise deletes the old and adds the
+// new. "-o" jumps into OURNET-FORWARD are inserted, so that they all come
+// before the "-i" ones, which are appended.
+func writeJumps(b *strings.Builder, saved map[string][]string, want, chains []string) {
+	var have []string
+	for _, base := range baseChains(want) {
+		have = append(have, referencing(saved[base], chains...)...)
+	}
 	if slices.Equal(have, want) {
 		return
 	}
@@ -248,7 +379,7 @@ func writeJumps(b *strings.Builder, existing, want, chains []string) {
 		b.WriteString(deleteLine(l) + "\n")
 	}
 	for _, l := range want {
-		if strings.Contains(l, " -o ") && strings.HasPrefix(l, "-A "+ForwardChain+" ") {
+		if baseOf(l) == ForwardChain && strings.Contains(l, " -o ") {
 			b.WriteString("-I" + strings.TrimPrefix(l, "-A") + "\n")
 			continue
 		}
@@ -256,20 +387,108 @@ func writeJumps(b *strings.Builder, existing, want, chains []string) {
 	}
 }
 
+func baseChains(jumps []string) []string {
+	var out []string
+	for _, j := range jumps {
+		if base := baseOf(j); !slices.Contains(out, base) {
+			out = append(out, base)
+		}
+	}
+	return out
+}
+
 // DelScript is the iptables-restore input that removes network id.
-func DelScript(id string, existing jumps) string {
+func DelScript(id string, saved Saved) string {
 	var b strings.Builder
-	in, out, nat := inChain(id), outChain(id), natChain(id)
-	// Declaring a chain creates or flushes it, so -X works whether or not it existed.
-	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n:%s - [0:0]\n", in, out)
-	for _, l := range referencing(existing["filter"], in, out) {
-		b.WriteString(deleteLine(l) + "\n")
+	own := chainsOf(id)
+	bases := map[string]string{"filter": ForwardChain, "mangle": GuardChain, "nat": PostroutingChain}
+	for _, table := range tables {
+		fmt.Fprintf(&b, "*%s\n", table)
+		// Declaring a chain creates or flushes it, so -X works whether or
+		// not it existed.
+		for _, c := range own[table] {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+		}
+		for _, l := range referencing(saved[table][bases[table]], own[table]...) {
+			b.WriteString(deleteLine(l) + "\n")
+		}
+		for _, c := range own[table] {
+			fmt.Fprintf(&b, "-X %s\n", c)
+		}
+		b.WriteString("COMMIT\n")
 	}
-	fmt.Fprintf(&b, "-X %s\n-X %s\nCOMMIT\n", in, out)
-	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", nat)
-	for _, l := range referencing(existing["nat"], nat) {
-		b.WriteString(deleteLine(l) + "\n")
-	}
-	fmt.Fprintf(&b, "-X %s\nCOMMIT\n", nat)
 	return b.String()
+}
+
+// Drifted returns the networks among nets whose rules differ from what they
+// should be in any family (a chain flushed, a jump deleted, a rule edited).
+func (fw *Firewall) Drifted(nets []Network) ([]Network, error) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	var out []Network
+	seen := map[string]bool{}
+	for _, f := range fw.families {
+		saved, err := fw.save(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range nets {
+			if !seen[n.ID] && !matches(f, n, saved) {
+				seen[n.ID] = true
+				out = append(out, n)
+			}
+		}
+	}
+	return out, nil
+}
+
+func matches(f Family, n Network, saved Saved) bool {
+	for table, tr := range rules(f, n) {
+		for c, want := range tr.chains {
+			have, ok := saved[table][c]
+			if !ok || !slices.Equal(have, want) {
+				return false
+			}
+		}
+		for _, j := range tr.jumps {
+			if !slices.Contains(saved[table][baseOf(j)], j) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// OwnedNetworks lists the network IDs (12 characters) that have chains in
+// the tables now, so that the restore can remove those of networks it does
+// not know (left by a crash).
+func (fw *Firewall) OwnedNetworks() (map[string]bool, error) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	ids := map[string]bool{}
+	for _, f := range fw.families {
+		saved, err := fw.save(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, chains := range saved {
+			for c := range chains {
+				for _, p := range []string{"OURNET-I-", "OURNET-O-", "OURNET-G-", "OURNET-N-"} {
+					if id, ok := strings.CutPrefix(c, p); ok {
+						ids[id] = true
+					}
+				}
+			}
+		}
+	}
+	return ids, nil
+}
+
+func sortedKeys(m map[string][]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

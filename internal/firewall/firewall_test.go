@@ -4,6 +4,7 @@ import (
 	"flag"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -14,20 +15,24 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
+var both = map[Family]bool{IPv4: true, IPv6: true}
+
 var cases = []struct {
 	name string
 	n    Network
 }{
-	{"default", Network{ID: "0123456789abcdef", Bridge: "ournet-01234567", ICC: true, Masquerade: true,
+	{"default", Network{ID: "0123456789abcdef", Bridge: "ournet-01234567", ICC: true, Masquerade: both,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24")}}},
-	{"icc-off", Network{ID: "1123456789abcdef", Bridge: "ournet-11234567", ICC: false, Masquerade: true,
+	{"icc-off", Network{ID: "1123456789abcdef", Bridge: "ournet-11234567", ICC: false, Masquerade: both,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.2.0/24")}}},
-	{"no-masquerade", Network{ID: "2123456789abcdef", Bridge: "br-custom", ICC: true, Masquerade: false,
+	{"no-masquerade", Network{ID: "2123456789abcdef", Bridge: "br-custom", ICC: true, Masquerade: nil,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.3.0/24")}}},
-	{"internal", Network{ID: "3123456789abcdef", Bridge: "ournet-31234567", ICC: true, Masquerade: true, Internal: true,
+	{"internal", Network{ID: "3123456789abcdef", Bridge: "ournet-31234567", ICC: true, Masquerade: both, Internal: true,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.4.0/24")}}},
-	{"dual-stack", Network{ID: "4123456789abcdef", Bridge: "ournet-41234567", ICC: true, Masquerade: true,
+	{"dual-stack", Network{ID: "4123456789abcdef", Bridge: "ournet-41234567", ICC: true, Masquerade: both,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParsePrefix("fd00:5::/64"), netip.MustParsePrefix("198.18.6.0/24")}}},
+	{"routed-v6", Network{ID: "5123456789abcdef", Bridge: "ournet-51234567", ICC: true, Masquerade: map[Family]bool{IPv4: true},
+		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.7.0/24"), netip.MustParsePrefix("fd00:7::/64")}}},
 }
 
 func golden(t *testing.T, name, got string) {
@@ -55,14 +60,15 @@ func golden(t *testing.T, name, got string) {
 func TestScriptsGolden(t *testing.T) {
 	for _, c := range cases {
 		for _, f := range []Family{IPv4, IPv6} {
-			golden(t, c.name+"."+f.String()+".add", AddScript(f, c.n, jumps{}))
+			golden(t, c.name+"."+f.String()+".add", AddScript(f, c.n, Saved{}))
 		}
-		existing := jumps{
-			"filter": {"-A OURNET-FORWARD -o " + c.n.Bridge + " -j " + inChain(c.n.ID), "-A OURNET-FORWARD -i " + c.n.Bridge + " -j " + outChain(c.n.ID)},
-			"nat":    {"-A OURNET-POSTROUTING -j " + natChain(c.n.ID)},
+		saved := Saved{
+			"filter": {ForwardChain: {"-A OURNET-FORWARD -o " + c.n.Bridge + " -j " + inChain(c.n.ID), "-A OURNET-FORWARD -i " + c.n.Bridge + " -j " + outChain(c.n.ID)}},
+			"mangle": {GuardChain: {"-A OURNET-GUARD -o " + c.n.Bridge + " -j " + guardChain(c.n.ID)}},
+			"nat":    {PostroutingChain: {"-A OURNET-POSTROUTING -j " + natChain(c.n.ID)}},
 		}
-		golden(t, c.name+".del", DelScript(c.n.ID, existing))
-		if s := AddScript(IPv4, c.n, existing); strings.Contains(s, "-A OURNET-FORWARD") || strings.Contains(s, "-I OURNET-FORWARD") {
+		golden(t, c.name+".del", DelScript(c.n.ID, saved))
+		if s := AddScript(IPv4, c.n, saved); strings.Contains(s, "-A OURNET-FORWARD") || strings.Contains(s, "-I OURNET-FORWARD") || strings.Contains(s, "-A OURNET-GUARD") {
 			t.Errorf("%s: jumps that exist are added again:\n%s", c.name, s)
 		}
 	}
@@ -133,6 +139,79 @@ func TestApplyInNetns(t *testing.T) {
 			if got := save(t, r, f); got != empty[f] {
 				t.Fatalf("%s: after removing every network:\n%s\nwant\n%s", f, got, empty[f])
 			}
+		}
+	})
+}
+
+func ipt(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+		t.Fatalf("iptables %v: %v: %s", args, err, out)
+	}
+}
+
+// Drift (a flushed chain, a deleted jump) is seen and repaired, and the
+// FORWARD jump goes back right after DOCKER-USER when dockerd's restart
+// inserts its own rules above it.
+func TestDriftAndJumpOrderInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		r, err := NewExecRunner(IPv4, IPv6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw := New(r, IPv4, IPv6)
+		ipt(t, "-N", "DOCKER-USER")
+		ipt(t, "-A", "FORWARD", "-j", "DOCKER-USER")
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		var nets []Network
+		for _, c := range cases {
+			nets = append(nets, c.n)
+			if err := fw.AddNetwork(c.n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
+			t.Fatalf("fresh rules drifted: %v %v", d, err)
+		}
+		ids, err := fw.OwnedNetworks()
+		if err != nil || len(ids) != len(cases) || !ids["0123456789ab"] {
+			t.Fatalf("OwnedNetworks = %v, %v", ids, err)
+		}
+		ipt(t, "-F", inChain(cases[0].n.ID))
+		ipt(t, "-t", "nat", "-D", PostroutingChain, "-j", natChain(cases[1].n.ID))
+		d, err := fw.Drifted(nets)
+		if err != nil || len(d) != 2 || d[0].ID != cases[0].n.ID || d[1].ID != cases[1].n.ID {
+			t.Fatalf("Drifted = %v, %v; want the two damaged networks", d, err)
+		}
+		for _, n := range d {
+			if err := fw.AddNetwork(n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
+			t.Fatalf("repaired rules still drifted: %v %v", d, err)
+		}
+
+		// dockerd's restart: its bridge rules, then its jumps, on top.
+		ipt(t, "-I", "FORWARD", "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT")
+		ipt(t, "-D", "FORWARD", "-j", "DOCKER-USER")
+		ipt(t, "-I", "FORWARD", "-j", "DOCKER-USER")
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := r.Save(IPv4, "filter")
+		fwd := ParseSave(out)["FORWARD"]
+		if len(fwd) != 3 || fwd[0] != "-A FORWARD -j DOCKER-USER" || fwd[1] != "-A FORWARD -j "+ForwardChain {
+			t.Fatalf("FORWARD after setup = %q", fwd)
+		}
+		if err := fw.SetForeignBridges([]string{"mybr0"}); err != nil {
+			t.Fatal(err)
+		}
+		out, _ = r.Save(IPv4, "filter")
+		if got := ParseSave(out)[ForeignChain]; len(got) != 6 || !strings.Contains(strings.Join(got, "\n"), "-o mybr0 -j DROP") {
+			t.Fatalf("OURNET-FOREIGN = %q", got)
 		}
 	})
 }

@@ -105,7 +105,11 @@ func (m *Manager) EnsureBridge(b Bridge) error {
 }
 
 // DeleteBridge removes the bridge if it is ournet's; a missing one is success.
-func (m *Manager) DeleteBridge(name, owner string) error {
+func (m *Manager) DeleteBridge(name, owner string) error { return m.DeleteLink(name, owner) }
+
+// DeleteLink removes any link ournet made for owner (the alias says so); a
+// missing one is success, someone else's is ErrNotOurs.
+func (m *Manager) DeleteLink(name, owner string) error {
 	link, err := m.h.LinkByName(name)
 	if isNotFound(err) {
 		return nil
@@ -117,21 +121,20 @@ func (m *Manager) DeleteBridge(name, owner string) error {
 		return fmt.Errorf("%w: %s", ErrNotOurs, name)
 	}
 	if err := m.h.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("deleting bridge %s: %w", name, err)
+		return fmt.Errorf("deleting %s %s: %w", link.Type(), name, err)
 	}
 	return nil
 }
 
 // Veth describes one endpoint's veth pair.
 type Veth struct {
-	Host      string // stays in the host, attached to Bridge
-	Peer      string // moved into the container by the engine
-	Owner     string // endpoint ID, stored in the host end's alias
-	Bridge    string
-	MTU       int
-	PeerMAC   net.HardwareAddr
-	Isolated  bool // bridge port isolation (no traffic to other isolated ports)
-	NoLearnIP bool
+	Host     string // stays in the host, attached to Bridge
+	Peer     string // moved into the container by the engine
+	Owner    string // endpoint ID, stored in the host end's alias
+	Bridge   string
+	MTU      int
+	PeerMAC  net.HardwareAddr
+	Isolated bool // bridge port isolation (no traffic to other isolated ports)
 }
 
 // EnsureVeth creates the pair if needed and attaches the host end to the
@@ -185,22 +188,7 @@ func (m *Manager) EnsureVeth(v Veth) error {
 }
 
 // DeleteVeth removes the pair through its host end; a missing one is success.
-func (m *Manager) DeleteVeth(host, owner string) error {
-	link, err := m.h.LinkByName(host)
-	if isNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("looking up %s: %w", host, err)
-	}
-	if link.Attrs().Alias != AliasPrefix+owner {
-		return fmt.Errorf("%w: %s", ErrNotOurs, host)
-	}
-	if err := m.h.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("deleting veth %s: %w", host, err)
-	}
-	return nil
-}
+func (m *Manager) DeleteVeth(host, owner string) error { return m.DeleteLink(host, owner) }
 
 // Exists reports whether a link of that name exists.
 func (m *Manager) Exists(name string) (bool, error) {
@@ -221,6 +209,21 @@ func (m *Manager) Owned() (map[string]string, error) {
 	for _, l := range links {
 		if id, ok := strings.CutPrefix(l.Attrs().Alias, AliasPrefix); ok {
 			out[l.Attrs().Name] = id
+		}
+	}
+	return out, nil
+}
+
+// ForeignBridges lists the bridges on the host that are not ournet's.
+func (m *Manager) ForeignBridges() ([]string, error) {
+	links, err := m.linkList()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, l := range links {
+		if l.Type() == "bridge" && !strings.HasPrefix(l.Attrs().Alias, AliasPrefix) {
+			out = append(out, l.Attrs().Name)
 		}
 	}
 	return out, nil

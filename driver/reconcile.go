@@ -1,0 +1,128 @@
+package driver
+
+import (
+	"slices"
+	"time"
+
+	"github.com/ournet/ournet/internal/firewall"
+)
+
+// removeOrphans deletes the kernel objects ournet made for networks and
+// endpoints it no longer knows (a crash between creating them and saving
+// them, or a delete that forgot the record first). Only objects marked as
+// ournet's are touched. Called with d.mu held.
+func (d *Driver) removeOrphans() {
+	owned, err := d.links.Owned()
+	if err != nil {
+		logNet("").WithError(err).Warn("listing links for orphans")
+	}
+	known := map[string]bool{}
+	for id := range d.networks {
+		known[id] = true
+	}
+	for id := range d.endpoints {
+		known[id] = true
+	}
+	for name, owner := range owned {
+		if known[owner] {
+			continue
+		}
+		if err := d.links.DeleteLink(name, owner); err != nil {
+			logNet(owner).WithError(err).WithField("link", name).Warn("removing orphan link")
+			continue
+		}
+		logNet(owner).WithField("link", name).Info("removed orphan link")
+	}
+	ids, err := d.fw.OwnedNetworks()
+	if err != nil {
+		logNet("").WithError(err).Warn("listing rules for orphans")
+		return
+	}
+	short := map[string]bool{}
+	for id := range d.networks {
+		short[short12(id)] = true
+	}
+	for id := range ids {
+		if short[id] {
+			continue
+		}
+		if err := d.fw.DelNetwork(id); err != nil {
+			logNet(id).WithError(err).Warn("removing orphan rules")
+			continue
+		}
+		logNet(id).Info("removed orphan rules")
+	}
+}
+
+// Reconcile repairs drift: base jumps moved or deleted (a dockerd restart
+// inserts its rules above ournet's; a firewalld reload flushes everything),
+// a network's rules changed or gone, a bridge deleted by hand. It never
+// brings back a network ournet does not know.
+func (d *Driver) Reconcile() {
+	defer d.lock()()
+	if err := d.fw.Setup(); err != nil {
+		logNet("").WithError(err).Warn("drift: base chains")
+	}
+	if foreign, err := d.links.ForeignBridges(); err != nil {
+		logNet("").WithError(err).Warn("drift: listing bridges")
+	} else if slices.Sort(foreign); !slices.Equal(foreign, d.foreign) {
+		if err := d.fw.SetForeignBridges(foreign); err != nil {
+			logNet("").WithError(err).Warn("drift: foreign bridges")
+		} else {
+			d.foreign = foreign
+		}
+	}
+	var nets []firewall.Network
+	for _, n := range d.networks {
+		if ok, err := d.links.Exists(n.Bridge); err == nil && !ok {
+			logNet(n.ID).WithField("bridge", n.Bridge).Warn("drift: bridge is gone, recreating it")
+			if err := d.programNetwork(n); err != nil {
+				logNet(n.ID).WithError(err).Error("drift: recreating bridge")
+			}
+			d.reattachEndpoints(n)
+		}
+		nets = append(nets, n.fwNetwork())
+	}
+	drifted, err := d.fw.Drifted(nets)
+	if err != nil {
+		logNet("").WithError(err).Warn("drift: reading rules")
+		return
+	}
+	for _, fn := range drifted {
+		logNet(fn.ID).Warn("drift: rules changed, restoring them")
+		if err := d.fw.AddNetwork(fn); err != nil {
+			logNet(fn.ID).WithError(err).Error("drift: restoring rules")
+		}
+	}
+}
+
+// reattachEndpoints puts n's existing host veths back on its bridge.
+func (d *Driver) reattachEndpoints(n *Network) {
+	for _, ep := range d.endpoints {
+		if ep.NetworkID != n.ID {
+			continue
+		}
+		// Only a host end that still exists: a veth whose container is gone
+		// went with the container's namespace, and recreating it would
+		// leave a dangling interface.
+		if ok, _ := d.links.Exists(ep.HostVeth); ok {
+			if err := d.links.EnsureVeth(d.veth(n, ep)); err != nil {
+				logEp(n.ID, ep.ID).WithError(err).Error("reattaching endpoint")
+			}
+		}
+	}
+}
+
+// Watch runs Reconcile every interval until stop is closed.
+func (d *Driver) Watch(interval time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			d.Reconcile()
+		}
+	}
+}
