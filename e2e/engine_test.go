@@ -31,6 +31,17 @@ type Engine struct {
 	cmd     *exec.Cmd
 	log     *os.File
 	extra   []string
+	holder  *exec.Cmd // keeps the engine's mount namespace alive across restarts
+}
+
+// E2E_ENGINE_PATH (directories, colon separated) goes first in PATH, for
+// dockerd and the docker CLI alike: an engine unpacked beside the system's
+// (scripts/engine-trixie.sh) then finds its own containerd, shims,
+// docker-init and docker-proxy, and the system's runc after them.
+func init() {
+	if p := os.Getenv("E2E_ENGINE_PATH"); p != "" {
+		os.Setenv("PATH", p+string(os.PathListSeparator)+os.Getenv("PATH"))
+	}
 }
 
 // StartEngine creates the engine's namespace and starts dockerd (the binary
@@ -55,7 +66,31 @@ func StartEngine(dir string, extra ...string) (*Engine, error) {
 			return e, fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
 		}
 	}
+	if err := e.holdMountNS(); err != nil {
+		return e, err
+	}
 	return e, e.Start()
+}
+
+// holdMountNS creates the engine's mount namespace, with its own
+// /run/docker/plugins, held by a sleeping process so that a restarted
+// dockerd finds the mounts (netns files, plugin sockets) of the one before,
+// as live-restore needs.
+func (e *Engine) holdMountNS() error {
+	script := `mount --make-rprivate / && mount --bind "$0" /run/docker/plugins && exec sleep infinity`
+	e.holder = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, filepath.Join(e.Dir, "plugins"))
+	e.holder.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := e.holder.Start(); err != nil {
+		return fmt.Errorf("creating the engine's mount namespace: %w", err)
+	}
+	for i := 0; i < 50; i++ {
+		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", e.holder.Process.Pid))
+		if strings.Contains(string(info), " /run/docker/plugins ") {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("the engine's mount namespace did not get its /run/docker/plugins")
 }
 
 // Start (re)starts the engine's process.
@@ -68,9 +103,7 @@ func (e *Engine) Start() error {
 	}, e.extra...)
 	// nsenter, not "ip netns exec": the latter remounts /sys, which hides
 	// the cgroups from dockerd.
-	script := `mount --make-rprivate / && mount --bind "$0" /run/docker/plugins && exec "$@"`
-	args = append([]string{"--net=/run/netns/" + e.NetNS, "unshare", "--mount", "--propagation", "private",
-		"sh", "-c", script, filepath.Join(e.Dir, "plugins"), e.Dockerd}, args...)
+	args = append([]string{"--net=/run/netns/" + e.NetNS, fmt.Sprintf("--mount=/proc/%d/ns/mnt", e.holder.Process.Pid), e.Dockerd}, args...)
 	f, err := os.OpenFile(filepath.Join(e.Dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -141,6 +174,10 @@ func (e *Engine) Remove() {
 	}
 	_ = os.RemoveAll(e.Dir)
 	_ = exec.Command("ip", "netns", "del", e.NetNS).Run()
+	if e.holder != nil && e.holder.Process != nil {
+		_ = e.holder.Process.Kill()
+		_ = e.holder.Wait()
+	}
 }
 
 // Sh runs a command in the engine's network namespace (its "host").

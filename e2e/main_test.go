@@ -69,6 +69,35 @@ func run(m *testing.M) int {
 	return code
 }
 
+// NewEngine starts an engine of the test's own, with the test image and the
+// plugin, removed when the test ends: for tests that restart or break it.
+func NewEngine(t *testing.T, extra ...string) *Engine {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "ournet-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := StartEngine(dir, extra...)
+	if e != nil {
+		t.Cleanup(e.Remove)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ImportImage(Image); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.InstallPlugin(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log("last lines of this engine's log:\n" + e.LogTail(80))
+		}
+	})
+	return e
+}
+
 // Net creates a network and removes it when the test ends.
 func Net(t *testing.T, e *Engine, name string, args ...string) string {
 	t.Helper()
