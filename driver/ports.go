@@ -1,0 +1,173 @@
+package driver
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/ournet/ournet/internal/portmap"
+)
+
+// Ports is the part of internal/portmap the driver uses: publishing an
+// endpoint's ports on the host (issue #5). ournet's endpoint is the
+// container's gateway, so the engine leaves -p and -P to it.
+type Ports interface {
+	Map(portmap.Endpoint, []portmap.Binding) ([]portmap.Mapping, error)
+	Restore(portmap.Endpoint, []portmap.Binding, []portmap.Mapping) error
+	Unmap(id string) error
+	Prune(keep []string) error
+	Reconcile() (repaired []string, err error)
+}
+
+// SetPorts gives the driver its port mapper; call it before Restore. A
+// driver without one publishes nothing (unit tests).
+func (d *Driver) SetPorts(p Ports) { d.ports = p }
+
+// portEndpoint is what the mapper needs to know of ep.
+func (n *Network) portEndpoint(ep *Endpoint) portmap.Endpoint {
+	pe := portmap.Endpoint{ID: ep.ID, Bridge: n.Bridge, HostVeth: ep.HostVeth, DefaultHostIPv4: n.Options.HostBindingV4}
+	if ep.Addr.IsValid() {
+		pe.IPv4 = ep.Addr.Addr()
+	}
+	if ep.AddrV6.IsValid() {
+		pe.IPv6 = ep.AddrV6.Addr()
+	}
+	return pe
+}
+
+// requestPorts keeps the port map CreateEndpoint carries, so that a bad one
+// fails the endpoint early and ProgramExternalConnectivity has it even if
+// its own options lack it.
+func (ep *Endpoint) requestPorts(opts map[string]any) error {
+	bs, found, err := portmap.Parse(opts)
+	logEp(ep.NetworkID, ep.ID).WithField("portmap", opts[portmap.OptPortMap]).WithField("exposed", opts[portmap.OptExposedPorts]).Debug("port options")
+	if found {
+		ep.PortReq = bs
+	}
+	return err
+}
+
+// programPorts publishes the endpoint's ports. Engines up to 28.x call
+// ProgramExternalConnectivity right after Join, 29+ when the endpoint
+// becomes the container's gateway; either way it may come again, and the
+// same request then keeps the same host ports. On error nothing of the
+// endpoint's ports remains, and the engine fails the container's start
+// with the message. Called with d.mu held.
+func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) error {
+	ep, ok := d.endpoints[req.EndpointID]
+	if !ok {
+		return fmt.Errorf("ournet: endpoint %s is unknown to ournet (its state may have been lost); restart the container", short12(req.EndpointID))
+	}
+	n, ok := d.networks[ep.NetworkID]
+	if !ok {
+		return fmt.Errorf("ournet: network %s is unknown to ournet (its state may have been lost); remove and recreate the network", short12(ep.NetworkID))
+	}
+	if err := ep.requestPorts(req.Options); err != nil {
+		return err
+	}
+	if d.ports == nil || n.Options.Internal {
+		return nil
+	}
+	ms, err := d.ports.Map(n.portEndpoint(ep), ep.PortReq)
+	ep.Ports = ms
+	if serr := d.st.Put(bucketEndpoints, ep.ID, ep); serr != nil && err == nil {
+		// Unsaved, the ports would not come back after a restart: undo.
+		_ = d.ports.Unmap(ep.ID)
+		ep.Ports = nil
+		err = fmt.Errorf("ournet: saving endpoint state: %w", serr)
+	}
+	if err != nil {
+		return err
+	}
+	if len(ms) > 0 {
+		// The engine cannot show a remote driver's ports (docker port is
+		// empty), so the log says which host ports -P picked.
+		logEp(n.ID, ep.ID).WithField("ports", mappingList(ms)).Info("ports published")
+	}
+	return nil
+}
+
+// revokePorts removes the endpoint's published ports; an endpoint with none,
+// or unknown, is already done. Called with d.mu held.
+func (d *Driver) revokePorts(id string) error {
+	ep, ok := d.endpoints[id]
+	if !ok || d.ports == nil {
+		return nil
+	}
+	if err := d.ports.Unmap(id); err != nil {
+		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(id), err)
+	}
+	if len(ep.Ports) == 0 {
+		return nil
+	}
+	ep.Ports = nil
+	if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
+		return fmt.Errorf("ournet: saving endpoint state: %w", err)
+	}
+	logEp(ep.NetworkID, ep.ID).Debug("ports unpublished")
+	return nil
+}
+
+// unmapPorts is revokePorts for an endpoint being deleted: DeleteEndpoint
+// may come without RevokeExternalConnectivity (a failed start, a stale
+// endpoint at engine start).
+func (d *Driver) unmapPorts(ep *Endpoint) error {
+	if d.ports == nil {
+		return nil
+	}
+	if err := d.ports.Unmap(ep.ID); err != nil {
+		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(ep.ID), err)
+	}
+	return nil
+}
+
+// restorePorts publishes again, after a restart of the plugin or the
+// engine, the ports of endpoints whose container still runs (its host veth
+// exists), with the host ports they had, and removes every other endpoint's
+// rules. Called by Restore with d.mu held.
+func (d *Driver) restorePorts() {
+	if d.ports == nil {
+		return
+	}
+	var keep []string
+	for _, ep := range d.endpoints {
+		n := d.networks[ep.NetworkID]
+		if n == nil || len(ep.Ports) == 0 {
+			continue
+		}
+		if ok, _ := d.links.Exists(ep.HostVeth); !ok {
+			continue // its container is gone: nothing to DNAT to
+		}
+		keep = append(keep, ep.ID)
+		if err := d.ports.Restore(n.portEndpoint(ep), ep.PortReq, ep.Ports); err != nil {
+			logEp(n.ID, ep.ID).WithError(err).Error("restoring published ports")
+		}
+	}
+	if err := d.ports.Prune(keep); err != nil {
+		logNet("").WithError(err).Warn("removing published ports of gone endpoints")
+	}
+}
+
+// reconcilePorts repairs published-port rules that were removed or changed.
+// Called by Reconcile with d.mu held.
+func (d *Driver) reconcilePorts() {
+	if d.ports == nil {
+		return
+	}
+	repaired, err := d.ports.Reconcile()
+	for _, id := range repaired {
+		logEp("", id).Warn("drift: published-port rules changed, restored them")
+	}
+	if err != nil {
+		logNet("").WithError(err).Warn("drift: published-port rules")
+	}
+}
+
+func mappingList(ms []portmap.Mapping) string {
+	s := make([]string, len(ms))
+	for i, m := range ms {
+		s[i] = m.String()
+	}
+	return strings.Join(s, ", ")
+}

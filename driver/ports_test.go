@@ -1,0 +1,203 @@
+package driver
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/portmap"
+	"github.com/ournet/ournet/internal/store"
+)
+
+// fakePorts publishes each binding on 0.0.0.0 with its host port (or 40000).
+type fakePorts struct {
+	mapped   map[string][]portmap.Mapping
+	restored map[string][]portmap.Mapping
+	lastEp   portmap.Endpoint
+	kept     []string
+	fail     error
+}
+
+func newFakePorts() *fakePorts {
+	return &fakePorts{mapped: map[string][]portmap.Mapping{}, restored: map[string][]portmap.Mapping{}}
+}
+
+func (f *fakePorts) Map(ep portmap.Endpoint, req []portmap.Binding) ([]portmap.Mapping, error) {
+	f.lastEp = ep
+	delete(f.mapped, ep.ID)
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	var ms []portmap.Mapping
+	for _, b := range req {
+		hp := b.HostPort
+		if hp == 0 {
+			hp = 40000
+		}
+		ms = append(ms, portmap.Mapping{Proto: b.Proto, HostIP: netip.IPv4Unspecified(), HostPort: hp, ContainerIP: ep.IPv4, ContainerPort: b.Port})
+	}
+	f.mapped[ep.ID] = ms
+	return ms, nil
+}
+func (f *fakePorts) Restore(ep portmap.Endpoint, _ []portmap.Binding, ms []portmap.Mapping) error {
+	f.restored[ep.ID] = ms
+	return nil
+}
+func (f *fakePorts) Unmap(id string) error        { delete(f.mapped, id); return nil }
+func (f *fakePorts) Prune(keep []string) error    { f.kept = keep; return nil }
+func (f *fakePorts) Reconcile() ([]string, error) { return nil, nil }
+func portmapOpt(entries ...map[string]any) map[string]any {
+	list := make([]any, len(entries))
+	for i, e := range entries {
+		list[i] = e
+	}
+	return map[string]any{portmap.OptPortMap: list}
+}
+
+// As the helper decodes the engine's JSON: numbers are float64.
+var tcp8080 = map[string]any{"Proto": float64(6), "IP": "", "Port": float64(80), "HostIP": "", "HostPort": float64(8080), "HostPortEnd": float64(8080)}
+var anyUDP = map[string]any{"Proto": float64(17), "IP": "", "Port": float64(53), "HostIP": "", "HostPort": float64(0), "HostPortEnd": float64(0)}
+
+func storedEndpoint(t *testing.T, st *store.Store, id string) *Endpoint {
+	t.Helper()
+	eps, err := store.LoadAll[Endpoint](st, bucketEndpoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eps[id]
+}
+
+func TestPortsProgramRevokeDelete(t *testing.T) {
+	d, _, _, st := newTestDriver(t)
+	p := newFakePorts()
+	d.SetPorts(p)
+	if err := d.CreateNetwork(createReq(optHostBindingV4, "127.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080),
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	// Engine 20.10 sends the port map again with ProgramExternalConnectivity;
+	// without it, the one from CreateEndpoint is used.
+	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if ms := p.mapped[eid]; len(ms) != 1 || ms[0].HostPort != 8080 {
+		t.Fatalf("mapped from CreateEndpoint's options: %v", ms)
+	}
+	want := portmap.Endpoint{ID: eid, Bridge: "ournet-aaaaaaaa", HostVeth: "ov" + eid[:12],
+		IPv4: netip.MustParseAddr("198.18.7.5"), DefaultHostIPv4: netip.MustParseAddr("127.0.0.1")}
+	if p.lastEp != want {
+		t.Fatalf("endpoint given to the mapper = %+v, want %+v", p.lastEp, want)
+	}
+	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080, anyUDP)}); err != nil {
+		t.Fatal(err)
+	}
+	if ep := storedEndpoint(t, st, eid); len(ep.Ports) != 2 || len(ep.PortReq) != 2 || ep.Ports[1].HostPort != 40000 {
+		t.Fatalf("saved endpoint = %+v", ep)
+	}
+	if err := d.RevokeExternalConnectivity(&network.RevokeExternalConnectivityRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.mapped) != 0 || len(storedEndpoint(t, st, eid).Ports) != 0 {
+		t.Fatalf("after revoke: %v, saved %+v", p.mapped, storedEndpoint(t, st, eid))
+	}
+	// DeleteEndpoint without a revoke (a failed start) unpublishes too.
+	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.mapped) != 0 {
+		t.Fatalf("after DeleteEndpoint: %v", p.mapped)
+	}
+	if err := d.RevokeExternalConnectivity(&network.RevokeExternalConnectivityRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatalf("revoke of a gone endpoint: %v", err)
+	}
+}
+
+func TestPortsFailure(t *testing.T) {
+	d, _, _, st := newTestDriver(t)
+	p := newFakePorts()
+	d.SetPorts(p)
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]any{"Proto": float64(1), "Port": float64(80)}
+	_, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(bad),
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}})
+	if err == nil || !strings.Contains(err.Error(), "protocol number 1") || storedEndpoint(t, st, eid) != nil {
+		t.Fatalf("bad port map: %v", err)
+	}
+	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080),
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	p.fail = errors.New("ournet: host port 8080/tcp on 0.0.0.0 is already in use; choose another host port")
+	err = d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080)})
+	if err == nil || err.Error() != p.fail.Error() {
+		t.Fatalf("err = %v, want the mapper's message as is", err)
+	}
+	if ep := storedEndpoint(t, st, eid); len(ep.Ports) != 0 {
+		t.Fatalf("saved ports after a failure: %v", ep.Ports)
+	}
+}
+
+func TestPortsNotOnInternalNetworks(t *testing.T) {
+	d, _, _, _ := newTestDriver(t)
+	p := newFakePorts()
+	d.SetPorts(p)
+	req := createReq()
+	req.Options[optInternal] = true
+	if err := d.CreateNetwork(req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080),
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid}); err != nil || len(p.mapped) != 0 {
+		t.Fatalf("internal network published %v (%v)", p.mapped, err)
+	}
+}
+
+// After a restart, ports come back for endpoints whose veth exists, with
+// the host ports they had; the rules of the others are pruned.
+func TestPortsRestore(t *testing.T) {
+	d, l, _, st := newTestDriver(t)
+	d.SetPorts(newFakePorts())
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	gone := "e2" + eid[2:]
+	for i, id := range []string{eid, gone} {
+		if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: id, Options: portmapOpt(anyUDP),
+			Interface: &network.EndpointInterface{Address: "198.18.7." + string(rune('5'+i)) + "/24"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{"ov" + eid[:12]: l.veths["ov"+eid[:12]]}, foreign: map[string]bool{}}
+	p2 := newFakePorts()
+	d2 := New(l2, &fakeFW{nets: map[string]firewall.Network{}}, fakeSysctl{}, st)
+	d2.SetPorts(p2)
+	if err := d2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if ms := p2.restored[eid]; len(ms) != 1 || ms[0].HostPort != 40000 || ms[0].Proto != portmap.UDP {
+		t.Fatalf("restored %v", p2.restored)
+	}
+	if _, ok := p2.restored[gone]; ok || !slices.Equal(p2.kept, []string{eid}) {
+		t.Fatalf("restored the endpoint whose veth is gone: %v, kept %v", p2.restored, p2.kept)
+	}
+}
