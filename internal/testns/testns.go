@@ -13,7 +13,7 @@ import (
 // Do runs fn on a locked OS thread inside a new, empty network namespace,
 // which is discarded afterwards. Processes fn starts (iptables) inherit it.
 // Without root the test is skipped, except in CI (CI=true), where it fails.
-func Do(t *testing.T, fn func()) {
+func Do(t testing.TB, fn func()) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {

@@ -1,0 +1,108 @@
+package driver
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/ournet/ournet/internal/antispoof"
+)
+
+// AntiSpoof is the part of internal/antispoof the driver uses: per-port
+// checks that a container sends only as itself (issue #9).
+type AntiSpoof interface {
+	Add(antispoof.Endpoint) error
+	Del(port string) error
+	Sync([]antispoof.Endpoint) error
+	Ports() ([]string, error)
+}
+
+// SetAntiSpoof gives the driver its anti-spoofing filter; call it before
+// Restore. A driver without one programs no checks (unit tests).
+func (d *Driver) SetAntiSpoof(a AntiSpoof) { d.spoof = a }
+
+// spoofChecked reports whether n's endpoints get the checks.
+func (n *Network) spoofChecked() bool { return !n.Options.AntiSpoofingOff }
+
+// spoofEndpoint is what the checks of ep's port need.
+func (ep *Endpoint) spoofEndpoint() antispoof.Endpoint {
+	mac, _ := parseMAC(ep.MAC) // validated by CreateEndpoint
+	addr := func(p netip.Prefix) netip.Addr {
+		if p.IsValid() {
+			return p.Addr()
+		}
+		return netip.Addr{}
+	}
+	return antispoof.Endpoint{Port: ep.HostVeth, MAC: mac, IPv4: addr(ep.Addr), IPv6: addr(ep.AddrV6)}
+}
+
+// addSpoofChecks installs the checks of ep's port if n has them on. It is
+// idempotent, so Join may repeat it.
+func (d *Driver) addSpoofChecks(n *Network, ep *Endpoint) error {
+	if d.spoof == nil || !n.spoofChecked() {
+		return nil
+	}
+	if err := d.spoof.Add(ep.spoofEndpoint()); err != nil {
+		return fmt.Errorf("ournet: installing anti-spoofing checks on %s: %w", ep.HostVeth, err)
+	}
+	return nil
+}
+
+// delSpoofChecks removes the checks of ep's port; a port without any is
+// success, so it runs whatever the network's option.
+func (d *Driver) delSpoofChecks(ep *Endpoint) error {
+	if d.spoof == nil {
+		return nil
+	}
+	if err := d.spoof.Del(ep.HostVeth); err != nil {
+		return fmt.Errorf("ournet: removing anti-spoofing checks of %s: %w", ep.HostVeth, err)
+	}
+	return nil
+}
+
+// syncSpoofChecks makes the kernel hold the checks of exactly the known
+// endpoints whose network has them on, dropping any others (endpoints
+// deleted while the plugin was down). Called with d.mu held.
+func (d *Driver) syncSpoofChecks() error {
+	if d.spoof == nil {
+		return nil
+	}
+	var eps []antispoof.Endpoint
+	for _, ep := range d.endpoints {
+		if n := d.networks[ep.NetworkID]; n != nil && n.spoofChecked() {
+			eps = append(eps, ep.spoofEndpoint())
+		}
+	}
+	if err := d.spoof.Sync(eps); err != nil {
+		return fmt.Errorf("ournet: restoring anti-spoofing checks: %w", err)
+	}
+	return nil
+}
+
+// repairSpoofChecks restores the checks when ports gained or lost them
+// behind ournet's back (`nft flush ruleset`, a firewall reload). It costs
+// one listing when nothing changed. Called by Reconcile with d.mu held.
+func (d *Driver) repairSpoofChecks() {
+	if d.spoof == nil {
+		return
+	}
+	var want []string
+	for _, ep := range d.endpoints {
+		if n := d.networks[ep.NetworkID]; n != nil && n.spoofChecked() {
+			want = append(want, ep.HostVeth)
+		}
+	}
+	slices.Sort(want)
+	have, err := d.spoof.Ports()
+	if err != nil {
+		logNet("").WithError(err).Warn("drift: listing anti-spoofing checks")
+		return
+	}
+	if slices.Equal(have, want) {
+		return
+	}
+	logNet("").WithField("have", len(have)).WithField("want", len(want)).Warn("drift: anti-spoofing checks changed, restoring them")
+	if err := d.syncSpoofChecks(); err != nil {
+		logNet("").WithError(err).Error("drift: restoring anti-spoofing checks")
+	}
+}

@@ -1,0 +1,190 @@
+package driver
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/ournet/ournet/internal/antispoof"
+	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/netdev"
+)
+
+// fakeSpoof records the checks by port, as the kernel would hold them.
+type fakeSpoof struct {
+	ports   map[string]antispoof.Endpoint
+	failAdd error
+	adds    int
+	syncs   int
+}
+
+func newFakeSpoof() *fakeSpoof { return &fakeSpoof{ports: map[string]antispoof.Endpoint{}} }
+
+func (f *fakeSpoof) Add(ep antispoof.Endpoint) error {
+	if f.failAdd != nil {
+		return f.failAdd
+	}
+	f.adds++
+	f.ports[ep.Port] = ep
+	return nil
+}
+func (f *fakeSpoof) Del(port string) error { delete(f.ports, port); return nil }
+func (f *fakeSpoof) Sync(eps []antispoof.Endpoint) error {
+	f.syncs++
+	f.ports = map[string]antispoof.Endpoint{}
+	for _, ep := range eps {
+		f.ports[ep.Port] = ep
+	}
+	return nil
+}
+
+func (f *fakeSpoof) Ports() ([]string, error) { return f.portList(), nil }
+
+func (f *fakeSpoof) portList() []string {
+	var out []string
+	for p := range f.ports {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+const nid2 = "bbbbbbbbbbbb0000000000000000000000000000000000000000000000000000"
+const eid2 = "e2e2e2e2e2e20000000000000000000000000000000000000000000000000000"
+
+// dualStackReq is nid2 on 198.18.90.0/24 and 2001:db8:90::/64.
+func dualStackReq(opts ...string) *network.CreateNetworkRequest {
+	return &network.CreateNetworkRequest{
+		NetworkID: nid2, Options: generic(opts...),
+		IPv4Data: []*network.IPAMData{{Pool: "198.18.90.0/24", Gateway: "198.18.90.1/24"}},
+		IPv6Data: []*network.IPAMData{{Pool: "2001:db8:90::/64", Gateway: "2001:db8:90::1/64"}},
+	}
+}
+
+func epReq(netID, epID, v4, v6 string) *network.CreateEndpointRequest {
+	return &network.CreateEndpointRequest{NetworkID: netID, EndpointID: epID,
+		Interface: &network.EndpointInterface{Address: v4, AddressIPv6: v6}}
+}
+
+func TestAntiSpoofFollowsEndpoints(t *testing.T) {
+	d, _, _, _ := newTestDriver(t)
+	sp := newFakeSpoof()
+	d.SetAntiSpoof(sp)
+	if err := d.CreateNetwork(dualStackReq()); err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.CreateEndpoint(epReq(nid2, eid2, "198.18.90.5/24", "2001:db8:90::5/64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := hostVethName(eid2)
+	got, ok := sp.ports[port]
+	want := antispoof.Endpoint{Port: port, IPv4: netip.MustParseAddr("198.18.90.5"), IPv6: netip.MustParseAddr("2001:db8:90::5")}
+	if !ok || got.MAC.String() != res.Interface.MacAddress || got.IPv4 != want.IPv4 || got.IPv6 != want.IPv6 {
+		t.Fatalf("checks after CreateEndpoint = %+v (present %v), want %+v with MAC %s", got, ok, want, res.Interface.MacAddress)
+	}
+	if _, err := d.Join(&network.JoinRequest{NetworkID: nid2, EndpointID: eid2}); err != nil {
+		t.Fatal(err)
+	}
+	if sp.adds != 2 {
+		t.Fatalf("Join must reinstall the checks (idempotent): %d adds, want 2", sp.adds)
+	}
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid2, EndpointID: eid2}); err != nil {
+		t.Fatal(err)
+	}
+	if len(sp.ports) != 0 {
+		t.Fatalf("checks remain after DeleteEndpoint: %v", sp.portList())
+	}
+}
+
+func TestAntiSpoofOffProgramsNothing(t *testing.T) {
+	d, _, _, _ := newTestDriver(t)
+	sp := newFakeSpoof()
+	d.SetAntiSpoof(sp)
+	if err := d.CreateNetwork(dualStackReq(optAntiSpoofing, "false")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(epReq(nid2, eid2, "198.18.90.5/24", "")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Join(&network.JoinRequest{NetworkID: nid2, EndpointID: eid2}); err != nil {
+		t.Fatal(err)
+	}
+	if sp.adds != 0 || len(sp.ports) != 0 {
+		t.Fatalf("anti_spoofing=false, yet checks were installed: %v", sp.portList())
+	}
+}
+
+// A failure to install the checks fails the endpoint and leaves nothing.
+func TestAntiSpoofFailureUndoesEndpoint(t *testing.T) {
+	d, l, _, _ := newTestDriver(t)
+	sp := newFakeSpoof()
+	d.SetAntiSpoof(sp)
+	if err := d.CreateNetwork(dualStackReq()); err != nil {
+		t.Fatal(err)
+	}
+	sp.failAdd = errors.New("nftables exploded")
+	_, err := d.CreateEndpoint(epReq(nid2, eid2, "198.18.90.5/24", ""))
+	if err == nil || !strings.Contains(err.Error(), "anti-spoofing") || !strings.Contains(err.Error(), "nftables exploded") {
+		t.Fatalf("CreateEndpoint with failing checks: %v", err)
+	}
+	if len(l.veths) != 0 || len(d.endpoints) != 0 || len(sp.ports) != 0 {
+		t.Fatalf("left behind: veths %v, endpoints %d, checks %v", l.veths, len(d.endpoints), sp.portList())
+	}
+}
+
+// Restore installs the checks of every known endpoint of a network that
+// has them on, and of no other.
+func TestRestoreSyncsAntiSpoof(t *testing.T) {
+	d, _, _, st := newTestDriver(t)
+	if err := d.CreateNetwork(dualStackReq()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateNetwork(createReq(optAntiSpoofing, "false")); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*network.CreateEndpointRequest{
+		epReq(nid2, eid2, "198.18.90.5/24", ""), epReq(nid, eid, "198.18.7.5/24", ""),
+	} {
+		if _, err := d.CreateEndpoint(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
+	d2 := New(l2, &fakeFW{nets: map[string]firewall.Network{}}, fakeSysctl{}, st)
+	sp := newFakeSpoof()
+	sp.ports["ovstale"] = antispoof.Endpoint{Port: "ovstale"}
+	d2.SetAntiSpoof(sp)
+	if err := d2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := sp.portList(); sp.syncs != 1 || !slices.Equal(got, []string{hostVethName(eid2)}) {
+		t.Fatalf("after restore: %d syncs, checks on %v; want 1 sync, checks on %s only", sp.syncs, got, hostVethName(eid2))
+	}
+}
+
+// Reconcile puts back checks lost behind ournet's back, and only then.
+func TestReconcileRepairsAntiSpoof(t *testing.T) {
+	d, _, _, _ := newTestDriver(t)
+	sp := newFakeSpoof()
+	d.SetAntiSpoof(sp)
+	if err := d.CreateNetwork(dualStackReq()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(epReq(nid2, eid2, "198.18.90.5/24", "")); err != nil {
+		t.Fatal(err)
+	}
+	d.Reconcile()
+	if sp.syncs != 0 {
+		t.Fatalf("Reconcile synced %d times with nothing lost", sp.syncs)
+	}
+	sp.ports = map[string]antispoof.Endpoint{} // nft flush ruleset
+	d.Reconcile()
+	if got := sp.portList(); sp.syncs != 1 || !slices.Equal(got, []string{hostVethName(eid2)}) {
+		t.Fatalf("after Reconcile: %d syncs, checks on %v; want them back on %s", sp.syncs, got, hostVethName(eid2))
+	}
+}

@@ -1,0 +1,372 @@
+// Package antispoof keeps containers from sending as someone else: on the
+// bridge port of each endpoint it drops frames whose source MAC, IPv4 or
+// IPv6 source, ARP sender or NDP target is not the endpoint's, and router
+// advertisements, redirects and DHCP/DHCPv6 server replies.
+//
+// Layout, in the nftables bridge family, which sees every frame a bridge
+// port receives, before it is forwarded or delivered to the host:
+//
+//	table bridge ournet {
+//		map ports { type ifname : verdict }        # "ovXXXX" : jump ep-ovXXXX
+//		chain prerouting {                         # hook prerouting, priority -350
+//			iifname vmap @ports
+//		}
+//		chain ep-ovXXXX { ...checks, each a drop... }
+//	}
+//
+// The map keeps the cost per frame constant however many endpoints there
+// are: one hash lookup, then the sender's own checks. Frames from ports that
+// are not ournet endpoints (docker0, other bridges) find no element and pass.
+//
+// Every change is one nftables transaction, so the kernel never holds half
+// an endpoint's checks, and a failure leaves the previous rules in place.
+// nftables works whatever iptables backend the host uses and needs only
+// CAP_NET_ADMIN.
+package antispoof
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Names in the kernel.
+const (
+	TableName   = "ournet"
+	BaseChain   = "prerouting"
+	PortsMap    = "ports"
+	ChainPrefix = "ep-"
+)
+
+// priority runs the checks before ebtables' nat (-300) and filter (-200)
+// and br_netfilter (0), so they see frames as the container sent them.
+const priority nftables.ChainPriority = -350
+
+// Endpoint is what the checks of one bridge port need.
+type Endpoint struct {
+	Port string           // the host end of the endpoint's veth: the bridge port
+	MAC  net.HardwareAddr // the container's MAC
+	IPv4 netip.Addr       // zero: the endpoint has none and may send no IPv4
+	IPv6 netip.Addr       // zero: it may send IPv6 from link-local and :: only
+}
+
+func (ep Endpoint) check() error {
+	switch {
+	case ep.Port == "" || len(ep.Port) >= unix.IFNAMSIZ:
+		return fmt.Errorf("antispoof: port name %q is not an interface name", ep.Port)
+	case len(ep.MAC) != 6:
+		return fmt.Errorf("antispoof: port %s: MAC %q is not an Ethernet address", ep.Port, ep.MAC)
+	case ep.IPv4.IsValid() && !ep.IPv4.Is4():
+		return fmt.Errorf("antispoof: port %s: %s is not an IPv4 address", ep.Port, ep.IPv4)
+	case ep.IPv6.IsValid() && (!ep.IPv6.Is6() || ep.IPv6.Is4In6()):
+		return fmt.Errorf("antispoof: port %s: %s is not an IPv6 address", ep.Port, ep.IPv6)
+	}
+	return nil
+}
+
+// Filter programs the table. It is safe for concurrent use.
+type Filter struct {
+	mu   sync.Mutex
+	opts []nftables.ConnOption
+}
+
+// New returns a Filter for the current network namespace, or for another
+// one with nftables.WithNetNSFd.
+func New(opts ...nftables.ConnOption) *Filter {
+	return &Filter{opts: append(opts, nftables.WithSockOptions(bigBuffers))}
+}
+
+// socketBuffer is room for one transaction of Sync and the kernel's
+// acknowledgement of each of its messages, with a wide margin; the default
+// (about 200 KiB) overflows with a few hundred acknowledgements.
+const socketBuffer = 8 << 20
+
+// bigBuffers raises the netlink socket's buffers, past the system maximum
+// when CAP_NET_ADMIN allows (as nft does), else up to that maximum.
+func bigBuffers(conn *netlink.Conn) error {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("antispoof: netlink socket: %w", err)
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		for _, opt := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[0], socketBuffer) != nil {
+				serr = cmpErr(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[1], socketBuffer))
+			}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("antispoof: netlink socket: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("antispoof: sizing netlink socket buffers: %w", serr)
+	}
+	return nil
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
+
+// portsMap has a fixed ID: it names the set inside a transaction, and the
+// library's own allocator is a global counter that is not safe across
+// connections.
+func portsMap() *nftables.Set {
+	return &nftables.Set{Table: table, Name: PortsMap, ID: 1, IsMap: true,
+		KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict,
+		// Interface names are strings, which nft prints in host order.
+		KeyByteOrder: binaryutil.NativeEndian}
+}
+
+func chainOf(port string) *nftables.Chain {
+	return &nftables.Chain{Name: ChainPrefix + port, Table: table}
+}
+
+// ifname is the key the kernel compares with meta iifname: IFNAMSIZ bytes,
+// zero-padded.
+func ifname(port string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, port)
+	return b
+}
+
+// Add installs or rewrites the checks of ep's port.
+func (f *Filter) Add(ep Endpoint) error {
+	if err := ep.check(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.apply("adding checks for "+ep.Port, func(c *nftables.Conn) error {
+		return addEndpoint(c, ep)
+	})
+}
+
+// Del removes the checks of a port; a port without any is success.
+func (f *Filter) Del(port string) error {
+	if err := (Endpoint{Port: port, MAC: make(net.HardwareAddr, 6)}).check(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.apply("removing checks for "+port, func(c *nftables.Conn) error {
+		return delEndpoint(c, port)
+	})
+}
+
+// syncChunk bounds one transaction of Sync: a batch and the kernel's
+// acknowledgements of it must fit the netlink socket's buffers (about 16
+// messages per endpoint).
+const syncChunk = 32
+
+// Sync makes the table hold exactly the checks of eps: it rewrites theirs
+// and removes those of every other port. Each transaction rewrites whole
+// endpoints, so a port that keeps its checks never goes without them.
+func (f *Filter) Sync(eps []Endpoint) error {
+	for _, ep := range eps {
+		if err := ep.check(); err != nil {
+			return err
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	have, err := f.ports()
+	if err != nil {
+		return err
+	}
+	if err := f.apply("checking the table", func(*nftables.Conn) error { return nil }); err != nil {
+		// The table is not as this version makes it (a base chain with
+		// another hook, a map of another type): rebuild it from nothing.
+		if err := f.rebuild(); err != nil {
+			return err
+		}
+	}
+	want := map[string]bool{}
+	for i := 0; i < len(eps); i += syncChunk {
+		chunk := eps[i:min(i+syncChunk, len(eps))]
+		for _, ep := range chunk {
+			want[ep.Port] = true
+		}
+		if err := f.apply(fmt.Sprintf("syncing checks for %d ports", len(chunk)), func(c *nftables.Conn) error {
+			for _, ep := range chunk {
+				if err := addEndpoint(c, ep); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	var stale []string
+	for _, p := range have {
+		if !want[p] {
+			stale = append(stale, p)
+		}
+	}
+	for i := 0; i < len(stale); i += syncChunk {
+		chunk := stale[i:min(i+syncChunk, len(stale))]
+		if err := f.apply(fmt.Sprintf("removing checks of %d stale ports", len(chunk)), func(c *nftables.Conn) error {
+			for _, p := range chunk {
+				if err := delEndpoint(c, p); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rebuild deletes the table, whatever it holds, and makes an empty one.
+func (f *Filter) rebuild() error {
+	c, err := nftables.New(f.opts...)
+	if err != nil {
+		return fmt.Errorf("antispoof: opening nftables: %w", err)
+	}
+	// Adding the table first makes deleting it valid when it is absent.
+	c.AddTable(table)
+	c.DelTable(table)
+	if err := ensureBase(c); err != nil {
+		return fmt.Errorf("antispoof: rebuilding table %s: %w", TableName, err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("antispoof: rebuilding table %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// Ports lists the ports that have a chain or a map element, sorted: what
+// the kernel holds, for tests and troubleshooting.
+func (f *Filter) Ports() ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ports()
+}
+
+func (f *Filter) ports() ([]string, error) {
+	c, err := nftables.New(f.opts...)
+	if err != nil {
+		return nil, fmt.Errorf("antispoof: opening nftables: %w", err)
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
+	if err != nil {
+		return nil, fmt.Errorf("antispoof: listing chains: %w", err)
+	}
+	seen := map[string]bool{}
+	hasTable := false
+	for _, ch := range chains {
+		if ch.Table.Name != TableName {
+			continue
+		}
+		hasTable = true
+		if p, ok := strings.CutPrefix(ch.Name, ChainPrefix); ok {
+			seen[p] = true
+		}
+	}
+	if hasTable {
+		elems, err := c.GetSetElements(portsMap())
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("antispoof: listing map %s: %w", PortsMap, err)
+		}
+		for _, e := range elems {
+			seen[strings.TrimRight(string(e.Key), "\x00")] = true
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for p := range seen {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// apply sends the base objects and fill's messages as one transaction.
+// Called with f.mu held.
+func (f *Filter) apply(what string, fill func(*nftables.Conn) error) error {
+	c, err := nftables.New(f.opts...)
+	if err != nil {
+		return fmt.Errorf("antispoof: %s: opening nftables: %w", what, err)
+	}
+	if err := ensureBase(c); err != nil {
+		return fmt.Errorf("antispoof: %s: %w", what, err)
+	}
+	if err := fill(c); err != nil {
+		return fmt.Errorf("antispoof: %s: %w", what, err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("antispoof: %s: %w", what, err)
+	}
+	return nil
+}
+
+// ensureBase queues the table, the map and the base chain, creating what is
+// missing, and rewrites the base chain's one rule so it is never doubled.
+func ensureBase(c *nftables.Conn) error {
+	c.AddTable(table)
+	m := portsMap()
+	if err := c.AddSet(m, nil); err != nil {
+		return err
+	}
+	accept := nftables.ChainPolicyAccept
+	base := c.AddChain(&nftables.Chain{
+		Name: BaseChain, Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(priority),
+		Policy: &accept,
+	})
+	c.FlushChain(base)
+	c.AddRule(&nftables.Rule{Table: table, Chain: base, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
+	}})
+	return nil
+}
+
+// addEndpoint queues ep's chain, rewritten whole, and its map element.
+func addEndpoint(c *nftables.Conn, ep Endpoint) error {
+	ch := c.AddChain(chainOf(ep.Port))
+	c.FlushChain(ch)
+	for _, exprs := range endpointRules(ep) {
+		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: exprs})
+	}
+	return c.SetAddElements(portsMap(), []nftables.SetElement{{Key: ifname(ep.Port),
+		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}})
+}
+
+// delEndpoint queues the removal of port's element and chain. It creates
+// them first, in the same transaction: deleting something absent would
+// fail the whole batch, and this way an unknown port is success.
+func delEndpoint(c *nftables.Conn, port string) error {
+	m, ch := portsMap(), c.AddChain(chainOf(port))
+	elem := []nftables.SetElement{{Key: ifname(port),
+		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}}
+	if err := c.SetAddElements(m, elem); err != nil {
+		return err
+	}
+	// The element refers to the chain: it goes first.
+	if err := c.SetDeleteElements(m, []nftables.SetElement{{Key: ifname(port)}}); err != nil {
+		return err
+	}
+	c.FlushChain(ch)
+	c.DelChain(ch)
+	return nil
+}
