@@ -110,6 +110,14 @@ func New(cfg Config, st *store.Store) (*Allocator, error) {
 // install checks and repairs loaded records before trusting them.
 func (a *Allocator) install(recs map[string]*pool) error {
 	for key, p := range recs {
+		if p.Pending {
+			// See pool.Pending: dockerd never learnt this pool's ID.
+			if err := a.drop(key); err != nil {
+				return err
+			}
+			log.WithFields(log.Fields{"pool": key}).Warn("ipam: released a pool that dockerd never used (the plugin stopped before answering it)")
+			continue
+		}
 		if !p.Prefix.IsValid() || p.Prefix != p.Prefix.Masked() ||
 			(p.Sub.IsValid() && !contains(p.Prefix, p.Sub)) {
 			return newErr(ErrInvalid, "saved pool %q has an unusable subnet %q / ip-range %q; the state file is damaged", key, p.Prefix, p.Sub)

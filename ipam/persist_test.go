@@ -168,3 +168,31 @@ func TestLoadDamaged(t *testing.T) {
 		t.Errorf("undecodable record: got %v", err)
 	}
 }
+
+// A pool answered but never used (no RequestAddress: the plugin crashed
+// before dockerd got the answer) is released at the next start; a pool
+// whose gateway was requested is kept.
+func TestPendingPoolReleasedAtStart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st := openStore(t, path)
+	a, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := mustPool(t, a, "10.1.0.0/24", "", nil)
+	mustAddr(t, a, used, "", gwOpts)
+	mustPool(t, a, "10.2.0.0/24", "", nil) // never used
+	st.Close()
+
+	st = openStore(t, path)
+	defer st.Close()
+	b, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pools := b.Pools()
+	if len(pools) != 1 || pools[0].ID != used {
+		t.Fatalf("pools after restart = %+v, want only %s", pools, used)
+	}
+	mustPool(t, b, "10.2.0.0/24", "", nil) // free again
+}

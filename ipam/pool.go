@@ -34,6 +34,12 @@ type pool struct {
 	// dynamic allocation, as in Docker's bitmap.
 	Next  netip.Addr   `json:"next"`
 	Addrs []Allocation `json:"addresses"` // sorted by Addr, no duplicates
+	// Pending is true from RequestPool until the first RequestAddress for
+	// the pool. dockerd always asks for the gateway right after it gets a
+	// pool, so a pool still pending when the plugin starts was answered by
+	// a plugin that crashed before dockerd could use it: dockerd never
+	// learnt its ID and would never release it. New drops such pools.
+	Pending bool `json:"pending,omitempty"`
 }
 
 func (p *pool) v6() bool { return p.Prefix.Addr().Is6() }

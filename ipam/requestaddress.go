@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"github.com/ournet/ournet/internal/crash"
 	"net/netip"
 	"strings"
 
@@ -31,6 +32,7 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 			"remove the network and create it again", req.PoolID)
 	}
 	p := cur.clone()
+	p.Pending = false
 	kind := KindDynamic
 	if gateway {
 		kind = KindGateway
@@ -59,6 +61,7 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 	if err := a.save(p); err != nil {
 		return nil, err
 	}
+	crash.Point("request-address:after-save")
 	a.pools[p.ID] = p
 	return &api.RequestAddressResponse{Address: netip.PrefixFrom(want, p.Prefix.Bits()).String()}, nil
 }

@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"github.com/ournet/ournet/internal/crash"
 	"net/netip"
 	"strings"
 
@@ -45,10 +46,11 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 		}
 	}
 
-	p := &pool{ID: poolID(space, pfx, sub), AddressSpace: space, Prefix: pfx, Sub: sub, Options: copyOptions(req.Options)}
+	p := &pool{ID: poolID(space, pfx, sub), AddressSpace: space, Prefix: pfx, Sub: sub, Options: copyOptions(req.Options), Pending: true}
 	if err := a.save(p); err != nil {
 		return nil, err
 	}
+	crash.Point("request-pool:after-save")
 	a.pools[p.ID] = p
 	log.WithFields(log.Fields{"id": p.ID}).Debug("ipam: pool reserved")
 	return &api.RequestPoolResponse{PoolID: p.ID, Pool: pfx.String()}, nil

@@ -31,7 +31,13 @@ func route[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		req := new(Req)
-		if err := json.NewDecoder(r.Body).Decode(req); err != nil && !errors.Is(err, io.EOF) {
+		if err := json.NewDecoder(r.Body).Decode(req); errors.Is(err, io.EOF) && !emptyOK[path] {
+			// dockerd retries a call whose connection broke (the plugin
+			// restarted) with the body already consumed: an empty request.
+			msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
+			writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
+			return
+		} else if err != nil && !errors.Is(err, io.EOF) {
 			writeJSON(w, http.StatusBadRequest, errorBody{Err: "ournet: bad request: " + err.Error()})
 			return
 		}
@@ -56,6 +62,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 type empty struct{}
+
+// emptyOK lists the calls that have no request body.
+var emptyOK = map[string]bool{
+	"/NetworkDriver.GetCapabilities": true, "/IpamDriver.GetCapabilities": true,
+	"/IpamDriver.GetDefaultAddressSpaces": true, "/ournet.Status": true,
+}
 
 // noErr adapts a method that only returns an error.
 func noErr[Req any](fn func(*Req) error) func(*Req) (empty, error) {

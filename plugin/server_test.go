@@ -92,3 +92,17 @@ func TestListenUnixReplacesStaleSocket(t *testing.T) {
 	}
 	l2.Close()
 }
+
+// dockerd retries a broken call with an empty body: that must fail with a
+// message that tells the user to run the command again, not be taken as a
+// request with every field empty.
+func TestEmptyRetryRefused(t *testing.T) {
+	mux := newMux(stubDriver{}, stubIPAM{}, nil)
+	code, out := call(t, mux, "/IpamDriver.RequestPool", "")
+	if code != 500 || !strings.Contains(out["Err"].(string), "run the command again") {
+		t.Fatalf("empty RequestPool = %d %v", code, out)
+	}
+	if code, _ := call(t, mux, "/NetworkDriver.GetCapabilities", ""); code != 200 {
+		t.Fatalf("GetCapabilities without a body = %d", code)
+	}
+}

@@ -1,0 +1,68 @@
+package driver
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/ournet/ournet/internal/firewall"
+)
+
+// NetworkStatus is one network as ournet knows it, checked against the kernel.
+type NetworkStatus struct {
+	ID        string
+	Bridge    string
+	Subnets   []string
+	Options   NetworkOptions
+	Endpoints []EndpointStatus
+	Problems  []string `json:",omitempty"`
+}
+
+// EndpointStatus is one endpoint, checked against the kernel.
+type EndpointStatus struct {
+	ID       string
+	Addr     string
+	AddrV6   string `json:",omitempty"`
+	MAC      string
+	HostVeth string
+	Problems []string `json:",omitempty"`
+}
+
+// Status reports ournet's state and every difference from the kernel: a
+// missing bridge or veth, rules that drifted. It changes nothing.
+func (d *Driver) Status() ([]NetworkStatus, error) {
+	defer d.lock()()
+	var out []NetworkStatus
+	for _, n := range d.networks {
+		ns := NetworkStatus{ID: n.ID, Bridge: n.Bridge, Options: n.Options}
+		for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
+			ns.Subnets = append(ns.Subnets, s.Pool.String())
+		}
+		if ok, err := d.links.Exists(n.Bridge); err != nil || !ok {
+			ns.Problems = append(ns.Problems, fmt.Sprintf("bridge %s is missing", n.Bridge))
+		}
+		drifted, err := d.fw.Drifted([]firewall.Network{n.fwNetwork()})
+		if err != nil {
+			return nil, err
+		}
+		if len(drifted) > 0 {
+			ns.Problems = append(ns.Problems, "firewall rules differ from what they should be")
+		}
+		for _, ep := range d.endpoints {
+			if ep.NetworkID != n.ID {
+				continue
+			}
+			es := EndpointStatus{ID: ep.ID, Addr: ep.Addr.String(), MAC: ep.MAC, HostVeth: ep.HostVeth}
+			if ep.AddrV6.IsValid() {
+				es.AddrV6 = ep.AddrV6.String()
+			}
+			if ok, err := d.links.Exists(ep.HostVeth); err != nil || !ok {
+				es.Problems = append(es.Problems, fmt.Sprintf("veth %s is missing", ep.HostVeth))
+			}
+			ns.Endpoints = append(ns.Endpoints, es)
+		}
+		sort.Slice(ns.Endpoints, func(i, j int) bool { return ns.Endpoints[i].ID < ns.Endpoints[j].ID })
+		out = append(out, ns)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}

@@ -1,0 +1,57 @@
+// Package crash lets tests kill the plugin at chosen points inside create
+// and delete paths, to prove that a crash anywhere leaks nothing.
+//
+// OURNET_CRASH_AT lists point names (comma separated). The first time the
+// plugin reaches a listed point it writes a marker file and exits at once
+// with os.Exit, which runs no deferred cleanup, as in a real crash (not
+// SIGKILL to itself: the plugin is PID 1 of its namespace, and PID 1
+// ignores signals sent from inside it, even SIGKILL); the marker
+// keeps the restarted plugin, which has the same environment, from dying
+// there again. Unset (the default), Point costs one map lookup.
+package crash
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	log "github.com/sirupsen/logrus"
+)
+
+var (
+	mu     sync.Mutex
+	points map[string]bool
+	dir    string
+)
+
+// Setup reads OURNET_CRASH_AT; markers go in markerDir.
+func Setup(markerDir string) {
+	mu.Lock()
+	defer mu.Unlock()
+	dir = markerDir
+	points = map[string]bool{}
+	for _, p := range strings.Split(os.Getenv("OURNET_CRASH_AT"), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			points[p] = true
+		}
+	}
+}
+
+// Point kills the process if name is a listed point not reached before.
+func Point(name string) {
+	mu.Lock()
+	defer mu.Unlock()
+	if !points[name] {
+		return
+	}
+	marker := filepath.Join(dir, "crashed-at-"+name)
+	if _, err := os.Stat(marker); err == nil {
+		return
+	}
+	if err := os.WriteFile(marker, nil, 0o600); err != nil {
+		return // no marker, no crash: it would crash again forever
+	}
+	log.WithField("point", name).Warn("OURNET_CRASH_AT: crashing on purpose")
+	os.Exit(3)
+}

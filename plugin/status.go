@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ournet/ournet/driver"
+	"github.com/ournet/ournet/ipam"
+)
+
+// statusReport is what /ournet.Status answers: ournet's state, checked
+// against the kernel. It is read-only.
+type statusReport struct {
+	Networks []driver.NetworkStatus
+	Pools    []ipam.PoolInfo
+}
+
+func statusRoute(drv *driver.Driver, alloc *ipam.Allocator) func(*http.ServeMux) {
+	return func(mux *http.ServeMux) {
+		route(mux, "/ournet.Status", func(*empty) (*statusReport, error) {
+			nets, err := drv.Status()
+			if err != nil {
+				return nil, err
+			}
+			return &statusReport{Networks: nets, Pools: alloc.Pools()}, nil
+		})
+	}
+}
+
+// runStatus is `ournet status`: it asks a running plugin for its state and
+// prints it for a person, or as JSON. It exits 1 when anything drifted.
+func runStatus(args []string) int {
+	fs := flag.NewFlagSet("status", flag.ExitOnError)
+	socket := fs.String("socket", "/run/docker/plugins/ournet.sock", "the plugin's socket")
+	asJSON := fs.Bool("json", false, "print JSON")
+	_ = fs.Parse(args)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", *socket)
+		},
+	}}
+	resp, err := client.Post("http://ournet/ournet.Status", contentType, bytes.NewReader(nil))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ournet status: cannot reach the plugin at %s: %v\nIs it enabled? docker plugin ls\n", *socket, err)
+		return 2
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(os.Stderr, "ournet status: %s: %s\n", resp.Status, body)
+		return 2
+	}
+	var rep statusReport
+	if err := json.Unmarshal(body, &rep); err != nil {
+		fmt.Fprintf(os.Stderr, "ournet status: bad reply: %v\n", err)
+		return 2
+	}
+	if *asJSON {
+		os.Stdout.Write(body)
+	} else {
+		printStatus(os.Stdout, &rep)
+	}
+	for _, n := range rep.Networks {
+		if len(n.Problems) > 0 {
+			return 1
+		}
+		for _, e := range n.Endpoints {
+			if len(e.Problems) > 0 {
+				return 1
+			}
+		}
+	}
+	return 0
+}
+
+func printStatus(w io.Writer, rep *statusReport) {
+	problems := 0
+	fmt.Fprintf(w, "%d networks, %d address pools\n", len(rep.Networks), len(rep.Pools))
+	for _, n := range rep.Networks {
+		o := n.Options
+		fmt.Fprintf(w, "\nnetwork %.12s  bridge %s  subnets %s\n", n.ID, n.Bridge, strings.Join(n.Subnets, " "))
+		fmt.Fprintf(w, "  icc=%t masquerade=%t internal=%t ipv6=%t mtu=%d\n", o.ICC, o.Masquerade, o.Internal, o.EnableIPv6, o.MTU)
+		for _, p := range n.Problems {
+			fmt.Fprintf(w, "  PROBLEM: %s\n", p)
+			problems++
+		}
+		for _, e := range n.Endpoints {
+			fmt.Fprintf(w, "  endpoint %.12s  %s %s  mac %s  veth %s\n", e.ID, e.Addr, e.AddrV6, e.MAC, e.HostVeth)
+			for _, p := range e.Problems {
+				fmt.Fprintf(w, "    PROBLEM: %s\n", p)
+				problems++
+			}
+		}
+	}
+	for _, p := range rep.Pools {
+		fmt.Fprintf(w, "\npool %s: %d addresses held", p.ID, len(p.Allocated))
+		for i, a := range p.Allocated {
+			if i == 16 {
+				fmt.Fprintf(w, " ...")
+				break
+			}
+			fmt.Fprintf(w, " %s", a.Addr)
+		}
+	}
+	fmt.Fprintln(w)
+	if problems == 0 {
+		fmt.Fprintln(w, "\nno drift: the kernel matches ournet's state")
+	} else {
+		fmt.Fprintf(w, "\n%d problems; ournet repairs drift every RECONCILE_INTERVAL, see the plugin's log (LOG_LEVEL=debug)\n", problems)
+	}
+}
