@@ -58,8 +58,13 @@ type Driver struct {
 	networks  map[string]*Network
 	endpoints map[string]*Endpoint
 	foreign   []string // the bridges OURNET-FOREIGN lists now
+	// spoof: anti-spoofing checks (antispoof.go); nil programs none.
+	spoof AntiSpoof
+	// ports: published ports (ports.go); nil publishes none.
+	ports Ports
 
 	ready chan struct{} // closed once Restore has run
+	boot  string        // this run's ID, see Network.Boot
 }
 
 // New returns a driver over the given kernel interfaces and store. Calls
@@ -74,6 +79,7 @@ func New(links Links, fw Firewall, sys Sysctls, st *store.Store) *Driver {
 		networks:  map[string]*Network{},
 		endpoints: map[string]*Endpoint{},
 		ready:     make(chan struct{}),
+		boot:      newBootID(),
 	}
 }
 

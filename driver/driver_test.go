@@ -326,3 +326,42 @@ func TestRestoreRemovesOrphansAndReconcileRepairs(t *testing.T) {
 		t.Fatal("Reconcile did not restore the rules")
 	}
 }
+
+// A network from an earlier run that was never used, and overlaps a new
+// one, is the leftover of a CreateNetwork dockerd never saw answered: it is
+// removed. A used one, or one from this run, is refused instead.
+func TestReclaimOverlapping(t *testing.T) {
+	d, _, _, st := newTestDriver(t)
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	other := createReq()
+	other.NetworkID = "bbbbbbbbbbbb" + nid[12:]
+	if err := d.CreateNetwork(other); err == nil || !strings.Contains(err.Error(), "overlaps ournet network") {
+		t.Fatalf("overlap in the same run: %v", err)
+	}
+	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
+	fw2 := &fakeFW{nets: map[string]firewall.Network{}}
+	d2 := New(l2, fw2, fakeSysctl{}, st)
+	if err := d2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.CreateNetwork(other); err != nil {
+		t.Fatalf("leftover not reclaimed: %v", err)
+	}
+	if _, ok := l2.bridges["ournet-aaaaaaaa"]; ok {
+		t.Fatal("leftover bridge kept")
+	}
+	// Used networks are never reclaimed.
+	if _, err := d2.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: other.NetworkID, EndpointID: eid,
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	d3 := New(l2, fw2, fakeSysctl{}, st)
+	if err := d3.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d3.CreateNetwork(createReq()); err == nil {
+		t.Fatal("a used network was reclaimed")
+	}
+}

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"fmt"
+	"github.com/ournet/ournet/internal/crash"
 	"net"
 	"net/netip"
 
@@ -37,6 +38,9 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 		}
 		ep.MAC = iface.MacAddress
 	}
+	if err := ep.requestPorts(req.Options); err != nil {
+		return nil, err
+	}
 	if ep.MAC == "" {
 		ep.MAC = endpointMAC(ep.Addr, ep.ID).String()
 		res.Interface = &network.EndpointInterface{MacAddress: ep.MAC}
@@ -52,6 +56,16 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 	if err := d.links.EnsureVeth(d.veth(n, ep)); err != nil {
 		return nil, fmt.Errorf("ournet: creating the container's interface: %w", err)
 	}
+	if err := d.addSpoofChecks(n, ep); err != nil {
+		return nil, err
+	}
+	if !n.Used {
+		n.Used = true
+		if err := d.st.Put(bucketNetworks, n.ID, n); err != nil {
+			return nil, fmt.Errorf("ournet: saving network state: %w", err)
+		}
+	}
+	crash.Point("create-endpoint:before-save")
 	if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
 		return nil, fmt.Errorf("ournet: saving endpoint state: %w", err)
 	}
@@ -81,8 +95,16 @@ func (d *Driver) deleteEndpoint(n *Network, ep *Endpoint) error {
 	if err := d.st.Delete(bucketEndpoints, ep.ID); err != nil {
 		return fmt.Errorf("ournet: saving endpoint state: %w", err)
 	}
+	crash.Point("delete-endpoint:after-forget")
+	if err := d.unmapPorts(ep); err != nil {
+		return err
+	}
 	if err := d.links.DeleteVeth(ep.HostVeth, ep.ID); err != nil {
 		return fmt.Errorf("ournet: removing the container's interface: %w", err)
+	}
+	// After the veth: its port never exists without its checks.
+	if err := d.delSpoofChecks(ep); err != nil {
+		return err
 	}
 	return nil
 }

@@ -24,6 +24,9 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err := d.links.EnsureVeth(d.veth(n, ep)); err != nil {
 		return nil, fmt.Errorf("ournet: preparing the container's interface: %w", err)
 	}
+	if err := d.addSpoofChecks(n, ep); err != nil {
+		return nil, err
+	}
 	res := &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: ep.PeerVeth, DstPrefix: n.Options.IfacePrefix},
 	}
@@ -54,11 +57,11 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 // ProgramExternalConnectivity is where published ports are programmed.
 func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnectivityRequest) error {
 	defer d.lock()()
-	return nil
+	return d.programPorts(req)
 }
 
 // RevokeExternalConnectivity removes what ProgramExternalConnectivity made.
 func (d *Driver) RevokeExternalConnectivity(req *network.RevokeExternalConnectivityRequest) error {
 	defer d.lock()()
-	return nil
+	return d.revokePorts(req.EndpointID)
 }

@@ -1,8 +1,11 @@
 package driver
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/ournet/ournet/internal/crash"
 	"net/netip"
 	"os"
 
@@ -25,6 +28,10 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	if err != nil {
 		return err
 	}
+	n.Boot = d.boot
+	if err := d.reclaimOverlapping(n); err != nil {
+		return err
+	}
 	for _, other := range d.networks {
 		if other.Bridge == n.Bridge {
 			return fmt.Errorf("ournet: bridge name %s is already used by ournet network %s; choose another %s", n.Bridge, short12(other.ID), optBridgeName)
@@ -44,9 +51,11 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	if err := d.programNetwork(n); err != nil {
 		return err
 	}
+	crash.Point("create-network:before-save")
 	if err := d.st.Put(bucketNetworks, n.ID, n); err != nil {
 		return fmt.Errorf("ournet: saving network state: %w", err)
 	}
+	crash.Point("create-network:after-save")
 	d.networks[n.ID] = n
 	log.WithField("bridge", n.Bridge).Info("network created")
 	return nil
@@ -176,9 +185,50 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 		return fmt.Errorf("ournet: saving network state: %w", err)
 	}
 	delete(d.networks, n.ID)
+	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {
 		return fmt.Errorf("ournet: removing network %s: %w", short12(n.ID), err)
 	}
 	logNet(n.ID).Info("network deleted")
 	return nil
+}
+
+// reclaimOverlapping makes room for n. dockerd never gives two live
+// networks overlapping subnets, so an ournet network that overlaps n is
+// one dockerd no longer has. If it was created by an earlier run of the
+// plugin and never used, it is the leftover of a CreateNetwork whose answer
+// never reached dockerd (the plugin died first): it is removed. Otherwise
+// the overlap is refused, naming the network, rather than guessed at.
+func (d *Driver) reclaimOverlapping(n *Network) error {
+	for _, other := range d.networks {
+		overlap := ""
+		for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
+			for _, o := range append(append([]Subnet{}, other.IPv4...), other.IPv6...) {
+				if s.Pool.Overlaps(o.Pool) {
+					overlap = o.Pool.String()
+				}
+			}
+		}
+		if overlap == "" {
+			continue
+		}
+		if other.Used || other.Boot == d.boot {
+			return fmt.Errorf("ournet: subnet %s overlaps ournet network %s (bridge %s); choose another subnet or remove that network", overlap, short12(other.ID), other.Bridge)
+		}
+		logNet(other.ID).WithField("subnet", overlap).Warn("removing a network dockerd never learnt of (the plugin stopped before answering its creation)")
+		if err := d.st.Delete(bucketNetworks, other.ID); err != nil {
+			return fmt.Errorf("ournet: saving network state: %w", err)
+		}
+		delete(d.networks, other.ID)
+		if err := d.unprogramNetwork(other); err != nil {
+			return fmt.Errorf("ournet: removing leftover network %s: %w", short12(other.ID), err)
+		}
+	}
+	return nil
+}
+
+func newBootID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

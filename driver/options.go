@@ -25,6 +25,7 @@ const (
 	optDefaultBridge = "com.docker.network.bridge.default_bridge"
 	optMTU           = "com.docker.network.driver.mtu"
 	optIfacePrefix   = "com.docker.network.container_iface_prefix"
+	optAntiSpoofing  = "ournet.anti_spoofing"
 
 	bridgeOptPrefix = "com.docker.network.bridge."
 	ournetOptPrefix = "ournet."
@@ -46,6 +47,10 @@ type NetworkOptions struct {
 	GwModeV6      string
 	MTU           int
 	IfacePrefix   string
+	// AntiSpoofingOff is ournet.anti_spoofing=false. Stored negated so that
+	// the zero value, and a record saved before the option existed, keeps
+	// the checks on.
+	AntiSpoofingOff bool
 }
 
 // knownOptions lists every -o key ournet accepts in the namespaces it owns.
@@ -53,6 +58,7 @@ var knownOptions = map[string]bool{
 	optBridgeName: true, optICC: true, optMasquerade: true, optHostBindingV4: true,
 	optInhibitIPv4: true, optGwModeV4: true, optGwModeV6: true, optDefaultBridge: true,
 	optMTU: true, optIfacePrefix: true, optEnableIPv6: true, optInternal: true,
+	optAntiSpoofing: true,
 }
 
 // ParseOptions reads CreateNetwork's options. It refuses unknown keys in
@@ -94,6 +100,10 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 			o.BridgeName = s
 		case optICC:
 			o.ICC, err = boolOf(v, k, true)
+		case optAntiSpoofing:
+			var on bool
+			on, err = boolOf(v, k, true)
+			o.AntiSpoofingOff = !on
 		case optMasquerade:
 			o.Masquerade, err = boolOf(v, k, true)
 		case optInhibitIPv4:

@@ -18,7 +18,7 @@ func TestParseOptionsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.BridgeName != "ournet-01234567" || !o.ICC || !o.Masquerade || o.Internal || o.MTU != 0 || o.IfacePrefix != "eth" {
+	if o.BridgeName != "ournet-01234567" || !o.ICC || !o.Masquerade || o.Internal || o.MTU != 0 || o.IfacePrefix != "eth" || o.AntiSpoofingOff {
 		t.Fatalf("defaults = %+v", o)
 	}
 }
@@ -30,6 +30,9 @@ func TestParseOptions(t *testing.T) {
 		wantErr string
 	}{
 		{generic(optICC, "false"), func(o NetworkOptions) bool { return !o.ICC }, ""},
+		{generic(optAntiSpoofing, "false"), func(o NetworkOptions) bool { return o.AntiSpoofingOff }, ""},
+		{generic(optAntiSpoofing, "true"), func(o NetworkOptions) bool { return !o.AntiSpoofingOff }, ""},
+		{generic(optAntiSpoofing, "no"), nil, `ournet.anti_spoofing="no" is not a boolean`},
 		{generic(optMasquerade, "false"), func(o NetworkOptions) bool { return !o.Masquerade }, ""},
 		{generic(optMTU, "1400"), func(o NetworkOptions) bool { return o.MTU == 1400 }, ""},
 		{generic(optBridgeName, "mybr0"), func(o NetworkOptions) bool { return o.BridgeName == "mybr0" }, ""},

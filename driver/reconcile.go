@@ -60,6 +60,7 @@ func (d *Driver) removeOrphans() {
 // brings back a network ournet does not know.
 func (d *Driver) Reconcile() {
 	defer d.lock()()
+	defer d.reconcilePorts()
 	if err := d.fw.Setup(); err != nil {
 		logNet("").WithError(err).Warn("drift: base chains")
 	}
@@ -83,6 +84,7 @@ func (d *Driver) Reconcile() {
 		}
 		nets = append(nets, n.fwNetwork())
 	}
+	d.repairSpoofChecks()
 	drifted, err := d.fw.Drifted(nets)
 	if err != nil {
 		logNet("").WithError(err).Warn("drift: reading rules")

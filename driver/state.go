@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/portmap"
 	"github.com/ournet/ournet/internal/store"
 )
 
@@ -27,6 +28,12 @@ type Network struct {
 	Options NetworkOptions
 	IPv4    []Subnet
 	IPv6    []Subnet
+	// Boot is the plugin run that created the network, and Used says an
+	// endpoint was ever created on it: a network from an earlier run that
+	// was never used may be one dockerd never learnt of (the plugin died
+	// before answering CreateNetwork); see reclaimOverlapping.
+	Boot string `json:",omitempty"`
+	Used bool   `json:",omitempty"`
 }
 
 // Endpoint is one ournet endpoint as persisted.
@@ -38,6 +45,10 @@ type Endpoint struct {
 	MAC       string
 	HostVeth  string
 	PeerVeth  string
+	// Published ports (ports.go): what the engine asked for, and what is
+	// installed with the host ports ournet picked, restored after restarts.
+	PortReq []portmap.Binding `json:",omitempty"`
+	Ports   []portmap.Mapping `json:",omitempty"`
 }
 
 func (n *Network) bridge() netdev.Bridge {
@@ -92,6 +103,11 @@ func (d *Driver) Restore() error {
 	}
 	for _, n := range nets {
 		d.reattachEndpoints(n)
+	}
+	d.restorePorts()
+	if err := d.syncSpoofChecks(); err != nil {
+		logNet("").WithError(err).Error("restoring anti-spoofing checks")
+		firstErr = cmpErr(firstErr, err)
 	}
 	logNet("").WithField("networks", len(nets)).WithField("endpoints", len(eps)).Info("state restored")
 	return firstErr

@@ -61,6 +61,11 @@ func StartEngine(dir string, extra ...string) (*Engine, error) {
 		{"mkdir", "-p", "/run/docker/plugins"},
 		{"ip", "netns", "add", e.NetNS},
 		{"ip", "-n", e.NetNS, "link", "set", "lo", "up"},
+		// As on a real host, where dockerd turns forwarding on and sets
+		// FORWARD's policy to DROP (in a new netns it may find forwarding
+		// already on and leave the policy ACCEPT): ournet must work under DROP.
+		{"ip", "netns", "exec", e.NetNS, "iptables", "-P", "FORWARD", "DROP"},
+		{"ip", "netns", "exec", e.NetNS, "ip6tables", "-P", "FORWARD", "DROP"},
 	} {
 		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
 			return e, fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
@@ -174,6 +179,8 @@ func (e *Engine) Remove() {
 	}
 	_ = os.RemoveAll(e.Dir)
 	_ = exec.Command("ip", "netns", "del", e.NetNS).Run()
+	// Shims (and the plugin under one) outlive a dockerd that was killed.
+	_ = exec.Command("pkill", "-9", "-f", e.Dir+"/").Run()
 	if e.holder != nil && e.holder.Process != nil {
 		_ = e.holder.Process.Kill()
 		_ = e.holder.Wait()

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -17,8 +18,11 @@ import (
 	log "github.com/sirupsen/logrus"
 
 	"github.com/ournet/ournet/driver"
+	"github.com/ournet/ournet/internal/antispoof"
+	"github.com/ournet/ournet/internal/crash"
 	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/portmap"
 	"github.com/ournet/ournet/internal/store"
 	"github.com/ournet/ournet/internal/sysctl"
 	"github.com/ournet/ournet/ipam"
@@ -81,6 +85,9 @@ type sysctlSetter struct{}
 func (sysctlSetter) Set(key, value string) error { return sysctl.Set(key, value) }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		os.Exit(runStatus(os.Args[2:]))
+	}
 	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, DisableColors: true})
 	if err := run(); err != nil {
 		log.WithError(err).Error("ournet stopped")
@@ -99,6 +106,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	crash.Setup(filepath.Dir(cfg.StatePath))
 	defer st.Close()
 	links, err := netdev.New()
 	if err != nil {
@@ -121,10 +129,15 @@ func run() error {
 		return fmt.Errorf("loading address allocations: %w", err)
 	}
 	drv := driver.New(links, fw, sysctlSetter{}, st)
+	// nftables bridge family: works whatever iptables backend the host uses.
+	drv.SetAntiSpoof(antispoof.New())
+	// Published ports: host ports held by sockets here, DNAT rules (issue #5).
+	ports := portmap.New(portmap.Config{Runner: runner, Families: families})
+	drv.SetPorts(ports)
 
 	// Listen first: dockerd gives a starting plugin only seconds to open its
 	// socket, and calls wait inside the driver until the restore is done.
-	srv := &http.Server{Handler: newMux(drv, alloc, nil), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: newMux(drv, alloc, statusRoute(drv, alloc)), ReadHeaderTimeout: 10 * time.Second}
 	var listeners []net.Listener
 	for _, path := range append([]string{cfg.Socket}, cfg.AliasSockets...) {
 		l, err := listenUnix(path)
@@ -143,6 +156,9 @@ func run() error {
 	start := time.Now()
 	if err := fw.Setup(); err != nil {
 		log.WithError(err).Error("setting up firewall base chains")
+	}
+	if err := ports.Setup(); err != nil {
+		log.WithError(err).Error("setting up the published-port chains")
 	}
 	if err := drv.Restore(); err != nil {
 		log.WithError(err).Error("restoring state (continuing with what could be restored)")
