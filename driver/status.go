@@ -66,3 +66,10 @@ func (d *Driver) Status() ([]NetworkStatus, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
+
+// Empty reports whether ournet has no network left, so that shutting down
+// may remove its base chains and tables too.
+func (d *Driver) Empty() bool {
+	defer d.lock()()
+	return len(d.networks) == 0 && len(d.endpoints) == 0
+}

@@ -238,3 +238,32 @@ func TestDriftRepair(t *testing.T) {
 		t.Fatal("a removed network's bridge came back")
 	}
 }
+
+// Uninstalling (networks removed, plugin disabled and removed) leaves no
+// rule, table, link or socket of ournet's behind.
+func TestUninstallLeavesNothing(t *testing.T) {
+	e := NewEngine(t)
+	before, _ := e.Sh("ip", "-o", "link")
+	Net(t, e, "bye", "-d", "ournet", "--ipam-driver", "ournet", "--ipv6", "--subnet", "198.18.49.0/24", "--subnet", "2001:db8:49::/64")
+	Container(t, e, "bye-a", "--network", "bye", "-p", "18049:80")
+	e.Run(t, "rm", "-f", "bye-a")
+	e.Run(t, "network", "rm", "bye")
+	e.Run(t, "plugin", "disable", PluginName)
+	e.Run(t, "plugin", "rm", PluginName)
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"filter", "nat", "mangle", "raw"} {
+			if out, _ := e.Sh(tool+"-save", "-t", table); strings.Contains(out, "OURNET") {
+				t.Errorf("%s table %s keeps ournet's rules:\n%s", tool, table, out)
+			}
+		}
+	}
+	if out, _ := e.Sh("nft", "list", "tables"); strings.Contains(out, "ournet") {
+		t.Errorf("nftables keeps ournet's table: %s", out)
+	}
+	if after, _ := e.Sh("ip", "-o", "link"); strings.Count(after, "\n") != strings.Count(before, "\n") {
+		t.Errorf("links left:\nbefore\n%s\nafter\n%s", before, after)
+	}
+	if _, err := os.Stat(filepath.Join(e.Dir, "plugins", "ournet.sock")); err == nil {
+		t.Error("the legacy socket ournet.sock is left behind")
+	}
+}

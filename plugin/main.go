@@ -130,7 +130,8 @@ func run() error {
 	}
 	drv := driver.New(links, fw, sysctlSetter{}, st)
 	// nftables bridge family: works whatever iptables backend the host uses.
-	drv.SetAntiSpoof(antispoof.New())
+	spoof := antispoof.New()
+	drv.SetAntiSpoof(spoof)
 	// Published ports: host ports held by sockets here, DNAT rules (issue #5).
 	ports := portmap.New(portmap.Config{Runner: runner, Families: families})
 	drv.SetPorts(ports)
@@ -180,6 +181,20 @@ func run() error {
 	// than the engine's own clear "plugin not found".
 	for _, path := range cfg.AliasSockets {
 		_ = os.Remove(path)
+	}
+	// With no network left (the state of `docker plugin rm`, which refuses
+	// while networks use the plugin) ournet takes its base chains and its
+	// nftables table with it: uninstalling leaves nothing behind. With
+	// networks, everything stays, so containers keep working while the
+	// plugin is down.
+	if drv.Empty() {
+		if err := fw.Teardown(); err != nil {
+			log.WithError(err).Warn("removing ournet's chains")
+		}
+		if err := spoof.Teardown(); err != nil {
+			log.WithError(err).Warn("removing ournet's nftables table")
+		}
+		log.Info("no network left: removed ournet's chains and tables")
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ command -v busybox >/dev/null || need+=(busybox-static)
 command -v ip >/dev/null || need+=(iproute2)
 command -v findmnt >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
+command -v nft >/dev/null || need+=(nftables)
 for extra in "$@"; do command -v "${extra%%=*}" >/dev/null || need+=("${extra#*=}"); done
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then

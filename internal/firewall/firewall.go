@@ -492,3 +492,61 @@ func sortedKeys(m map[string][]string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// Teardown removes every chain whose name starts with OURNET- from every
+// table, and the jumps to them from the built-in chains: what ournet leaves
+// when it has no network left and is shut down, so that uninstalling it
+// leaves nothing behind. Chains of other packages (portmap) go too.
+func (fw *Firewall) Teardown() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	var errs []error
+	for _, f := range fw.families {
+		var b strings.Builder
+		for _, table := range append(slices.Clone(tables), "raw") {
+			dump, err := fw.run.Save(f, table)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			b.WriteString(TeardownScript(table, ParseSave(dump)))
+		}
+		if err := fw.run.Restore(f, b.String()); err != nil {
+			errs = append(errs, fmt.Errorf("%s: removing ournet's chains: %w", f, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TeardownScript is the iptables-restore input that removes ournet's
+// chains from one table, given its parsed iptables-save output.
+func TeardownScript(table string, chains map[string][]string) string {
+	var own []string
+	for c := range chains {
+		if strings.HasPrefix(c, "OURNET-") {
+			own = append(own, c)
+		}
+	}
+	if len(own) == 0 {
+		return ""
+	}
+	sort.Strings(own)
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%s\n", table)
+	for _, c := range own {
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c) // flushes it
+	}
+	for c, lines := range chains {
+		if strings.HasPrefix(c, "OURNET-") {
+			continue
+		}
+		for _, l := range referencing(lines, own...) {
+			b.WriteString(deleteLine(l) + "\n")
+		}
+	}
+	for _, c := range own {
+		fmt.Fprintf(&b, "-X %s\n", c)
+	}
+	b.WriteString("COMMIT\n")
+	return b.String()
+}

@@ -140,6 +140,21 @@ func TestApplyInNetns(t *testing.T) {
 				t.Fatalf("%s: after removing every network:\n%s\nwant\n%s", f, got, empty[f])
 			}
 		}
+		// Teardown leaves no OURNET chain or jump, even with networks left.
+		if err := fw.AddNetwork(cases[0].n); err != nil {
+			t.Fatal(err)
+		}
+		ipt(t, "-t", "raw", "-N", "OURNET-LOCALHOST")
+		ipt(t, "-t", "raw", "-I", "PREROUTING", "-j", "OURNET-LOCALHOST")
+		if err := fw.Teardown(); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []Family{IPv4, IPv6} {
+			raw, _ := r.Save(f, "raw")
+			if got := save(t, r, f) + raw; strings.Contains(got, "OURNET") {
+				t.Fatalf("%s: after Teardown:\n%s", f, got)
+			}
+		}
 	})
 }
 
