@@ -39,7 +39,7 @@ type Firewall interface {
 	AddNetwork(firewall.Network) error
 	DelNetwork(id string) error
 	Drifted([]firewall.Network) ([]firewall.Network, error)
-	SetForeignBridges([]string) error
+	EnsureForeignBridges([]string) error
 	OwnedNetworks() (map[string]bool, error)
 }
 
@@ -57,7 +57,6 @@ type Driver struct {
 	st        *store.Store
 	networks  map[string]*Network
 	endpoints map[string]*Endpoint
-	foreign   []string // the bridges OURNET-FOREIGN lists now
 	// spoof: anti-spoofing checks (antispoof.go); nil programs none.
 	spoof AntiSpoof
 	// ports: published ports (ports.go); nil publishes none.

@@ -90,7 +90,7 @@ func (f *fakeFW) Drifted(nets []firewall.Network) ([]firewall.Network, error) {
 	}
 	return out, nil
 }
-func (f *fakeFW) SetForeignBridges([]string) error { return nil }
+func (f *fakeFW) EnsureForeignBridges([]string) error { return nil }
 func (f *fakeFW) OwnedNetworks() (map[string]bool, error) {
 	out := map[string]bool{}
 	for id := range f.nets {

@@ -1,7 +1,6 @@
 package driver
 
 import (
-	"slices"
 	"time"
 
 	"github.com/ournet/ournet/internal/firewall"
@@ -66,12 +65,8 @@ func (d *Driver) Reconcile() {
 	}
 	if foreign, err := d.links.ForeignBridges(); err != nil {
 		logNet("").WithError(err).Warn("drift: listing bridges")
-	} else if slices.Sort(foreign); !slices.Equal(foreign, d.foreign) {
-		if err := d.fw.SetForeignBridges(foreign); err != nil {
-			logNet("").WithError(err).Warn("drift: foreign bridges")
-		} else {
-			d.foreign = foreign
-		}
+	} else if err := d.fw.EnsureForeignBridges(foreign); err != nil {
+		logNet("").WithError(err).Warn("drift: foreign bridges")
 	}
 	var nets []firewall.Network
 	for _, n := range d.networks {

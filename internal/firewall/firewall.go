@@ -264,6 +264,28 @@ func (fw *Firewall) SetForeignBridges(names []string) error {
 	return nil
 }
 
+// EnsureForeignBridges rewrites OURNET-FOREIGN only where it differs from
+// what SetForeignBridges(names) would write (a flush, a rule doubled by a
+// concurrent writer); the repair loop calls it every round.
+func (fw *Firewall) EnsureForeignBridges(names []string) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	want := ParseSave(ForeignScript(names))[ForeignChain]
+	for _, f := range fw.families {
+		dump, err := fw.run.Save(f, "filter")
+		if err != nil {
+			return err
+		}
+		if slices.Equal(ParseSave(dump)[ForeignChain], want) {
+			continue
+		}
+		if err := fw.run.Restore(f, ForeignScript(names)); err != nil {
+			return fmt.Errorf("%s: listing foreign bridges: %w", f, err)
+		}
+	}
+	return nil
+}
+
 // ForeignScript is the iptables-restore input that rewrites OURNET-FOREIGN.
 func ForeignScript(names []string) string {
 	set := map[string]bool{"docker0": true, "br-+": true}

@@ -224,6 +224,11 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err := fw.SetForeignBridges([]string{"mybr0"}); err != nil {
 			t.Fatal(err)
 		}
+		// A doubled rule (as a concurrent writer can leave) is repaired.
+		ipt(t, "-A", ForeignChain, "-o", "mybr0", "-j", "DROP")
+		if err := fw.EnsureForeignBridges([]string{"mybr0"}); err != nil {
+			t.Fatal(err)
+		}
 		out, _ = r.Save(IPv4, "filter")
 		if got := ParseSave(out)[ForeignChain]; len(got) != 6 || !strings.Contains(strings.Join(got, "\n"), "-o mybr0 -j DROP") {
 			t.Fatalf("OURNET-FOREIGN = %q", got)
