@@ -37,6 +37,7 @@ type Links interface {
 type Firewall interface {
 	Setup() error
 	AddNetwork(firewall.Network) error
+	AddNetworks([]firewall.Network) error
 	DelNetwork(id string) error
 	Drifted([]firewall.Network) ([]firewall.Network, error)
 	EnsureForeignBridges([]string) error

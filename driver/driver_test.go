@@ -81,6 +81,14 @@ func (f *fakeFW) DelNetwork(id string) error {
 	return nil
 }
 func (f *fakeFW) Setup() error { return nil }
+func (f *fakeFW) AddNetworks(nets []firewall.Network) error {
+	for _, n := range nets {
+		if err := f.AddNetwork(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 func (f *fakeFW) Drifted(nets []firewall.Network) ([]firewall.Network, error) {
 	var out []firewall.Network
 	for _, n := range nets {

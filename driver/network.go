@@ -113,19 +113,25 @@ func subnets(data []*network.IPAMData, v6 bool) ([]Subnet, error) {
 // programNetwork makes the kernel match n: bridge, addresses, rules. It is
 // idempotent, so the restore and drift repair use it too.
 func (d *Driver) programNetwork(n *Network) error {
-	if err := d.links.EnsureBridge(n.bridge()); err != nil {
-		if errors.Is(err, netdev.ErrNotOurs) {
-			return fmt.Errorf("ournet: a network device named %s already exists and is not ournet's; choose another %s", n.Bridge, optBridgeName)
-		}
-		return fmt.Errorf("ournet: setting up bridge %s: %w", n.Bridge, err)
-	}
-	if err := d.setSysctls(n); err != nil {
+	if err := d.prepareNetwork(n); err != nil {
 		return err
 	}
 	if err := d.fw.AddNetwork(n.fwNetwork()); err != nil {
 		return fmt.Errorf("ournet: programming firewall rules for bridge %s: %w", n.Bridge, err)
 	}
 	return nil
+}
+
+// prepareNetwork is programNetwork less the firewall: the bridge and the
+// sysctls.
+func (d *Driver) prepareNetwork(n *Network) error {
+	if err := d.links.EnsureBridge(n.bridge()); err != nil {
+		if errors.Is(err, netdev.ErrNotOurs) {
+			return fmt.Errorf("ournet: a network device named %s already exists and is not ournet's; choose another %s", n.Bridge, optBridgeName)
+		}
+		return fmt.Errorf("ournet: setting up bridge %s: %w", n.Bridge, err)
+	}
+	return d.setSysctls(n)
 }
 
 // setSysctls turns on forwarding, as Docker's bridge driver does, and keeps

@@ -58,6 +58,30 @@ func (d *Driver) removeOrphans() {
 // a network's rules changed or gone, a bridge deleted by hand. It never
 // brings back a network ournet does not know.
 func (d *Driver) Reconcile() {
+	nets := d.reconcileLinks()
+	// Reading every table is the slow part: it runs without the driver's
+	// lock, so that docker commands are not held up behind it.
+	drifted, err := d.fw.Drifted(nets)
+	if err != nil {
+		logNet("").WithError(err).Warn("drift: reading rules")
+		return
+	}
+	defer d.lock()()
+	for _, fn := range drifted {
+		n, ok := d.networks[fn.ID]
+		if !ok {
+			continue // removed meanwhile: never bring it back
+		}
+		logNet(fn.ID).Warn("drift: rules changed, restoring them")
+		if err := d.fw.AddNetwork(n.fwNetwork()); err != nil {
+			logNet(fn.ID).WithError(err).Error("drift: restoring rules")
+		}
+	}
+}
+
+// reconcileLinks repairs base chains, foreign bridges, bridges, ports and
+// anti-spoofing, and returns the networks whose rules to check.
+func (d *Driver) reconcileLinks() []firewall.Network {
 	defer d.lock()()
 	defer d.reconcilePorts()
 	if err := d.fw.Setup(); err != nil {
@@ -80,17 +104,7 @@ func (d *Driver) Reconcile() {
 		nets = append(nets, n.fwNetwork())
 	}
 	d.repairSpoofChecks()
-	drifted, err := d.fw.Drifted(nets)
-	if err != nil {
-		logNet("").WithError(err).Warn("drift: reading rules")
-		return
-	}
-	for _, fn := range drifted {
-		logNet(fn.ID).Warn("drift: rules changed, restoring them")
-		if err := d.fw.AddNetwork(fn); err != nil {
-			logNet(fn.ID).WithError(err).Error("drift: restoring rules")
-		}
-	}
+	return nets
 }
 
 // reattachEndpoints puts n's existing host veths back on its bridge.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/portmap"
 	"github.com/ournet/ournet/internal/store"
@@ -95,10 +96,23 @@ func (d *Driver) Restore() error {
 	d.networks, d.endpoints = nets, eps
 	d.removeOrphans()
 	var firstErr error
+	var rules []firewall.Network
 	for _, n := range nets {
-		if err := d.programNetwork(n); err != nil {
+		if err := d.prepareNetwork(n); err != nil {
 			logNet(n.ID).WithError(err).Error("restoring network")
 			firstErr = cmpErr(firstErr, err)
+		}
+		rules = append(rules, n.fwNetwork())
+	}
+	// All networks' rules in one iptables-restore per family, so that the
+	// restore takes about as long for a hundred networks as for one.
+	if err := d.fw.AddNetworks(rules); err != nil {
+		logNet("").WithError(err).Warn("restoring rules in one go; retrying network by network")
+		for _, n := range nets {
+			if err := d.fw.AddNetwork(n.fwNetwork()); err != nil {
+				logNet(n.ID).WithError(err).Error("restoring rules")
+				firstErr = cmpErr(firstErr, err)
+			}
 		}
 	}
 	for _, n := range nets {

@@ -31,6 +31,18 @@ type EndpointStatus struct {
 // missing bridge or veth, rules that drifted. It changes nothing.
 func (d *Driver) Status() ([]NetworkStatus, error) {
 	defer d.lock()()
+	var all []firewall.Network
+	for _, n := range d.networks {
+		all = append(all, n.fwNetwork())
+	}
+	drifted, err := d.fw.Drifted(all)
+	if err != nil {
+		return nil, err
+	}
+	bad := map[string]bool{}
+	for _, n := range drifted {
+		bad[n.ID] = true
+	}
 	var out []NetworkStatus
 	for _, n := range d.networks {
 		ns := NetworkStatus{ID: n.ID, Bridge: n.Bridge, Options: n.Options}
@@ -40,11 +52,7 @@ func (d *Driver) Status() ([]NetworkStatus, error) {
 		if ok, err := d.links.Exists(n.Bridge); err != nil || !ok {
 			ns.Problems = append(ns.Problems, fmt.Sprintf("bridge %s is missing", n.Bridge))
 		}
-		drifted, err := d.fw.Drifted([]firewall.Network{n.fwNetwork()})
-		if err != nil {
-			return nil, err
-		}
-		if len(drifted) > 0 {
+		if bad[n.ID] {
 			ns.Problems = append(ns.Problems, "firewall rules differ from what they should be")
 		}
 		for _, ep := range d.endpoints {

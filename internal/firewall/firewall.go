@@ -193,11 +193,18 @@ type Firewall struct {
 	mu       sync.Mutex
 	run      Runner
 	families []Family
+	// jumps caches, per family, the lines of the base chains (OURNET-FORWARD,
+	// OURNET-GUARD, OURNET-POSTROUTING) as they were after ournet's last
+	// change, so that adding or removing a network is one iptables-restore,
+	// not a dump of every table first: the cost stays flat however many
+	// networks exist. A stale cache (someone else deleted a jump) makes the
+	// restore fail; the change is then retried once from a fresh dump.
+	jumps map[Family]Saved
 }
 
 // New returns a Firewall that programs the given families.
 func New(run Runner, families ...Family) *Firewall {
-	return &Firewall{run: run, families: families}
+	return &Firewall{run: run, families: families, jumps: map[Family]Saved{}}
 }
 
 // Families lists the families this firewall programs.
@@ -215,20 +222,111 @@ func (fw *Firewall) Setup() error {
 	return nil
 }
 
+// families of n: an IPv4-only network gets no ip6tables rules (nothing
+// routes IPv6 into or out of its bridge: it has no IPv6 address but the
+// link-local one), which halves its rules.
+func (fw *Firewall) familiesOf(n Network) []Family {
+	var out []Family
+	for _, f := range fw.families {
+		if f == IPv4 || len(n.subnets(IPv6)) > 0 {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // AddNetwork installs (or rewrites) every rule of network n.
 func (fw *Firewall) AddNetwork(n Network) error {
+	return fw.AddNetworks([]Network{n})
+}
+
+// AddNetworks installs (or rewrites) the rules of nets, in one
+// iptables-restore per family: the restore at start uses it for all.
+func (fw *Firewall) AddNetworks(nets []Network) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
 	for _, f := range fw.families {
-		saved, err := fw.save(f)
-		if err != nil {
-			return err
+		var mine []Network
+		for _, n := range nets {
+			if slices.Contains(fw.familiesOf(n), f) {
+				mine = append(mine, n)
+			}
 		}
-		if err := fw.run.Restore(f, AddScript(f, n, saved)); err != nil {
-			return fmt.Errorf("%s: adding rules of network %s: %w", f, short(n.ID), err)
+		if len(mine) == 0 {
+			continue
+		}
+		err := fw.change(f, func(saved Saved) string {
+			var b strings.Builder
+			for _, n := range mine {
+				b.WriteString(AddScript(f, n, saved))
+			}
+			return b.String()
+		}, func(saved Saved) {
+			for _, n := range mine {
+				for table, tr := range rules(f, n) {
+					cacheJumps(saved, table, tr.jumps, sortedKeys(tr.chains))
+				}
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("%s: adding rules of %d network(s): %w", f, len(mine), err)
 		}
 	}
 	return nil
+}
+
+// change applies script(cached jumps); if that fails it retries once with a
+// fresh dump. On success, update records the change in the cache.
+func (fw *Firewall) change(f Family, script func(Saved) string, update func(Saved)) error {
+	saved, err := fw.cached(f)
+	if err != nil {
+		return err
+	}
+	if err := fw.run.Restore(f, script(saved)); err != nil {
+		if saved, err = fw.save(f); err != nil {
+			return err
+		}
+		if err := fw.run.Restore(f, script(saved)); err != nil {
+			delete(fw.jumps, f)
+			return err
+		}
+	}
+	update(saved)
+	fw.jumps[f] = saved
+	return nil
+}
+
+func (fw *Firewall) cached(f Family) (Saved, error) {
+	if s, ok := fw.jumps[f]; ok {
+		return s, nil
+	}
+	return fw.save(f)
+}
+
+// cacheJumps records that table's base chains now hold want as the jumps to
+// chains, in place of whatever jumped there before.
+func cacheJumps(saved Saved, table string, want, chains []string) {
+	if saved[table] == nil {
+		saved[table] = map[string][]string{}
+	}
+	for _, base := range []string{ForwardChain, GuardChain, PostroutingChain} {
+		lines := saved[table][base]
+		kept := lines[:0:0]
+		for _, l := range lines {
+			if len(referencing([]string{l}, chains...)) == 0 {
+				kept = append(kept, l)
+			}
+		}
+		saved[table][base] = kept
+	}
+	for _, l := range want {
+		base := baseOf(l)
+		if base == ForwardChain && strings.Contains(l, " -o ") {
+			saved[table][base] = append([]string{l}, saved[table][base]...)
+			continue
+		}
+		saved[table][base] = append(saved[table][base], l)
+	}
 }
 
 // DelNetwork removes every rule of network id; rules already gone are fine.
@@ -237,12 +335,12 @@ func (fw *Firewall) DelNetwork(id string) error {
 	defer fw.mu.Unlock()
 	var errs []error
 	for _, f := range fw.families {
-		saved, err := fw.save(f)
+		err := fw.change(f, func(saved Saved) string { return DelScript(id, saved) }, func(saved Saved) {
+			for table, chains := range chainsOf(id) {
+				cacheJumps(saved, table, nil, chains)
+			}
+		})
 		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := fw.run.Restore(f, DelScript(id, saved)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: removing rules of network %s: %w", f, short(id), err))
 		}
 	}
@@ -454,8 +552,9 @@ func (fw *Firewall) Drifted(nets []Network) ([]Network, error) {
 		if err != nil {
 			return nil, err
 		}
+		fw.jumps[f] = saved // what is really there, for the repairs to come
 		for _, n := range nets {
-			if !seen[n.ID] && !matches(f, n, saved) {
+			if !seen[n.ID] && slices.Contains(fw.familiesOf(n), f) && !matches(f, n, saved) {
 				seen[n.ID] = true
 				out = append(out, n)
 			}
@@ -522,6 +621,7 @@ func sortedKeys(m map[string][]string) []string {
 func (fw *Firewall) Teardown() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	fw.jumps = map[Family]Saved{}
 	var errs []error
 	for _, f := range fw.families {
 		var b strings.Builder
