@@ -62,5 +62,15 @@ engine-trixie:
 
 test: deps vet unit e2e
 
+# ournet against Docker's bridge driver on one private engine (issue #7), on
+# the system's engine: prints a table and writes docs/bench.md, docs/bench.png
+# and README.md's Benchmark section. Under 10 minutes on 2 cores.
+BENCH_PLUGIN ?= build/plugin
+bench:
+	scripts/deps.sh iperf3=iperf3 gnuplot=gnuplot-nox
+	scripts/build-plugin.sh $(BENCH_PLUGIN)
+	E2E_PLUGIN_DIR=$(abspath $(BENCH_PLUGIN)) E2E_ENGINE_PATH=/usr/sbin:/usr/bin \
+	  $(GO) test -tags bench -count=1 -run TestBench -v -timeout 15m ./e2e/
+
 clean:
 	rm -rf build
