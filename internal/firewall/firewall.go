@@ -6,27 +6,36 @@
 //	filter FORWARD     -> OURNET-FORWARD      (right after DOCKER-USER)
 //	mangle FORWARD     -> OURNET-GUARD        (first)
 //	nat    POSTROUTING -> OURNET-POSTROUTING
-//	filter OURNET-FOREIGN: bridges on the host that are not ournet's
+//	filter OURNET-FOREIGN: the way out of every ournet network: dropped into
+//	                   bridges on the host that are not ournet's, else accepted
 //
-// and four chains per network (ID cut to 12 characters):
+// and, per network (ID cut to 12 characters), one chain and a few lines in
+// the base chains, each line tagged with the comment "ournet:<id>" so that
+// it can be found and removed by the network's ID alone:
 //
-//	filter OURNET-I-<id>  every packet that leaves through the network's bridge
-//	filter OURNET-O-<id>  every packet from the bridge that leaves elsewhere
-//	mangle OURNET-G-<id>  the same guard as the I chain's last DROP, in a
-//	                      table dockerd never reorders: isolation and "no
-//	                      direct routing" hold even if dockerd inserts its
-//	                      own ACCEPTs above ournet's jump, or FORWARD's
-//	                      policy is ACCEPT
-//	nat    OURNET-N-<id>  masquerade of the network's subnets
+//	filter OURNET-I-<id>   every packet that leaves through the network's
+//	                       bridge: replies, published ports, same-network
+//	                       traffic (icc), and nothing else
+//	filter OURNET-FORWARD  -o <bridge> -j OURNET-I-<id>
+//	                       -i <bridge> -j OURNET-FOREIGN (internal: DROP)
+//	mangle OURNET-GUARD    the I chain's final DROP again, in a table
+//	                       dockerd never reorders: isolation and "no direct
+//	                       routing" hold even if dockerd inserts its own
+//	                       ACCEPTs above ournet's jump, or FORWARD's policy
+//	                       is ACCEPT
+//	nat OURNET-POSTROUTING masquerade of each of the network's subnets
 //
-// OURNET-FORWARD holds all "-o <bridge> -j OURNET-I-…" jumps before all
-// "-i <bridge> -j OURNET-O-…" jumps, and every I chain ends in a verdict. So a
-// packet bound for an ournet bridge is judged by the destination network
-// alone, whoever sent it: that alone isolates networks from each other with a
-// constant number of rules per network.
+// That is 7 rules for a default IPv4 network (the bridge driver adds 8).
 //
-// A network's chains are rewritten whole in one iptables-restore --noflush
-// transaction (declaring a chain there flushes it), so adding a network twice
+// OURNET-FORWARD holds all "-o <bridge>" lines before all "-i <bridge>"
+// lines, and every I chain ends in a verdict. So a packet bound for an ournet
+// bridge is judged by the destination network alone, whoever sent it: that
+// alone isolates networks from each other with a constant number of rules
+// per network.
+//
+// A network's rules are rewritten whole in one iptables-restore --noflush
+// transaction (declaring a chain there flushes it; its tagged lines are
+// deleted and added again only when they differ), so adding a network twice
 // is harmless and a failure leaves the previous rules intact.
 package firewall
 
@@ -85,20 +94,33 @@ func short(id string) string {
 	return id
 }
 
-// Chain names of one network.
-func inChain(id string) string    { return "OURNET-I-" + short(id) }
-func outChain(id string) string   { return "OURNET-O-" + short(id) }
-func guardChain(id string) string { return "OURNET-G-" + short(id) }
-func natChain(id string) string   { return "OURNET-N-" + short(id) }
+// inChain is the chain of one network.
+func inChain(id string) string { return "OURNET-I-" + short(id) }
 
-// chainsOf lists a network's chains per table.
-func chainsOf(id string) map[string][]string {
+// tag is the comment on every line a network has in a base chain, as
+// iptables-save prints it.
+func tag(id string) string { return `-m comment --comment "ournet:` + short(id) + `"` }
+
+// legacyChains are the per-network chains of ournet before 7 rules per
+// network (OURNET-O, -G, -N): removed when a network is added or deleted, so
+// that an upgrade leaves none behind.
+func legacyChains(id string) map[string][]string {
 	return map[string][]string{
-		"filter": {inChain(id), outChain(id)},
-		"mangle": {guardChain(id)},
-		"nat":    {natChain(id)},
+		"filter": {"OURNET-O-" + short(id)},
+		"mangle": {"OURNET-G-" + short(id)},
+		"nat":    {"OURNET-N-" + short(id)},
 	}
 }
+
+// chainsOf lists a network's chains per table, old ones included.
+func chainsOf(id string) map[string][]string {
+	own := legacyChains(id)
+	own["filter"] = append([]string{inChain(id)}, own["filter"]...)
+	return own
+}
+
+// bases is the base chain of each table where networks have lines.
+var bases = map[string]string{"filter": ForwardChain, "mangle": GuardChain, "nat": PostroutingChain}
 
 func (n Network) subnets(f Family) []netip.Prefix {
 	var out []netip.Prefix
@@ -111,8 +133,8 @@ func (n Network) subnets(f Family) []netip.Prefix {
 }
 
 // tableRules is what ournet wants in one table for one network: the rules of
-// the chains it owns, and its jumps from base chains, as iptables-save
-// prints them ("-A CHAIN ...").
+// the chains it owns, and its tagged lines in the table's base chain (jumps
+// and rules), as iptables-save prints them ("-A CHAIN ...").
 type tableRules struct {
 	chains map[string][]string
 	jumps  []string
@@ -120,61 +142,44 @@ type tableRules struct {
 
 // rules computes network n's rules for family f, per table.
 func rules(f Family, n Network) map[string]*tableRules {
-	br := n.Bridge
-	in, out, guard, nat := inChain(n.ID), outChain(n.ID), guardChain(n.ID), natChain(n.ID)
+	br, in, t := n.Bridge, inChain(n.ID), tag(n.ID)
 
 	// Into the bridge: replies, published ports (connections ournet's own
 	// DNAT rules sent here), same-network traffic, and nothing else: no
 	// direct routing to container addresses, whatever FORWARD's policy.
-	inRules := []string{"-A " + in + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}
-	if !n.Internal {
-		inRules = append(inRules, "-A "+in+" -m conntrack --ctstate DNAT -j ACCEPT")
+	states := "RELATED,ESTABLISHED,DNAT"
+	if n.Internal {
+		states = "RELATED,ESTABLISHED"
 	}
+	inRules := []string{"-A " + in + " -m conntrack --ctstate " + states + " -j ACCEPT"}
 	if n.ICC {
 		inRules = append(inRules, "-A "+in+" -i "+br+" -j ACCEPT")
 	}
 	inRules = append(inRules, "-A "+in+" -j DROP")
 
-	// Out of the bridge to anywhere that is not an ournet bridge: never to
-	// another engine bridge (OURNET-FOREIGN decides those), else out.
-	var outRules []string
+	// Out of the bridge to anywhere that is not an ournet bridge (those are
+	// judged by their own I chain, first): OURNET-FOREIGN keeps it out of
+	// the engine's bridges and accepts the rest.
+	out := "-A " + ForwardChain + " -i " + br + " " + t + " -j " + ForeignChain
 	if n.Internal {
-		outRules = []string{"-A " + out + " -j DROP"}
-	} else {
-		outRules = []string{
-			"-A " + out + " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-			"-A " + out + " -j " + ForeignChain,
-			"-A " + out + " -j ACCEPT",
-		}
-	}
-
-	guardRules := []string{"-A " + guard + " ! -i " + br + " -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"}
-	if n.Internal {
-		guardRules = []string{"-A " + guard + " ! -i " + br + " -m conntrack ! --ctstate RELATED,ESTABLISHED -j DROP"}
+		out = "-A " + ForwardChain + " -i " + br + " " + t + " -j DROP"
 	}
 
 	var natRules []string
 	if n.Masquerade[f] && !n.Internal {
 		for _, s := range n.subnets(f) {
-			natRules = append(natRules, "-A "+nat+" -s "+s.String()+" ! -o "+br+" -j MASQUERADE")
+			natRules = append(natRules, "-A "+PostroutingChain+" -s "+s.String()+" ! -o "+br+" "+t+" -j MASQUERADE")
 		}
 	}
 	return map[string]*tableRules{
 		"filter": {
-			chains: map[string][]string{in: inRules, out: outRules},
-			jumps: []string{
-				"-A " + ForwardChain + " -o " + br + " -j " + in,
-				"-A " + ForwardChain + " -i " + br + " -j " + out,
-			},
+			chains: map[string][]string{in: inRules},
+			jumps:  []string{"-A " + ForwardChain + " -o " + br + " " + t + " -j " + in, out},
 		},
 		"mangle": {
-			chains: map[string][]string{guard: guardRules},
-			jumps:  []string{"-A " + GuardChain + " -o " + br + " -j " + guard},
+			jumps: []string{"-A " + GuardChain + " ! -i " + br + " -o " + br + " -m conntrack ! --ctstate " + states + " " + t + " -j DROP"},
 		},
-		"nat": {
-			chains: map[string][]string{nat: natRules},
-			jumps:  []string{"-A " + PostroutingChain + " -j " + nat},
-		},
+		"nat": {jumps: natRules},
 	}
 }
 
@@ -200,6 +205,9 @@ type Firewall struct {
 	// networks exist. A stale cache (someone else deleted a jump) makes the
 	// restore fail; the change is then retried once from a fresh dump.
 	jumps map[Family]Saved
+	// foreign is the last list of foreign bridges given, so that Setup can
+	// refill OURNET-FOREIGN (every network's way out) when it is empty.
+	foreign []string
 }
 
 // New returns a Firewall that programs the given families.
@@ -210,7 +218,9 @@ func New(run Runner, families ...Family) *Firewall {
 // Families lists the families this firewall programs.
 func (fw *Firewall) Families() []Family { return fw.families }
 
-// Setup creates the base chains and jumps; safe to call again at any time.
+// Setup creates the base chains and jumps, and fills OURNET-FOREIGN (with
+// the engine's bridges until SetForeignBridges lists more); safe to call
+// again at any time.
 func (fw *Firewall) Setup() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -219,7 +229,7 @@ func (fw *Firewall) Setup() error {
 			return fmt.Errorf("%s: setting up base chains: %w", f, err)
 		}
 	}
-	return nil
+	return fw.ensureForeign(fw.foreign)
 }
 
 // families of n: an IPv4-only network gets no ip6tables rules (nothing
@@ -264,7 +274,7 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 		}, func(saved Saved) {
 			for _, n := range mine {
 				for table, tr := range rules(f, n) {
-					cacheJumps(saved, table, tr.jumps, sortedKeys(tr.chains))
+					cacheJumps(saved, table, tr.jumps, n.ID)
 				}
 			}
 		})
@@ -303,30 +313,31 @@ func (fw *Firewall) cached(f Family) (Saved, error) {
 	return fw.save(f)
 }
 
-// cacheJumps records that table's base chains now hold want as the jumps to
-// chains, in place of whatever jumped there before.
-func cacheJumps(saved Saved, table string, want, chains []string) {
+// cacheJumps records that table's base chain now holds want as network id's
+// lines, in place of whatever it had there before, and that its old chains
+// are gone.
+func cacheJumps(saved Saved, table string, want []string, id string) {
 	if saved[table] == nil {
 		saved[table] = map[string][]string{}
 	}
-	for _, base := range []string{ForwardChain, GuardChain, PostroutingChain} {
-		lines := saved[table][base]
-		kept := lines[:0:0]
-		for _, l := range lines {
-			if len(referencing([]string{l}, chains...)) == 0 {
-				kept = append(kept, l)
-			}
+	base := bases[table]
+	var kept []string
+	for _, l := range saved[table][base] {
+		if len(owned([]string{l}, id)) == 0 {
+			kept = append(kept, l)
 		}
-		saved[table][base] = kept
+	}
+	for _, c := range legacyChains(id)[table] {
+		delete(saved[table], c)
 	}
 	for _, l := range want {
-		base := baseOf(l)
 		if base == ForwardChain && strings.Contains(l, " -o ") {
-			saved[table][base] = append([]string{l}, saved[table][base]...)
+			kept = append([]string{l}, kept...)
 			continue
 		}
-		saved[table][base] = append(saved[table][base], l)
+		kept = append(kept, l)
 	}
+	saved[table][base] = kept
 }
 
 // DelNetwork removes every rule of network id; rules already gone are fine.
@@ -336,8 +347,8 @@ func (fw *Firewall) DelNetwork(id string) error {
 	var errs []error
 	for _, f := range fw.families {
 		err := fw.change(f, func(saved Saved) string { return DelScript(id, saved) }, func(saved Saved) {
-			for table, chains := range chainsOf(id) {
-				cacheJumps(saved, table, nil, chains)
+			for _, table := range tables {
+				cacheJumps(saved, table, nil, id)
 			}
 		})
 		if err != nil {
@@ -347,13 +358,15 @@ func (fw *Firewall) DelNetwork(id string) error {
 	return errors.Join(errs...)
 }
 
-// SetForeignBridges rewrites OURNET-FOREIGN: traffic from ournet networks to
-// these bridges (the engine's docker0, br-*, anyone else's) is dropped,
-// except connections DNATed to a port published there. docker0 and br-+ are
-// always listed, so the engine's bridges are covered before anyone lists them.
+// SetForeignBridges rewrites OURNET-FOREIGN, every ournet network's way out:
+// traffic to these bridges (the engine's docker0, br-*, anyone else's) is
+// dropped, except connections DNATed to a port published there; the rest is
+// accepted. docker0 and br-+ are always listed, so the engine's bridges are
+// covered before anyone lists them.
 func (fw *Firewall) SetForeignBridges(names []string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	fw.foreign = slices.Clone(names)
 	for _, f := range fw.families {
 		if err := fw.run.Restore(f, ForeignScript(names)); err != nil {
 			return fmt.Errorf("%s: listing foreign bridges: %w", f, err)
@@ -368,6 +381,11 @@ func (fw *Firewall) SetForeignBridges(names []string) error {
 func (fw *Firewall) EnsureForeignBridges(names []string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	fw.foreign = slices.Clone(names)
+	return fw.ensureForeign(names)
+}
+
+func (fw *Firewall) ensureForeign(names []string) error {
 	want := ParseSave(ForeignScript(names))[ForeignChain]
 	for _, f := range fw.families {
 		dump, err := fw.run.Save(f, "filter")
@@ -401,6 +419,7 @@ func ForeignScript(names []string) string {
 		fmt.Fprintf(&b, "-A %s -o %s -m conntrack --ctstate DNAT -j ACCEPT\n", ForeignChain, n)
 		fmt.Fprintf(&b, "-A %s -o %s -j DROP\n", ForeignChain, n)
 	}
+	fmt.Fprintf(&b, "-A %s -j ACCEPT\n", ForeignChain)
 	b.WriteString("COMMIT\n")
 	return b.String()
 }
@@ -452,9 +471,24 @@ func referencing(lines []string, chains ...string) []string {
 	return out
 }
 
-// baseOf is the base chain a jump line is in.
-func baseOf(jump string) string {
-	name, _, _ := strings.Cut(strings.TrimPrefix(jump, "-A "), " ")
+// owned returns the lines of lines that belong to network id: tagged with
+// its comment, or jumping to one of its chains (as older versions wrote).
+func owned(lines []string, id string) []string {
+	var out, chains []string
+	for _, table := range tables {
+		chains = append(chains, chainsOf(id)[table]...)
+	}
+	for _, l := range lines {
+		if strings.Contains(l, " "+tag(id)+" ") || len(referencing([]string{l}, chains...)) > 0 {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// baseOf is the chain a line is in.
+func baseOf(line string) string {
+	name, _, _ := strings.Cut(strings.TrimPrefix(line, "-A "), " ")
 	return name
 }
 
@@ -466,32 +500,37 @@ func AddScript(f Family, n Network, saved Saved) string {
 	var b strings.Builder
 	want := rules(f, n)
 	for _, table := range tables {
+		var t strings.Builder
 		tr := want[table]
-		fmt.Fprintf(&b, "*%s\n", table)
 		names := sortedKeys(tr.chains)
 		for _, c := range names {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+			fmt.Fprintf(&t, ":%s - [0:0]\n", c)
 		}
 		for _, c := range names {
 			for _, r := range tr.chains[c] {
-				b.WriteString(r + "\n")
+				t.WriteString(r + "\n")
 			}
 		}
-		writeJumps(&b, saved[table], tr.jumps, names)
-		b.WriteString("COMMIT\n")
+		writeJumps(&t, saved[table][bases[table]], tr.jumps, n.ID)
+		// Chains of an older version: their jumps went just above.
+		for _, c := range legacyChains(n.ID)[table] {
+			if _, ok := saved[table][c]; ok {
+				fmt.Fprintf(&t, ":%s - [0:0]\n-X %s\n", c, c)
+			}
+		}
+		if t.Len() > 0 {
+			fmt.Fprintf(&b, "*%s\n%sCOMMIT\n", table, t.String())
+		}
 	}
 	return b.String()
 }
 
-// writeJumps makes the base chains' jumps to chains exactly want: it leaves
-// them alone when they already are, otherwise deletes the old and adds the
-// new. "-o" jumps into OURNET-FORWARD are inserted, so that they all come
-// before the "-i" ones, which are appended.
-func writeJumps(b *strings.Builder, saved map[string][]string, want, chains []string) {
-	var have []string
-	for _, base := range baseChains(want) {
-		have = append(have, referencing(saved[base], chains...)...)
-	}
+// writeJumps makes network id's lines in a base chain (now: have) exactly
+// want: it leaves them alone when they already are, otherwise deletes the
+// old and adds the new. "-o" lines into OURNET-FORWARD are inserted, so that
+// they all come before the "-i" ones, which are appended.
+func writeJumps(b *strings.Builder, base []string, want []string, id string) {
+	have := owned(base, id)
 	if slices.Equal(have, want) {
 		return
 	}
@@ -507,21 +546,10 @@ func writeJumps(b *strings.Builder, saved map[string][]string, want, chains []st
 	}
 }
 
-func baseChains(jumps []string) []string {
-	var out []string
-	for _, j := range jumps {
-		if base := baseOf(j); !slices.Contains(out, base) {
-			out = append(out, base)
-		}
-	}
-	return out
-}
-
 // DelScript is the iptables-restore input that removes network id.
 func DelScript(id string, saved Saved) string {
 	var b strings.Builder
 	own := chainsOf(id)
-	bases := map[string]string{"filter": ForwardChain, "mangle": GuardChain, "nat": PostroutingChain}
 	for _, table := range tables {
 		fmt.Fprintf(&b, "*%s\n", table)
 		// Declaring a chain creates or flushes it, so -X works whether or
@@ -529,7 +557,7 @@ func DelScript(id string, saved Saved) string {
 		for _, c := range own[table] {
 			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
 		}
-		for _, l := range referencing(saved[table][bases[table]], own[table]...) {
+		for _, l := range owned(saved[table][bases[table]], id) {
 			b.WriteString(deleteLine(l) + "\n")
 		}
 		for _, c := range own[table] {
@@ -571,10 +599,8 @@ func matches(f Family, n Network, saved Saved) bool {
 				return false
 			}
 		}
-		for _, j := range tr.jumps {
-			if !slices.Contains(saved[table][baseOf(j)], j) {
-				return false
-			}
+		if !slices.Equal(owned(saved[table][bases[table]], n.ID), tr.jumps) {
+			return false
 		}
 	}
 	return true
@@ -593,9 +619,15 @@ func (fw *Firewall) OwnedNetworks() (map[string]bool, error) {
 			return nil, err
 		}
 		for _, chains := range saved {
-			for c := range chains {
+			for c, lines := range chains {
 				for _, p := range []string{"OURNET-I-", "OURNET-O-", "OURNET-G-", "OURNET-N-"} {
 					if id, ok := strings.CutPrefix(c, p); ok {
+						ids[id] = true
+					}
+				}
+				for _, l := range lines {
+					if _, rest, ok := strings.Cut(l, `--comment "ournet:`); ok {
+						id, _, _ := strings.Cut(rest, `"`)
 						ids[id] = true
 					}
 				}

@@ -62,15 +62,20 @@ func TestScriptsGolden(t *testing.T) {
 		for _, f := range []Family{IPv4, IPv6} {
 			golden(t, c.name+"."+f.String()+".add", AddScript(f, c.n, Saved{}))
 		}
-		saved := Saved{
-			"filter": {ForwardChain: {"-A OURNET-FORWARD -o " + c.n.Bridge + " -j " + inChain(c.n.ID), "-A OURNET-FORWARD -i " + c.n.Bridge + " -j " + outChain(c.n.ID)}},
-			"mangle": {GuardChain: {"-A OURNET-GUARD -o " + c.n.Bridge + " -j " + guardChain(c.n.ID)}},
-			"nat":    {PostroutingChain: {"-A OURNET-POSTROUTING -j " + natChain(c.n.ID)}},
+		saved := Saved{}
+		for table, tr := range rules(IPv4, c.n) {
+			saved[table] = map[string][]string{bases[table]: tr.jumps}
 		}
 		golden(t, c.name+".del", DelScript(c.n.ID, saved))
-		if s := AddScript(IPv4, c.n, saved); strings.Contains(s, "-A OURNET-FORWARD") || strings.Contains(s, "-I OURNET-FORWARD") || strings.Contains(s, "-A OURNET-GUARD") {
-			t.Errorf("%s: jumps that exist are added again:\n%s", c.name, s)
+		if s := AddScript(IPv4, c.n, saved); strings.Contains(s, "OURNET-FORWARD") || strings.Contains(s, "OURNET-GUARD") || strings.Contains(s, "OURNET-POSTROUTING") {
+			t.Errorf("%s: lines that exist are added again:\n%s", c.name, s)
 		}
+		// An older version's chains and jumps are removed.
+		old := Saved{
+			"filter": {ForwardChain: {"-A OURNET-FORWARD -i " + c.n.Bridge + " -j OURNET-O-" + short(c.n.ID)}, "OURNET-O-" + short(c.n.ID): nil},
+			"nat":    {PostroutingChain: {"-A OURNET-POSTROUTING -j OURNET-N-" + short(c.n.ID)}, "OURNET-N-" + short(c.n.ID): nil},
+		}
+		golden(t, c.name+".upgrade", AddScript(IPv4, c.n, old))
 	}
 }
 
@@ -140,6 +145,20 @@ func TestApplyInNetns(t *testing.T) {
 				t.Fatalf("%s: after removing every network:\n%s\nwant\n%s", f, got, empty[f])
 			}
 		}
+		// An upgrade from the layout with four chains per network: the
+		// restart's first change reads the tables and removes the old ones.
+		old := short(cases[0].n.ID)
+		ipt(t, "-N", "OURNET-O-"+old)
+		ipt(t, "-A", ForwardChain, "-i", cases[0].n.Bridge, "-j", "OURNET-O-"+old)
+		ipt(t, "-t", "nat", "-N", "OURNET-N-"+old)
+		ipt(t, "-t", "nat", "-A", PostroutingChain, "-j", "OURNET-N-"+old)
+		fw = New(r, IPv4, IPv6)
+		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
+			t.Fatal(err)
+		}
+		if got := save(t, r, IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") {
+			t.Fatalf("old chains left after an upgrade:\n%s", got)
+		}
 		// Teardown leaves no OURNET chain or jump, even with networks left.
 		if err := fw.AddNetwork(cases[0].n); err != nil {
 			t.Fatal(err)
@@ -180,6 +199,18 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
+		// Every network's way out is there before the first foreign
+		// bridge is listed, and comes back when flushed.
+		for round := 0; round < 2; round++ {
+			out, _ := r.Save(IPv4, "filter")
+			if got := ParseSave(out)[ForeignChain]; len(got) != 5 || got[4] != "-A "+ForeignChain+" -j ACCEPT" {
+				t.Fatalf("OURNET-FOREIGN after Setup (round %d) = %q", round, got)
+			}
+			ipt(t, "-F", ForeignChain)
+			if err := fw.Setup(); err != nil {
+				t.Fatal(err)
+			}
+		}
 		var nets []Network
 		for _, c := range cases {
 			nets = append(nets, c.n)
@@ -195,10 +226,11 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 			t.Fatalf("OwnedNetworks = %v, %v", ids, err)
 		}
 		ipt(t, "-F", inChain(cases[0].n.ID))
-		ipt(t, "-t", "nat", "-D", PostroutingChain, "-j", natChain(cases[1].n.ID))
+		ipt(t, "-t", "nat", "-D", PostroutingChain, "2")
+		ipt(t, "-t", "mangle", "-A", GuardChain, "-m", "comment", "--comment", "ournet:"+short(cases[2].n.ID), "-j", "DROP")
 		d, err := fw.Drifted(nets)
-		if err != nil || len(d) != 2 || d[0].ID != cases[0].n.ID || d[1].ID != cases[1].n.ID {
-			t.Fatalf("Drifted = %v, %v; want the two damaged networks", d, err)
+		if err != nil || len(d) != 3 || d[0].ID != cases[0].n.ID || d[1].ID != cases[1].n.ID || d[2].ID != cases[2].n.ID {
+			t.Fatalf("Drifted = %v, %v; want the three damaged networks", d, err)
 		}
 		for _, n := range d {
 			if err := fw.AddNetwork(n); err != nil {
@@ -230,7 +262,7 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 		out, _ = r.Save(IPv4, "filter")
-		if got := ParseSave(out)[ForeignChain]; len(got) != 6 || !strings.Contains(strings.Join(got, "\n"), "-o mybr0 -j DROP") {
+		if got := ParseSave(out)[ForeignChain]; len(got) != 7 || !strings.Contains(strings.Join(got, "\n"), "-o mybr0 -j DROP") {
 			t.Fatalf("OURNET-FOREIGN = %q", got)
 		}
 	})
