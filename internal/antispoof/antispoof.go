@@ -20,6 +20,14 @@
 //
 // Every change is one nftables transaction, so the kernel never holds half
 // an endpoint's checks, and a failure leaves the previous rules in place.
+//
+// Cost. A transaction that deletes or flushes a chain, deletes an element or
+// redeclares an existing chain waits for an RCU grace period in the kernel
+// (about 13 ms measured here); one that only creates a chain, its rules and
+// its element does not (under 1 ms). So Add, for a port the Filter knows has
+// no chain yet and with a base it knows is intact, only creates; every other
+// case (the first change, a repeated Add, anything after an error) rewrites
+// the base and the chain whole. Del removes at once, in one transaction.
 // nftables works whatever iptables backend the host uses and needs only
 // CAP_NET_ADMIN.
 package antispoof
@@ -79,6 +87,10 @@ func (ep Endpoint) check() error {
 type Filter struct {
 	mu   sync.Mutex
 	opts []nftables.ConnOption
+	// known, when not nil, is the set of ports that have a chain in the
+	// kernel, and the table, map and base chain are as ensureBase makes
+	// them: both as of this Filter's last change or check. nil: unknown.
+	known map[string]bool
 }
 
 // New returns a Filter for the current network namespace, or for another
@@ -154,9 +166,20 @@ func (f *Filter) Add(ep Endpoint) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.known != nil && !f.known[ep.Port] {
+		err := f.send(func(c *nftables.Conn) error {
+			c.AddTable(table)
+			return createEndpoint(c, ep)
+		})
+		if err == nil {
+			f.known[ep.Port] = true
+			return nil
+		}
+		f.known = nil // the kernel is not as thought: rewrite it whole
+	}
 	return f.apply("adding checks for "+ep.Port, func(c *nftables.Conn) error {
 		return addEndpoint(c, ep)
-	})
+	}, ep.Port)
 }
 
 // Del removes the checks of a port; a port without any is success.
@@ -166,9 +189,13 @@ func (f *Filter) Del(port string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.apply("removing checks for "+port, func(c *nftables.Conn) error {
+	if err := f.apply("removing checks for "+port, func(c *nftables.Conn) error {
 		return delEndpoint(c, port)
-	})
+	}); err != nil {
+		return err
+	}
+	delete(f.known, port) // a no-op on nil
+	return nil
 }
 
 // syncChunk bounds one transaction of Sync: a batch and the kernel's
@@ -187,10 +214,11 @@ func (f *Filter) Sync(eps []Endpoint) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	have, err := f.ports()
+	have, _, err := f.ports()
 	if err != nil {
 		return err
 	}
+	f.known = nil
 	if err := f.apply("checking the table", func(*nftables.Conn) error { return nil }); err != nil {
 		// The table is not as this version makes it (a base chain with
 		// another hook, a map of another type): rebuild it from nothing.
@@ -234,6 +262,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 			return err
 		}
 	}
+	f.known = want
 	return nil
 }
 
@@ -255,30 +284,47 @@ func (f *Filter) rebuild() error {
 	return nil
 }
 
-// Ports lists the ports that have a chain or a map element, sorted: what
-// the kernel holds, for tests and troubleshooting.
+// Ports lists the ports whose checks are in force, sorted: those that have
+// a chain or a map element, or none at all when the base chain that leads
+// to them is missing or altered (so that the repair loop rewrites it). For
+// the repair loop, tests and troubleshooting.
 func (f *Filter) Ports() ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.ports()
+	have, intact, err := f.ports()
+	if err != nil || !intact {
+		return nil, err
+	}
+	return have, nil
 }
 
-func (f *Filter) ports() ([]string, error) {
+// ports lists the ports that have a chain or a map element, and whether the
+// base chain holds its one rule; it records what it saw in f.known (nil when
+// the base is altered, so that the next Add rewrites it).
+func (f *Filter) ports() (have []string, intact bool, err error) {
+	defer func() {
+		if !intact {
+			f.known = nil
+		}
+	}()
 	c, err := nftables.New(f.opts...)
 	if err != nil {
-		return nil, fmt.Errorf("antispoof: opening nftables: %w", err)
+		return nil, false, fmt.Errorf("antispoof: opening nftables: %w", err)
 	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
 	if err != nil {
-		return nil, fmt.Errorf("antispoof: listing chains: %w", err)
+		return nil, false, fmt.Errorf("antispoof: listing chains: %w", err)
 	}
 	seen := map[string]bool{}
-	hasTable := false
+	hasTable, hasBase := false, false
 	for _, ch := range chains {
 		if ch.Table.Name != TableName {
 			continue
 		}
 		hasTable = true
+		if ch.Name == BaseChain {
+			hasBase = ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookPrerouting
+		}
 		if p, ok := strings.CutPrefix(ch.Name, ChainPrefix); ok {
 			seen[p] = true
 		}
@@ -286,37 +332,62 @@ func (f *Filter) ports() ([]string, error) {
 	if hasTable {
 		elems, err := c.GetSetElements(portsMap())
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("antispoof: listing map %s: %w", PortsMap, err)
+			return nil, false, fmt.Errorf("antispoof: listing map %s: %w", PortsMap, err)
 		}
 		for _, e := range elems {
 			seen[strings.TrimRight(string(e.Key), "\x00")] = true
 		}
+	}
+	if hasBase {
+		rules, err := c.GetRules(table, &nftables.Chain{Name: BaseChain, Table: table})
+		if err != nil {
+			return nil, false, fmt.Errorf("antispoof: listing chain %s: %w", BaseChain, err)
+		}
+		intact = len(rules) == 1
 	}
 	out := make([]string, 0, len(seen))
 	for p := range seen {
 		out = append(out, p)
 	}
 	sort.Strings(out)
-	return out, nil
+	if intact {
+		f.known = seen
+	}
+	return out, intact, nil
 }
 
-// apply sends the base objects and fill's messages as one transaction.
-// Called with f.mu held.
-func (f *Filter) apply(what string, fill func(*nftables.Conn) error) error {
-	c, err := nftables.New(f.opts...)
+// apply sends the base objects and fill's messages as one transaction;
+// after it, the ports given have a chain. Called with f.mu held.
+func (f *Filter) apply(what string, fill func(*nftables.Conn) error, added ...string) error {
+	err := f.send(func(c *nftables.Conn) error {
+		if err := ensureBase(c); err != nil {
+			return err
+		}
+		return fill(c)
+	})
 	if err != nil {
-		return fmt.Errorf("antispoof: %s: opening nftables: %w", what, err)
-	}
-	if err := ensureBase(c); err != nil {
+		f.known = nil
 		return fmt.Errorf("antispoof: %s: %w", what, err)
 	}
-	if err := fill(c); err != nil {
-		return fmt.Errorf("antispoof: %s: %w", what, err)
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("antispoof: %s: %w", what, err)
+	for _, p := range added {
+		if f.known != nil {
+			f.known[p] = true
+		}
 	}
 	return nil
+}
+
+// send runs fill on a new connection and sends what it queued as one
+// transaction.
+func (f *Filter) send(fill func(*nftables.Conn) error) error {
+	c, err := nftables.New(f.opts...)
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	if err := fill(c); err != nil {
+		return err
+	}
+	return c.Flush()
 }
 
 // ensureBase queues the table, the map and the base chain, creating what is
@@ -345,6 +416,16 @@ func ensureBase(c *nftables.Conn) error {
 func addEndpoint(c *nftables.Conn, ep Endpoint) error {
 	ch := c.AddChain(chainOf(ep.Port))
 	c.FlushChain(ch)
+	return fillEndpoint(c, ch, ep)
+}
+
+// createEndpoint queues ep's chain, which must not exist yet, and its map
+// element.
+func createEndpoint(c *nftables.Conn, ep Endpoint) error {
+	return fillEndpoint(c, c.AddChain(chainOf(ep.Port)), ep)
+}
+
+func fillEndpoint(c *nftables.Conn, ch *nftables.Chain, ep Endpoint) error {
 	for _, exprs := range endpointRules(ep) {
 		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: exprs})
 	}

@@ -1,6 +1,7 @@
 package antispoof
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -136,11 +137,24 @@ func TestEndpointWithoutAddresses(t *testing.T) {
 // TestAddRewritesDelRemoves: Add twice is one chain; a second Add with a
 // new address replaces the old one; Del removes everything of the port and
 // is success when repeated or for a port never added.
+// TestAddRewritesDelRemoves, with a new Filter (every Add rewrites the table
+// whole) and with one that has synced (a new port's Add only creates).
 func TestAddRewritesDelRemoves(t *testing.T) {
+	for _, synced := range []bool{false, true} {
+		t.Run(fmt.Sprintf("synced=%v", synced), func(t *testing.T) { addRewritesDelRemoves(t, synced) })
+	}
+}
+
+func addRewritesDelRemoves(t *testing.T, synced bool) {
 	testns.Do(t, func() {
 		l := newLab(t, 2)
 		a, c := l.peers[0], l.peers[1]
 		f := New()
+		if synced {
+			if err := f.Sync(nil); err != nil {
+				t.Fatal(err)
+			}
+		}
 		ep := a.endpoint()
 		for range 2 {
 			if err := f.Add(ep); err != nil {
@@ -177,6 +191,43 @@ func TestAddRewritesDelRemoves(t *testing.T) {
 		wantPorts(t, f)
 		if !send(a.v4, passWait) {
 			t.Fatal("after Del, the port's frames must pass unchecked")
+		}
+	})
+}
+
+// TestBaseChainAltered: a base chain flushed behind the Filter's back shows
+// as no port in force (so the repair loop syncs), and the next Add rewrites
+// it even where Add would only create.
+func TestBaseChainAltered(t *testing.T) {
+	testns.Do(t, func() {
+		l := newLab(t, 3)
+		a, b, c := l.peers[0], l.peers[1], l.peers[2]
+		f := New()
+		if err := f.Sync(nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Add(a.endpoint()); err != nil {
+			t.Fatal(err)
+		}
+		wantPorts(t, f, a.port)
+		conn, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.FlushChain(&nftables.Chain{Name: BaseChain, Table: table})
+		if err := conn.Flush(); err != nil {
+			t.Fatalf("flushing the base chain: %v", err)
+		}
+		wantPorts(t, f)
+		if err := f.Add(b.endpoint()); err != nil {
+			t.Fatal(err)
+		}
+		if n := ruleCount(t, BaseChain); n != 1 {
+			t.Fatalf("base chain has %d rules after Add, want 1", n)
+		}
+		spoof := ether(broadcast, b.mac, 0x0800, ipv4(c.v4, c.v4, 17, udp(1, 9, nil)))
+		if l.delivered(b, c, spoof, dropWait) {
+			t.Fatal("after the base chain was rewritten, b's checks must drop")
 		}
 	})
 }
