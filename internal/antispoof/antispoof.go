@@ -33,6 +33,7 @@
 package antispoof
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -87,10 +88,11 @@ func (ep Endpoint) check() error {
 type Filter struct {
 	mu   sync.Mutex
 	opts []nftables.ConnOption
-	// known, when not nil, is the set of ports that have a chain in the
-	// kernel, and the table, map and base chain are as ensureBase makes
-	// them: both as of this Filter's last change or check. nil: unknown.
-	known map[string]bool
+	// known, when not nil, holds the ports that have a chain in the kernel,
+	// each with what its checks were last written for (nil: not known), and
+	// says that the table, map and base chain are as ensureBase makes them:
+	// all as of this Filter's last change or check. nil: unknown.
+	known map[string]*Endpoint
 }
 
 // New returns a Filter for the current network namespace, or for another
@@ -159,27 +161,44 @@ func ifname(port string) []byte {
 	return b
 }
 
-// Add installs or rewrites the checks of ep's port.
+// Add installs or rewrites the checks of ep's port. Checks this Filter
+// wrote for the same endpoint are left alone, so repeating Add (Join after
+// CreateEndpoint) costs nothing.
 func (f *Filter) Add(ep Endpoint) error {
 	if err := ep.check(); err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.known != nil && !f.known[ep.Port] {
-		err := f.send(func(c *nftables.Conn) error {
-			c.AddTable(table)
-			return createEndpoint(c, ep)
-		})
-		if err == nil {
-			f.known[ep.Port] = true
+	if f.known != nil {
+		switch cur, ok := f.known[ep.Port]; {
+		case ok && cur != nil && cur.same(ep):
 			return nil
+		case !ok:
+			err := f.send(func(c *nftables.Conn) error {
+				c.AddTable(table)
+				return createEndpoint(c, ep)
+			})
+			if err == nil {
+				f.known[ep.Port] = &ep
+				return nil
+			}
+			f.known = nil // the kernel is not as thought: rewrite it whole
 		}
-		f.known = nil // the kernel is not as thought: rewrite it whole
 	}
-	return f.apply("adding checks for "+ep.Port, func(c *nftables.Conn) error {
+	if err := f.apply("adding checks for "+ep.Port, func(c *nftables.Conn) error {
 		return addEndpoint(c, ep)
-	}, ep.Port)
+	}); err != nil {
+		return err
+	}
+	if f.known != nil {
+		f.known[ep.Port] = &ep
+	}
+	return nil
+}
+
+func (ep Endpoint) same(o Endpoint) bool {
+	return ep.Port == o.Port && bytes.Equal(ep.MAC, o.MAC) && ep.IPv4 == o.IPv4 && ep.IPv6 == o.IPv6
 }
 
 // Del removes the checks of a port; a port without any is success.
@@ -226,11 +245,11 @@ func (f *Filter) Sync(eps []Endpoint) error {
 			return err
 		}
 	}
-	want := map[string]bool{}
+	want := map[string]*Endpoint{}
 	for i := 0; i < len(eps); i += syncChunk {
 		chunk := eps[i:min(i+syncChunk, len(eps))]
 		for _, ep := range chunk {
-			want[ep.Port] = true
+			want[ep.Port] = &ep
 		}
 		if err := f.apply(fmt.Sprintf("syncing checks for %d ports", len(chunk)), func(c *nftables.Conn) error {
 			for _, ep := range chunk {
@@ -245,7 +264,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 	}
 	var stale []string
 	for _, p := range have {
-		if !want[p] {
+		if _, ok := want[p]; !ok {
 			stale = append(stale, p)
 		}
 	}
@@ -351,14 +370,18 @@ func (f *Filter) ports() (have []string, intact bool, err error) {
 	}
 	sort.Strings(out)
 	if intact {
-		f.known = seen
+		known := map[string]*Endpoint{}
+		for p := range seen {
+			known[p] = f.known[p] // what was written, if this Filter knows
+		}
+		f.known = known
 	}
 	return out, intact, nil
 }
 
-// apply sends the base objects and fill's messages as one transaction;
-// after it, the ports given have a chain. Called with f.mu held.
-func (f *Filter) apply(what string, fill func(*nftables.Conn) error, added ...string) error {
+// apply sends the base objects and fill's messages as one transaction.
+// Called with f.mu held.
+func (f *Filter) apply(what string, fill func(*nftables.Conn) error) error {
 	err := f.send(func(c *nftables.Conn) error {
 		if err := ensureBase(c); err != nil {
 			return err
@@ -368,11 +391,6 @@ func (f *Filter) apply(what string, fill func(*nftables.Conn) error, added ...st
 	if err != nil {
 		f.known = nil
 		return fmt.Errorf("antispoof: %s: %w", what, err)
-	}
-	for _, p := range added {
-		if f.known != nil {
-			f.known[p] = true
-		}
 	}
 	return nil
 }
