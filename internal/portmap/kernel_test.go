@@ -57,6 +57,10 @@ func sh(t *testing.T, args ...string) string {
 func hostBridge(t *testing.T, peer string) {
 	t.Helper()
 	steps := [][]string{
+		// A new netns may inherit forwarding off from the host's; dockerd
+		// turns it on, and hairpin DNAT (a container to its own published
+		// port) is routed.
+		{"sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"},
 		{"ip", "link", "set", "lo", "up"},
 		{"ip", "link", "add", "br0", "type", "bridge"},
 		{"ip", "addr", "add", "198.18.50.1/24", "dev", "br0"},
