@@ -62,10 +62,14 @@ func (r *ExecRunner) Restore(f Family, script string) error {
 // EnsureBase implements Runner. The FORWARD jump goes right after dockerd's
 // DOCKER-USER jump, so the user's rules still come first, and before
 // dockerd's own ACCEPT rules for its bridges; the mangle guard goes first.
+// OURNET-FORWARD holds exactly its jumps to OURNET-INTO and OURNET-OUTOF:
+// anything else there (an older version's lines) is replaced, atomically.
 func (r *ExecRunner) EnsureBase(f Family) error {
 	ipt := r.ipt[f]
 	for _, c := range []struct{ table, chain, parent string }{
 		{"filter", ForeignChain, ""},
+		{"filter", IntoChain, ""},
+		{"filter", OutofChain, ""},
 		{"filter", ForwardChain, "FORWARD"},
 		{"mangle", GuardChain, "FORWARD"},
 		{"nat", PostroutingChain, "POSTROUTING"},
@@ -76,6 +80,11 @@ func (r *ExecRunner) EnsureBase(f Family) error {
 		}
 		if !ok {
 			if err := ipt.NewChain(c.table, c.chain); err != nil {
+				return err
+			}
+		}
+		if c.chain == ForwardChain {
+			if err := r.ensureForward(f); err != nil {
 				return err
 			}
 		}
@@ -104,6 +113,18 @@ func (r *ExecRunner) EnsureBase(f Family) error {
 		}
 	}
 	return nil
+}
+
+func (r *ExecRunner) ensureForward(f Family) error {
+	have, err := r.ipt[f].List("filter", ForwardChain)
+	if err != nil {
+		return err
+	}
+	want := []string{"-N " + ForwardChain, "-A " + ForwardChain + " -j " + IntoChain, "-A " + ForwardChain + " -j " + OutofChain}
+	if slices.Equal(have, want) {
+		return nil
+	}
+	return r.Restore(f, "*filter\n:"+ForwardChain+" - [0:0]\n"+strings.Join(want[1:], "\n")+"\nCOMMIT\n")
 }
 
 // jumpPosition is where ournet's jump belongs in parent, as a 1-based rule

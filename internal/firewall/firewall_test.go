@@ -64,10 +64,13 @@ func TestScriptsGolden(t *testing.T) {
 		}
 		saved := Saved{}
 		for table, tr := range rules(IPv4, c.n) {
-			saved[table] = map[string][]string{bases[table]: tr.jumps}
+			saved[table] = map[string][]string{}
+			for _, l := range tr.jumps {
+				saved[table][baseOf(l)] = append(saved[table][baseOf(l)], l)
+			}
 		}
 		golden(t, c.name+".del", DelScript(c.n.ID, saved))
-		if s := AddScript(IPv4, c.n, saved); strings.Contains(s, "OURNET-FORWARD") || strings.Contains(s, "OURNET-GUARD") || strings.Contains(s, "OURNET-POSTROUTING") {
+		if s := AddScript(IPv4, c.n, saved); strings.Contains(s, "OURNET-INTO") || strings.Contains(s, "OURNET-OUTOF") || strings.Contains(s, "OURNET-GUARD") || strings.Contains(s, "OURNET-POSTROUTING") {
 			t.Errorf("%s: lines that exist are added again:\n%s", c.name, s)
 		}
 		// An older version's chains and jumps are removed.
@@ -211,6 +214,16 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// OURNET-FORWARD holds its two jumps and nothing else (an older
+		// version's lines are replaced).
+		ipt(t, "-A", ForwardChain, "-i", "brx", "-j", "ACCEPT")
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := r.Save(IPv4, "filter")
+		if got := ParseSave(out)[ForwardChain]; len(got) != 2 || got[0] != "-A "+ForwardChain+" -j "+IntoChain || got[1] != "-A "+ForwardChain+" -j "+OutofChain {
+			t.Fatalf("OURNET-FORWARD after Setup = %q", got)
+		}
 		var nets []Network
 		for _, c := range cases {
 			nets = append(nets, c.n)
@@ -248,7 +261,7 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
-		out, _ := r.Save(IPv4, "filter")
+		out, _ = r.Save(IPv4, "filter")
 		fwd := ParseSave(out)["FORWARD"]
 		if len(fwd) != 3 || fwd[0] != "-A FORWARD -j DOCKER-USER" || fwd[1] != "-A FORWARD -j "+ForwardChain {
 			t.Fatalf("FORWARD after setup = %q", fwd)
