@@ -87,11 +87,7 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 	if err := d.fw.Setup(); err != nil {
 		logNet("").WithError(err).Warn("drift: base chains")
 	}
-	if foreign, err := d.links.ForeignBridges(); err != nil {
-		logNet("").WithError(err).Warn("drift: listing bridges")
-	} else if err := d.fw.EnsureForeignBridges(foreign); err != nil {
-		logNet("").WithError(err).Warn("drift: foreign bridges")
-	}
+	d.ensureForeign()
 	var nets []firewall.Network
 	for _, n := range d.networks {
 		if ok, err := d.links.Exists(n.Bridge); err == nil && !ok {
@@ -105,6 +101,16 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 	}
 	d.repairSpoofChecks()
 	return nets
+}
+
+// ensureForeign makes OURNET-FOREIGN, every network's way out, list the
+// host's bridges that are not ournet's. Called with d.mu held.
+func (d *Driver) ensureForeign() {
+	if foreign, err := d.links.ForeignBridges(); err != nil {
+		logNet("").WithError(err).Warn("drift: listing bridges")
+	} else if err := d.fw.EnsureForeignBridges(foreign); err != nil {
+		logNet("").WithError(err).Warn("drift: foreign bridges")
+	}
 }
 
 // reattachEndpoints puts n's existing host veths back on its bridge.

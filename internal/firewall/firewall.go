@@ -140,8 +140,13 @@ func basesOf(table string) []string {
 // chain order.
 func ownedIn(chains map[string][]string, table, id string) []string {
 	var out []string
+	own := ownedBy(id)
 	for _, b := range basesOf(table) {
-		out = append(out, owned(chains[b], id)...)
+		for _, l := range chains[b] {
+			if own(l) {
+				out = append(out, l)
+			}
+		}
 	}
 	return out
 }
@@ -229,9 +234,6 @@ type Firewall struct {
 	// networks exist. A stale cache (someone else deleted a jump) makes the
 	// restore fail; the change is then retried once from a fresh dump.
 	jumps map[Family]Saved
-	// foreign is the last list of foreign bridges given, so that Setup can
-	// refill OURNET-FOREIGN (every network's way out) when it is empty.
-	foreign []string
 }
 
 // New returns a Firewall that programs the given families.
@@ -242,9 +244,9 @@ func New(run Runner, families ...Family) *Firewall {
 // Families lists the families this firewall programs.
 func (fw *Firewall) Families() []Family { return fw.families }
 
-// Setup creates the base chains and jumps, and fills OURNET-FOREIGN (with
-// the engine's bridges until SetForeignBridges lists more); safe to call
-// again at any time.
+// Setup creates the base chains and jumps; safe to call again at any time.
+// OURNET-FOREIGN, every network's way out, is filled by
+// Set/EnsureForeignBridges, which must follow before any network is used.
 func (fw *Firewall) Setup() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -253,7 +255,7 @@ func (fw *Firewall) Setup() error {
 			return fmt.Errorf("%s: setting up base chains: %w", f, err)
 		}
 	}
-	return fw.ensureForeign(fw.foreign)
+	return nil
 }
 
 // families of n: an IPv4-only network gets no ip6tables rules (nothing
@@ -344,14 +346,9 @@ func cacheJumps(saved Saved, table string, want []string, id string) {
 	if saved[table] == nil {
 		saved[table] = map[string][]string{}
 	}
+	own := ownedBy(id)
 	for _, base := range basesOf(table) {
-		var kept []string
-		for _, l := range saved[table][base] {
-			if len(owned([]string{l}, id)) == 0 {
-				kept = append(kept, l)
-			}
-		}
-		saved[table][base] = kept
+		saved[table][base] = slices.DeleteFunc(slices.Clone(saved[table][base]), own)
 	}
 	for _, c := range legacyChains(id)[table] {
 		delete(saved[table], c)
@@ -387,7 +384,6 @@ func (fw *Firewall) DelNetwork(id string) error {
 func (fw *Firewall) SetForeignBridges(names []string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	fw.foreign = slices.Clone(names)
 	for _, f := range fw.families {
 		if err := fw.run.Restore(f, ForeignScript(names)); err != nil {
 			return fmt.Errorf("%s: listing foreign bridges: %w", f, err)
@@ -398,15 +394,11 @@ func (fw *Firewall) SetForeignBridges(names []string) error {
 
 // EnsureForeignBridges rewrites OURNET-FOREIGN only where it differs from
 // what SetForeignBridges(names) would write (a flush, a rule doubled by a
-// concurrent writer); the repair loop calls it every round.
+// concurrent writer); the plugin calls it at start, and the repair loop
+// every round.
 func (fw *Firewall) EnsureForeignBridges(names []string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	fw.foreign = slices.Clone(names)
-	return fw.ensureForeign(names)
-}
-
-func (fw *Firewall) ensureForeign(names []string) error {
 	want := ParseSave(ForeignScript(names))[ForeignChain]
 	for _, f := range fw.families {
 		dump, err := fw.run.Save(f, "filter")
@@ -492,19 +484,17 @@ func referencing(lines []string, chains ...string) []string {
 	return out
 }
 
-// owned returns the lines of lines that belong to network id: tagged with
-// its comment, or jumping to one of its chains (as older versions wrote).
-func owned(lines []string, id string) []string {
-	var out, chains []string
+// ownedBy reports whether a line belongs to network id: tagged with its
+// comment, or jumping to one of its chains (as older versions wrote).
+func ownedBy(id string) func(line string) bool {
+	var chains []string
 	for _, table := range tables {
 		chains = append(chains, chainsOf(id)[table]...)
 	}
-	for _, l := range lines {
-		if strings.Contains(l, " "+tag(id)+" ") || len(referencing([]string{l}, chains...)) > 0 {
-			out = append(out, l)
-		}
+	t := " " + tag(id) + " "
+	return func(l string) bool {
+		return strings.Contains(l, t) || len(referencing([]string{l}, chains...)) > 0
 	}
-	return out
 }
 
 // baseOf is the chain a line is in.
