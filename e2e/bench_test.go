@@ -862,67 +862,38 @@ func iperfGbits(out []byte) (float64, error) {
 // importBenchImage imports BenchImage: busybox plus this host's iperf3 and
 // the shared libraries it loads, at their own paths.
 func (b *bench) importBenchImage() error {
-	dir, err := os.MkdirTemp("", "ournet-bench-img")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	for _, d := range []string{"bin", "tmp", "etc", "proc", "sys", "dev"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return err
-		}
-	}
-	_ = os.Chmod(filepath.Join(dir, "tmp"), 0o1777)
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		return fmt.Errorf("busybox not found: apt-get install busybox-static")
-	}
 	ip3, err := exec.LookPath("iperf3")
 	if err != nil {
 		return fmt.Errorf("iperf3 not found: run scripts/deps.sh iperf3=iperf3")
 	}
-	files := []string{bb, ip3}
 	ldd, err := exec.Command("ldd", ip3).Output()
 	if err != nil {
 		return fmt.Errorf("ldd %s: %w", ip3, err)
 	}
+	copies := map[string]string{ip3: "bin/iperf3"} // host file -> path in the image
 	for _, l := range strings.Split(string(ldd), "\n") {
 		f := strings.Fields(l)
 		switch {
 		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
-			files = append(files, f[2])
+			copies[f[2]] = f[2]
 		case len(f) >= 1 && strings.HasPrefix(f[0], "/"):
-			files = append(files, f[0])
+			copies[f[0]] = f[0]
 		}
 	}
-	for i, f := range files {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			return err
+	return b.e.importImage(BenchImage, []string{"sh", "sleep", "true"}, func(root string) error {
+		for src, dst := range copies {
+			raw, err := os.ReadFile(src)
+			if err != nil {
+				return err
+			}
+			dst = filepath.Join(root, dst)
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(dst, raw, 0o755); err != nil {
+				return err
+			}
 		}
-		dst := filepath.Join(dir, f)
-		switch i {
-		case 0:
-			dst = filepath.Join(dir, "bin/busybox")
-		case 1:
-			dst = filepath.Join(dir, "bin/iperf3")
-		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(dst, raw, 0o755); err != nil {
-			return err
-		}
-	}
-	for _, applet := range []string{"sh", "sleep", "true"} {
-		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
-			return err
-		}
-	}
-	cmd := exec.Command("sh", "-c", "tar -C "+dir+" -c . | docker import -c 'ENV PATH=/bin' - "+BenchImage)
-	cmd.Env = append(os.Environ(), "DOCKER_HOST="+b.e.Host)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("importing %s: %w: %s", BenchImage, err, out)
-	}
-	return nil
+		return nil
+	})
 }

@@ -278,6 +278,13 @@ func (e *Engine) InstallPlugin() error {
 // ImportImage imports the busybox test image as name, built offline from
 // Debian's busybox-static.
 func (e *Engine) ImportImage(name string) error {
+	return e.importImage(name, []string{"sh", "ip", "ping", "ping6", "nc", "wget", "httpd", "sleep", "true", "cat", "echo",
+		"hostname", "ifconfig", "route", "arping", "ls", "grep", "awk", "seq", "timeout", "udhcpc", "sed", "head", "wc"}, nil)
+}
+
+// importImage imports, as name, an image of the host's busybox with
+// applets linked to it, after add (if not nil) has put more into its root.
+func (e *Engine) importImage(name string, applets []string, add func(root string) error) error {
 	dir, err := os.MkdirTemp("", "ournet-img")
 	if err != nil {
 		return err
@@ -300,16 +307,20 @@ func (e *Engine) ImportImage(name string) error {
 	if err := os.WriteFile(filepath.Join(dir, "bin/busybox"), raw, 0o755); err != nil {
 		return err
 	}
-	for _, applet := range []string{"sh", "ip", "ping", "ping6", "nc", "wget", "httpd", "sleep", "true", "cat", "echo",
-		"hostname", "ifconfig", "route", "arping", "ls", "grep", "awk", "seq", "timeout", "udhcpc", "sed", "head", "wc"} {
+	for _, applet := range applets {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
+			return err
+		}
+	}
+	if add != nil {
+		if err := add(dir); err != nil {
 			return err
 		}
 	}
 	cmd := exec.Command("sh", "-c", "tar -C "+dir+" -c . | docker import -c 'ENV PATH=/bin' - "+name)
 	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("importing image: %w: %s", err, out)
+		return fmt.Errorf("importing image %s: %w: %s", name, err, out)
 	}
 	return nil
 }
