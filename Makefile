@@ -3,10 +3,12 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 E2E_TIMEOUT ?= 15m
-# Debian trixie's engine (docker.io 26.x, containerd 1.7), unpacked beside the system's.
-TRIXIE_ENGINE ?= build/engines/trixie
+# Engines of Debian's later suites, unpacked beside the system's by
+# scripts/engine.sh: trixie (docker.io 26.1, containerd 1.7) and forky
+# (docker.io 28.5, containerd 2.1), each with its docker-compose (v2).
+ENGINES_DIR ?= build/engines
 
-.PHONY: all build deps plugin install demo test vet unit e2e e2e-bookworm e2e-trixie engine-trixie bench clean
+.PHONY: all build deps plugin install demo test vet unit e2e e2e-bookworm engines bench clean
 
 all: build
 
@@ -36,29 +38,32 @@ unit:
 	$(GO) test -race -count=1 ./driver/... ./ipam/... ./internal/... ./plugin/...
 
 # End-to-end: a private dockerd with the plugin installed, real packets; the
-# whole suite runs against two engines, one after the other (make -k e2e runs
-# the second even if the first fails). E2E_ENGINE_PATH comes first in PATH for
+# whole suite runs against three engines, one after the other (make -k e2e
+# runs the others even if one fails). E2E_ENGINE_PATH comes first in PATH for
 # dockerd and the docker CLI, so each engine runs with its own CLI, containerd,
-# shims, docker-init and docker-proxy (and the system's runc).
-# E2E_FLAGS: more go test flags for both runs, e.g. E2E_FLAGS='-run TestTwoContainersTalk'.
+# shims, docker-init, docker-proxy and docker-compose (and the system's runc).
+# E2E_FLAGS: more go test flags for every run, e.g. E2E_FLAGS='-run TestTwoContainersTalk'.
 E2E_RUN = $(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/
 
-e2e: e2e-bookworm e2e-trixie
+e2e: e2e-bookworm e2e-trixie e2e-forky
 
-# The system's engine: Debian bookworm's docker.io 20.10.
-e2e-bookworm: plugin
+# The system's engine: Debian bookworm's docker.io 20.10 (no Compose v2:
+# the Compose tests use the unpacked trixie one).
+e2e-bookworm: plugin engines
 	@echo "== e2e on the system's engine: $$(PATH=/usr/sbin:/usr/bin:$$PATH dockerd --version)"
-	E2E_ENGINE_PATH=/usr/sbin:/usr/bin $(E2E_RUN)
+	E2E_ENGINE_PATH=/usr/sbin:/usr/bin E2E_COMPOSE=$(abspath $(ENGINES_DIR))/trixie/usr/libexec/docker/cli-plugins/docker-compose $(E2E_RUN)
 
-# Debian trixie's docker.io 26.x, fetched and unpacked on first use.
-e2e-trixie: plugin engine-trixie
-	@echo "== e2e on trixie's engine: $$($(TRIXIE_ENGINE)/usr/sbin/dockerd --version)"
-	E2E_DOCKERD=$(abspath $(TRIXIE_ENGINE))/usr/sbin/dockerd \
-	E2E_ENGINE_PATH=$(abspath $(TRIXIE_ENGINE))/usr/sbin:$(abspath $(TRIXIE_ENGINE))/usr/bin \
+# e2e-SUITE: the engine of Debian's SUITE, fetched and unpacked on first use.
+e2e-%: plugin engines
+	@echo "== e2e on $*'s engine: $$($(ENGINES_DIR)/$*/usr/sbin/dockerd --version)"
+	E2E_DOCKERD=$(abspath $(ENGINES_DIR))/$*/usr/sbin/dockerd \
+	E2E_ENGINE_PATH=$(abspath $(ENGINES_DIR))/$*/usr/sbin:$(abspath $(ENGINES_DIR))/$*/usr/bin \
+	E2E_COMPOSE=$(abspath $(ENGINES_DIR))/$*/usr/libexec/docker/cli-plugins/docker-compose \
 	  $(E2E_RUN)
 
-engine-trixie:
-	scripts/engine-trixie.sh $(TRIXIE_ENGINE) >/dev/null
+engines:
+	scripts/engine.sh trixie $(ENGINES_DIR)/trixie >/dev/null
+	scripts/engine.sh forky $(ENGINES_DIR)/forky >/dev/null
 
 test: deps vet unit e2e
 

@@ -19,12 +19,28 @@ type NetworkStatus struct {
 
 // EndpointStatus is one endpoint, checked against the kernel.
 type EndpointStatus struct {
-	ID       string
-	Addr     string
-	AddrV6   string `json:",omitempty"`
-	MAC      string
-	HostVeth string
-	Problems []string `json:",omitempty"`
+	ID string
+	// Container is the container's name, where the caller knows it (the
+	// plugin never asks the engine: scripts/ournet-status fills it in).
+	Container string `json:",omitempty"`
+	Addr      string
+	AddrV6    string `json:",omitempty"`
+	MAC       string
+	HostVeth  string
+	// Ports are the endpoint's published ports as installed: `docker port`
+	// and `docker ps` cannot show a remote driver's (moby/libnetwork#2451).
+	Ports    []PortStatus `json:",omitempty"`
+	Problems []string     `json:",omitempty"`
+}
+
+// PortStatus is one published port: host address and port to the
+// container's port and protocol.
+type PortStatus struct {
+	HostIP        string
+	HostPort      uint16
+	ContainerIP   string
+	ContainerPort uint16
+	Proto         string
 }
 
 // Status reports ournet's state and every difference from the kernel: a
@@ -62,6 +78,10 @@ func (d *Driver) Status() ([]NetworkStatus, error) {
 			es := EndpointStatus{ID: ep.ID, Addr: ep.Addr.String(), MAC: ep.MAC, HostVeth: ep.HostVeth}
 			if ep.AddrV6.IsValid() {
 				es.AddrV6 = ep.AddrV6.String()
+			}
+			for _, m := range ep.Ports {
+				es.Ports = append(es.Ports, PortStatus{HostIP: m.HostIP.String(), HostPort: m.HostPort,
+					ContainerIP: m.ContainerIP.String(), ContainerPort: m.ContainerPort, Proto: m.Proto.String()})
 			}
 			if ok, err := d.links.Exists(ep.HostVeth); err != nil || !ok {
 				es.Problems = append(es.Problems, fmt.Sprintf("veth %s is missing", ep.HostVeth))

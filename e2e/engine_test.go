@@ -36,7 +36,7 @@ type Engine struct {
 
 // E2E_ENGINE_PATH (directories, colon separated) goes first in PATH, for
 // dockerd and the docker CLI alike: an engine unpacked beside the system's
-// (scripts/engine-trixie.sh) then finds its own containerd, shims,
+// (scripts/engine.sh) then finds its own containerd, shims,
 // docker-init and docker-proxy, and the system's runc after them.
 func init() {
 	if p := os.Getenv("E2E_ENGINE_PATH"); p != "" {

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sort"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/ournet/ournet/driver"
@@ -42,6 +44,8 @@ func runStatus(args []string) int {
 	fs := flag.NewFlagSet("status", flag.ExitOnError)
 	socket := fs.String("socket", "/run/docker/plugins/ournet.sock", "the plugin's socket")
 	asJSON := fs.Bool("json", false, "print JSON")
+	portsOnly := fs.Bool("ports", false, "list only the published ports, per container")
+	names := fs.String("names", "", "a file of \"ENDPOINT-ID CONTAINER-NAME\" lines (scripts/ournet-status writes it from the engine)")
 	_ = fs.Parse(args)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -64,9 +68,21 @@ func runStatus(args []string) int {
 		fmt.Fprintf(os.Stderr, "ournet status: bad reply: %v\n", err)
 		return 2
 	}
-	if *asJSON {
-		os.Stdout.Write(body)
-	} else {
+	if *names != "" {
+		nameEndpoints(&rep, *names)
+	}
+	switch {
+	case *portsOnly && *asJSON:
+		out, _ := json.MarshalIndent(publishedPorts(&rep), "", "  ")
+		fmt.Println(string(out))
+		return 0
+	case *portsOnly:
+		printPorts(os.Stdout, publishedPorts(&rep))
+		return 0
+	case *asJSON:
+		out, _ := json.Marshal(rep)
+		fmt.Println(string(out))
+	default:
 		printStatus(os.Stdout, &rep)
 	}
 	for _, n := range rep.Networks {
@@ -94,7 +110,14 @@ func printStatus(w io.Writer, rep *statusReport) {
 			problems++
 		}
 		for _, e := range n.Endpoints {
-			fmt.Fprintf(w, "  endpoint %.12s  %s %s  mac %s  veth %s\n", e.ID, e.Addr, e.AddrV6, e.MAC, e.HostVeth)
+			fmt.Fprintf(w, "  endpoint %.12s  %s %s  mac %s  veth %s", e.ID, e.Addr, e.AddrV6, e.MAC, e.HostVeth)
+			if e.Container != "" {
+				fmt.Fprintf(w, "  container %s", e.Container)
+			}
+			fmt.Fprintln(w)
+			for _, p := range e.Ports {
+				fmt.Fprintf(w, "    port %s\n", portText(p))
+			}
 			for _, p := range e.Problems {
 				fmt.Fprintf(w, "    PROBLEM: %s\n", p)
 				problems++
@@ -116,5 +139,71 @@ func printStatus(w io.Writer, rep *statusReport) {
 		fmt.Fprintln(w, "\nno drift: the kernel matches ournet's state")
 	} else {
 		fmt.Fprintf(w, "\n%d problems; ournet repairs drift every RECONCILE_INTERVAL, see the plugin's log (LOG_LEVEL=debug)\n", problems)
+	}
+}
+
+// PublishedPort is one line of `ournet-status --ports`.
+type PublishedPort struct {
+	Container string `json:",omitempty"`
+	Endpoint  string
+	Network   string
+	driver.PortStatus
+}
+
+// publishedPorts lists every endpoint's published ports, by container.
+func publishedPorts(rep *statusReport) []PublishedPort {
+	out := []PublishedPort{}
+	for _, n := range rep.Networks {
+		for _, e := range n.Endpoints {
+			for _, p := range e.Ports {
+				out = append(out, PublishedPort{Container: e.Container, Endpoint: e.ID, Network: n.ID, PortStatus: p})
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Container != out[j].Container {
+			return out[i].Container < out[j].Container
+		}
+		return out[i].Endpoint < out[j].Endpoint
+	})
+	return out
+}
+
+func portText(p driver.PortStatus) string {
+	return fmt.Sprintf("%s -> %d/%s", net.JoinHostPort(p.HostIP, fmt.Sprint(p.HostPort)), p.ContainerPort, p.Proto)
+}
+
+func printPorts(w io.Writer, ports []PublishedPort) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONTAINER\tENDPOINT\tHOST\tCONTAINER PORT")
+	for _, p := range ports {
+		name := p.Container
+		if name == "" {
+			name = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%.12s\t%s\t%d/%s\n", name, p.Endpoint, net.JoinHostPort(p.HostIP, fmt.Sprint(p.HostPort)), p.ContainerPort, p.Proto)
+	}
+	tw.Flush()
+}
+
+// nameEndpoints fills in container names from a file of "ENDPOINT NAME"
+// lines; a file that cannot be read costs only the names.
+func nameEndpoints(rep *statusReport, path string) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ournet status: container names unknown: %v\n", err)
+		return
+	}
+	names := map[string]string{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(line); len(f) == 2 {
+			names[f[0]] = strings.TrimPrefix(f[1], "/")
+		}
+	}
+	for i := range rep.Networks {
+		for j := range rep.Networks[i].Endpoints {
+			e := &rep.Networks[i].Endpoints[j]
+			e.Container = names[e.ID]
+		}
 	}
 }

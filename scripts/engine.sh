@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# Unpacks Debian trixie's Docker engine (docker.io 26.x with docker-cli,
-# containerd 1.7 and tini for docker-init) into DIR (default
-# build/engines/trixie), beside the system's own engine, and prints the
-# path of its dockerd. Nothing is installed: the .debs are
-# fetched from Debian's archive with a private apt configuration (the
-# system's sources, lists and caches are left alone) and unpacked with
-# dpkg-deb -x. Idempotent: an already unpacked DIR is only reported.
+# scripts/engine.sh SUITE [DIR]: unpacks the Docker engine of Debian's SUITE
+# (trixie: docker.io 26.1 with containerd 1.7; forky: docker.io 28.5 with
+# containerd 2.1), with its docker-cli, tini (docker-init) and
+# docker-compose (Compose v2), into DIR (default build/engines/SUITE),
+# beside the system's own engine, and prints the path of its dockerd.
+# Nothing is installed: the .debs are fetched from Debian's archive with a
+# private apt configuration (the system's sources, lists and caches are
+# left alone) and unpacked with dpkg-deb -x. Idempotent: an already
+# unpacked DIR is only reported.
 #
 # Run it with DIR/usr/bin:DIR/usr/sbin first in PATH (E2E_ENGINE_PATH for the
 # e2e suite) so that this dockerd finds its own containerd, shims,
 # docker-init and docker-proxy; runc is the system's (trixie's runc needs a
-# newer glibc than bookworm's), so it is not unpacked.
+# newer glibc than bookworm's), so it is not unpacked. docker-compose runs
+# standalone: DIR/usr/libexec/docker/cli-plugins/docker-compose.
 #
 # DEBIAN_MIRROR overrides the archive (default: the one the system's sources
 # use for its own release, else http://deb.debian.org/debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir=${1:-build/engines/trixie}
-suite=trixie
-packages=(docker.io docker-cli containerd tini)
+suite=${1:?usage: scripts/engine.sh SUITE [DIR] (SUITE: trixie or forky)}
+dir=${2:-build/engines/$suite}
+packages=(docker.io docker-cli containerd tini docker-compose)
+# From forky on, docker-init links to tini-static, a package of its own.
+[ "$suite" = trixie ] || packages+=(tini-static)
 
-say() { echo "engine-trixie: $*" >&2; }
+say() { echo "engine-$suite: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 dir=$(mkdir -p "$(dirname "$dir")" && cd "$(dirname "$dir")" && pwd)/$(basename "$dir")
@@ -90,6 +95,8 @@ for deb in "$work"/debs/*.deb; do
 done
 [ -x "$work/root/usr/sbin/dockerd" ] || die "no usr/sbin/dockerd in the unpacked docker.io"
 [ -x "$work/root/usr/bin/containerd" ] || die "no usr/bin/containerd in the unpacked containerd"
+[ -x "$work/root/usr/bin/docker-init" ] || die "no usr/bin/docker-init (tini) in the unpacked engine"
+[ -x "$work/root/usr/libexec/docker/cli-plugins/docker-compose" ] || die "no docker-compose in the unpacked docker-compose"
 
 rm -rf "$dir"
 mv "$work/root" "$dir"
