@@ -41,6 +41,7 @@ type Firewall interface {
 	DelNetwork(id string) error
 	Drifted([]firewall.Network) ([]firewall.Network, error)
 	EnsureForeignBridges([]string) error
+	EnsureBridges([]string) error
 	OwnedNetworks() (map[string]bool, error)
 }
 
@@ -120,8 +121,12 @@ func (n *Network) fwNetwork() firewall.Network {
 	fn := firewall.Network{
 		ID: n.ID, Bridge: n.Bridge, ICC: n.Options.ICC, Internal: n.Options.Internal,
 		Masquerade: map[firewall.Family]bool{
-			firewall.IPv4: n.Options.Masquerade && n.Options.GwModeV4 == "nat",
-			firewall.IPv6: n.Options.Masquerade && n.Options.GwModeV6 == "nat",
+			firewall.IPv4: n.Options.Masquerade && natMode(n.Options.GwModeV4),
+			firewall.IPv6: n.Options.Masquerade && natMode(n.Options.GwModeV6),
+		},
+		Unprotected: map[firewall.Family]bool{
+			firewall.IPv4: n.Options.GwModeV4 == gwUnprotected,
+			firewall.IPv6: n.Options.GwModeV6 == gwUnprotected,
 		},
 	}
 	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
@@ -129,6 +134,8 @@ func (n *Network) fwNetwork() firewall.Network {
 	}
 	return fn
 }
+
+func natMode(m string) bool { return m == gwNAT || m == gwUnprotected }
 
 // bridgeMAC is stable per network: a bridge's MAC would otherwise follow its
 // lowest port's and change as containers come and go, which peers' ARP

@@ -61,8 +61,9 @@ func (f *fakeLinks) Exists(name string) (bool, error) {
 }
 
 type fakeFW struct {
-	nets map[string]firewall.Network
-	fail error
+	bridges []string
+	nets    map[string]firewall.Network
+	fail    error
 }
 
 func (f *fakeFW) AddNetwork(n firewall.Network) error {
@@ -99,6 +100,7 @@ func (f *fakeFW) Drifted(nets []firewall.Network) ([]firewall.Network, error) {
 	return out, nil
 }
 func (f *fakeFW) EnsureForeignBridges([]string) error { return nil }
+func (f *fakeFW) EnsureBridges(names []string) error  { f.bridges = names; return nil }
 func (f *fakeFW) OwnedNetworks() (map[string]bool, error) {
 	out := map[string]bool{}
 	for id := range f.nets {

@@ -57,6 +57,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	}
 	crash.Point("create-network:after-save")
 	d.networks[n.ID] = n
+	d.ensureBridges(nil)
 	log.WithField("bridge", n.Bridge).Info("network created")
 	return nil
 }
@@ -74,7 +75,15 @@ func newNetwork(req *network.CreateNetworkRequest) (*Network, error) {
 	if n.IPv6, err = subnets(req.IPv6Data, true); err != nil {
 		return nil, err
 	}
-	if len(n.IPv4) == 0 && !opts.InhibitIPv4 {
+	switch {
+	case opts.IPv4Off && len(n.IPv4) > 0:
+		// Engines before 28 know no IPv6-only networks: they pass the option
+		// on and give the network an IPv4 subnet all the same.
+		return nil, fmt.Errorf("ournet: IPv4 is disabled on this network (com.docker.network.enable_ipv4=false) but it was given IPv4 subnet %s; "+
+			"drop the IPv4 --subnet, or, on an engine before Docker 28 (which always assigns one), drop the option: IPv6-only networks need Docker 28 or later", n.IPv4[0].Pool)
+	case opts.IPv4Off && len(n.IPv6) == 0:
+		return nil, errors.New("ournet: an IPv6-only network needs an IPv6 subnet; give one with --subnet (e.g. fd00:1::/64)")
+	case !opts.IPv4Off && len(n.IPv4) == 0 && !opts.InhibitIPv4:
 		return nil, errors.New("ournet: the network has no IPv4 subnet; give one with --subnet")
 	}
 	return n, nil
@@ -151,6 +160,14 @@ func (d *Driver) setSysctls(n *Network) error {
 	if err := d.sys.Set("ipv6/conf/"+n.Bridge+"/accept_ra", "0"); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("ournet: turning off router advertisements on %s: %w", n.Bridge, err)
 	}
+	// Gateway mode isolated for IPv6, as the bridge driver does it: the
+	// bridge takes no part in IPv6 (no link-local address either), so the
+	// host cannot reach the containers over it; they still reach each other.
+	if n.Options.GwModeV6 == gwIsolated {
+		if err := d.sys.Set("ipv6/conf/"+n.Bridge+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("ournet: turning off IPv6 on %s (gateway mode isolated): %w", n.Bridge, err)
+		}
+	}
 	return nil
 }
 
@@ -191,6 +208,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 		return fmt.Errorf("ournet: saving network state: %w", err)
 	}
 	delete(d.networks, n.ID)
+	d.ensureBridges(nil)
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {
 		return fmt.Errorf("ournet: removing network %s: %w", short12(n.ID), err)

@@ -13,6 +13,7 @@ import (
 // Option names, the same as Docker's bridge driver where they exist there.
 const (
 	optGeneric       = "com.docker.network.generic"
+	optEnableIPv4    = "com.docker.network.enable_ipv4"
 	optEnableIPv6    = "com.docker.network.enable_ipv6"
 	optInternal      = "com.docker.network.internal"
 	optBridgeName    = "com.docker.network.bridge.name"
@@ -30,20 +31,35 @@ const (
 	bridgeOptPrefix = "com.docker.network.bridge."
 	ournetOptPrefix = "ournet."
 
+	// Gateway modes (gateway_mode_ipv4/ipv6), with the bridge driver's
+	// meaning: nat masquerades and lets nothing reach a container from
+	// outside but its published ports; nat-unprotected masquerades and
+	// lets the outside reach every port; routed does not masquerade and
+	// opens only published ports; isolated (internal networks only) puts
+	// no gateway address on the bridge.
+	gwNAT         = "nat"
+	gwUnprotected = "nat-unprotected"
+	gwRouted      = "routed"
+	gwIsolated    = "isolated"
+
 	// BridgePrefix starts the name of every bridge ournet names itself.
 	BridgePrefix = "ournet-"
 )
 
 // NetworkOptions are a network's settings, parsed and validated.
 type NetworkOptions struct {
-	BridgeName    string
-	ICC           bool
-	Masquerade    bool
-	Internal      bool
-	EnableIPv6    bool
+	BridgeName string
+	ICC        bool
+	Masquerade bool
+	Internal   bool
+	EnableIPv6 bool
+	// IPv4Off is an IPv6-only network (engine 28+: --ipv4=false, or
+	// com.docker.network.enable_ipv4=false). Stored negated so that a
+	// record saved before the option existed keeps IPv4.
+	IPv4Off       bool `json:",omitempty"`
 	InhibitIPv4   bool
 	HostBindingV4 netip.Addr
-	GwModeV4      string // nat or routed
+	GwModeV4      string // nat, nat-unprotected, routed or isolated
 	GwModeV6      string
 	MTU           int
 	IfacePrefix   string
@@ -57,7 +73,7 @@ type NetworkOptions struct {
 var knownOptions = map[string]bool{
 	optBridgeName: true, optICC: true, optMasquerade: true, optHostBindingV4: true,
 	optInhibitIPv4: true, optGwModeV4: true, optGwModeV6: true, optDefaultBridge: true,
-	optMTU: true, optIfacePrefix: true, optEnableIPv6: true, optInternal: true,
+	optMTU: true, optIfacePrefix: true, optEnableIPv4: true, optEnableIPv6: true, optInternal: true,
 	optAntiSpoofing: true,
 }
 
@@ -69,12 +85,16 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 		BridgeName:  BridgePrefix + short8(networkID),
 		ICC:         true,
 		Masquerade:  true,
-		GwModeV4:    "nat",
-		GwModeV6:    "nat",
+		GwModeV4:    gwNAT,
+		GwModeV6:    gwNAT,
 		IfacePrefix: "eth",
 	}
 	var err error
 	if o.EnableIPv6, err = boolOf(opts[optEnableIPv6], optEnableIPv6, false); err != nil {
+		return o, err
+	}
+	var ipv4 bool
+	if ipv4, err = boolOf(opts[optEnableIPv4], optEnableIPv4, true); err != nil {
 		return o, err
 	}
 	if o.Internal, err = boolOf(opts[optInternal], optInternal, false); err != nil {
@@ -110,6 +130,8 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 			o.InhibitIPv4, err = boolOf(v, k, false)
 		case optEnableIPv6:
 			o.EnableIPv6, err = boolOf(v, k, o.EnableIPv6)
+		case optEnableIPv4:
+			ipv4, err = boolOf(v, k, ipv4)
 		case optInternal:
 			o.Internal, err = boolOf(v, k, o.Internal)
 		case optDefaultBridge:
@@ -124,8 +146,10 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 			}
 			o.HostBindingV4 = a
 		case optGwModeV4, optGwModeV6:
-			if s != "nat" && s != "routed" {
-				err = fmt.Errorf("ournet: option %s=%q is not valid; use nat or routed", k, s)
+			switch s {
+			case gwNAT, gwUnprotected, gwRouted, gwIsolated:
+			default:
+				err = fmt.Errorf("ournet: option %s=%q is not valid; use nat, nat-unprotected, routed or isolated", k, s)
 			}
 			if k == optGwModeV4 {
 				o.GwModeV4 = s
@@ -148,13 +172,22 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 			return o, err
 		}
 	}
+	o.IPv4Off = !ipv4
+	for k, m := range map[string]string{optGwModeV4: o.GwModeV4, optGwModeV6: o.GwModeV6} {
+		if m == gwIsolated && !o.Internal {
+			return o, fmt.Errorf("ournet: option %s=isolated is only for internal networks; add --internal or choose another gateway mode", k)
+		}
+	}
+	if o.IPv4Off && !o.EnableIPv6 {
+		return o, fmt.Errorf("ournet: a network with IPv4 disabled needs IPv6: add --ipv6 (and an IPv6 --subnet, or let ournet's IPAM pick one)")
+	}
 	return o, nil
 }
 
 func knownList() []string {
 	out := make([]string, 0, len(knownOptions))
 	for k := range knownOptions {
-		if k != optEnableIPv6 && k != optInternal {
+		if k != optEnableIPv4 && k != optEnableIPv6 && k != optInternal {
 			out = append(out, k)
 		}
 	}

@@ -106,10 +106,39 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 // ensureForeign makes OURNET-FOREIGN, every network's way out, list the
 // host's bridges that are not ournet's. Called with d.mu held.
 func (d *Driver) ensureForeign() {
-	if foreign, err := d.links.ForeignBridges(); err != nil {
+	foreign, err := d.links.ForeignBridges()
+	if err != nil {
 		logNet("").WithError(err).Warn("drift: listing bridges")
-	} else if err := d.fw.EnsureForeignBridges(foreign); err != nil {
+		return
+	}
+	if err := d.fw.EnsureForeignBridges(foreign); err != nil {
 		logNet("").WithError(err).Warn("drift: foreign bridges")
+	}
+	d.ensureBridges(foreign)
+}
+
+// ensureBridges makes OURNET-BRIDGES list every container bridge, for the
+// nat-unprotected networks that jump there; with none, it is left alone,
+// so that creating a network costs no more rules. foreign may be nil: it
+// is then listed. Called with d.mu held.
+func (d *Driver) ensureBridges(foreign []string) {
+	all := []string{}
+	unprotected := false
+	for _, n := range d.networks {
+		all = append(all, n.Bridge)
+		unprotected = unprotected || n.Options.GwModeV4 == gwUnprotected || n.Options.GwModeV6 == gwUnprotected
+	}
+	if !unprotected {
+		return
+	}
+	if foreign == nil {
+		var err error
+		if foreign, err = d.links.ForeignBridges(); err != nil {
+			logNet("").WithError(err).Warn("listing bridges")
+		}
+	}
+	if err := d.fw.EnsureBridges(append(all, foreign...)); err != nil {
+		logNet("").WithError(err).Warn("container bridges")
 	}
 }
 

@@ -55,7 +55,8 @@ type Endpoint struct {
 func (n *Network) bridge() netdev.Bridge {
 	b := netdev.Bridge{Name: n.Bridge, Owner: n.ID, MTU: n.Options.MTU, MAC: bridgeMAC(n.ID)}
 	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
-		if s.Gateway.IsValid() && !(s.Gateway.Addr().Is4() && n.Options.InhibitIPv4) {
+		v4 := s.Gateway.Addr().Is4()
+		if s.Gateway.IsValid() && !(v4 && (n.Options.InhibitIPv4 || n.Options.GwModeV4 == gwIsolated)) && !(!v4 && n.Options.GwModeV6 == gwIsolated) {
 			b.Addrs = append(b.Addrs, s.Gateway)
 		}
 	}
@@ -118,6 +119,7 @@ func (d *Driver) Restore() error {
 			}
 		}
 	}
+	d.ensureBridges(nil)
 	for _, n := range nets {
 		d.reattachEndpoints(n)
 	}

@@ -14,6 +14,8 @@ import (
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
 	log "github.com/sirupsen/logrus"
+
+	"github.com/ournet/ournet/driver"
 )
 
 const contentType = "application/vnd.docker.plugins.v1.1+json"
@@ -63,6 +65,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 type empty struct{}
 
+// gwAllocChecker is the driver's side of engine 28's GwAllocCheck.
+type gwAllocChecker interface {
+	Capabilities() *driver.CapabilitiesResponse
+	GwAllocCheck(*driver.GwAllocCheckRequest) (*driver.GwAllocCheckResponse, error)
+}
+
 // emptyOK lists the calls that have no request body.
 var emptyOK = map[string]bool{
 	"/NetworkDriver.GetCapabilities": true, "/IpamDriver.GetCapabilities": true,
@@ -83,7 +91,14 @@ func newMux(d network.Driver, a ipamapi.Ipam, extra func(*http.ServeMux)) *http.
 		writeJSON(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
 	})
 
-	route(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*network.CapabilitiesResponse, error) { return d.GetCapabilities() })
+	if c, ok := d.(gwAllocChecker); ok {
+		// Engine 28+ asks before reserving gateway addresses; older ones
+		// ignore the field.
+		route(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*driver.CapabilitiesResponse, error) { return c.Capabilities(), nil })
+		route(mux, "/NetworkDriver.GwAllocCheck", c.GwAllocCheck)
+	} else {
+		route(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*network.CapabilitiesResponse, error) { return d.GetCapabilities() })
+	}
 	route(mux, "/NetworkDriver.CreateNetwork", noErr(d.CreateNetwork))
 	route(mux, "/NetworkDriver.DeleteNetwork", noErr(d.DeleteNetwork))
 	route(mux, "/NetworkDriver.AllocateNetwork", d.AllocateNetwork)

@@ -11,6 +11,8 @@ import (
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/ournet/ournet/driver"
 )
 
 type stubIPAM struct{ ipamapi.Ipam }
@@ -104,5 +106,28 @@ func TestEmptyRetryRefused(t *testing.T) {
 	}
 	if code, _ := call(t, mux, "/NetworkDriver.GetCapabilities", ""); code != 200 {
 		t.Fatalf("GetCapabilities without a body = %d", code)
+	}
+}
+
+// stubGwDriver is a driver that answers engine 28's GwAllocCheck.
+type stubGwDriver struct{ stubDriver }
+
+func (stubGwDriver) Capabilities() *driver.CapabilitiesResponse {
+	return &driver.CapabilitiesResponse{Scope: "local", ConnectivityScope: "local", GwAllocChecker: true}
+}
+func (stubGwDriver) GwAllocCheck(r *driver.GwAllocCheckRequest) (*driver.GwAllocCheckResponse, error) {
+	_, internal := r.Options["com.docker.network.internal"]
+	return &driver.GwAllocCheckResponse{SkipIPv4: internal}, nil
+}
+
+// On the wire, as engine 28's remote shim reads it.
+func TestGwAllocCheckOnTheWire(t *testing.T) {
+	mux := newMux(stubGwDriver{}, stubIPAM{}, nil)
+	if code, out := call(t, mux, "/NetworkDriver.GetCapabilities", ""); code != 200 || out["GwAllocChecker"] != true || out["Scope"] != "local" {
+		t.Fatalf("GetCapabilities = %d %v", code, out)
+	}
+	code, out := call(t, mux, "/NetworkDriver.GwAllocCheck", `{"Options":{"com.docker.network.internal":true,"com.docker.network.generic":{}}}`)
+	if code != 200 || out["SkipIPv4"] != true || out["SkipIPv6"] != false {
+		t.Fatalf("GwAllocCheck = %d %v", code, out)
 	}
 }

@@ -68,6 +68,7 @@ func (r *ExecRunner) EnsureBase(f Family) error {
 	ipt := r.ipt[f]
 	for _, c := range []struct{ table, chain, parent string }{
 		{"filter", ForeignChain, ""},
+		{"filter", BridgesChain, ""},
 		{"filter", IntoChain, ""},
 		{"filter", OutofChain, ""},
 		{"filter", ForwardChain, "FORWARD"},

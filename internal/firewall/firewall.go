@@ -74,6 +74,11 @@ const (
 	GuardChain       = "OURNET-GUARD"
 	PostroutingChain = "OURNET-POSTROUTING"
 	ForeignChain     = "OURNET-FOREIGN"
+	// BridgesChain lists every container bridge on the host (ournet's and
+	// the engine's), each "-i <bridge> -j RETURN", then accepts: the I
+	// chain of a nat-unprotected network jumps here, so that the outside
+	// reaches every port while other container networks stay isolated.
+	BridgesChain = "OURNET-BRIDGES"
 )
 
 // tables in the order scripts touch them.
@@ -89,6 +94,9 @@ type Network struct {
 	// Masquerade per family: off for a family whose gateway mode is routed
 	// or when enable_ip_masquerade is false.
 	Masquerade map[Family]bool
+	// Unprotected per family (gateway mode nat-unprotected): anything that
+	// does not come from a container bridge may reach any port.
+	Unprotected map[Family]bool
 }
 
 func short(id string) string {
@@ -184,7 +192,17 @@ func rules(f Family, n Network) map[string]*tableRules {
 	if n.ICC {
 		inRules = append(inRules, "-A "+in+" -i "+br+" -j ACCEPT")
 	}
+	unprotected := n.Unprotected[f] && !n.Internal
+	if unprotected {
+		inRules = append(inRules, "-A "+in+" -j "+BridgesChain)
+	}
 	inRules = append(inRules, "-A "+in+" -j DROP")
+	// The guard repeats the I chain's DROP where dockerd cannot reorder
+	// it; a network open to the outside has none to repeat.
+	guard := []string{"-A " + GuardChain + " ! -i " + br + " -o " + br + " -m conntrack ! --ctstate " + states + " " + t + " -j DROP"}
+	if unprotected {
+		guard = nil
+	}
 
 	// Out of the bridge to anywhere that is not an ournet bridge (those are
 	// judged by their own I chain, first): OURNET-FOREIGN keeps it out of
@@ -205,10 +223,8 @@ func rules(f Family, n Network) map[string]*tableRules {
 			chains: map[string][]string{in: inRules},
 			jumps:  []string{"-A " + IntoChain + " -o " + br + " " + t + " -j " + in, out},
 		},
-		"mangle": {
-			jumps: []string{"-A " + GuardChain + " ! -i " + br + " -o " + br + " -m conntrack ! --ctstate " + states + " " + t + " -j DROP"},
-		},
-		"nat": {jumps: natRules},
+		"mangle": {jumps: guard},
+		"nat":    {jumps: natRules},
 	}
 }
 
@@ -415,8 +431,42 @@ func (fw *Firewall) EnsureForeignBridges(names []string) error {
 	return nil
 }
 
-// ForeignScript is the iptables-restore input that rewrites OURNET-FOREIGN.
-func ForeignScript(names []string) string {
+// EnsureBridges rewrites OURNET-BRIDGES, where it differs, to list the
+// given container bridges (the engine's docker0 and br-+ always).
+func (fw *Firewall) EnsureBridges(names []string) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	script := BridgesScript(names)
+	want := ParseSave(script)[BridgesChain]
+	for _, f := range fw.families {
+		dump, err := fw.run.Save(f, "filter")
+		if err != nil {
+			return err
+		}
+		if slices.Equal(ParseSave(dump)[BridgesChain], want) {
+			continue
+		}
+		if err := fw.run.Restore(f, script); err != nil {
+			return fmt.Errorf("%s: listing container bridges: %w", f, err)
+		}
+	}
+	return nil
+}
+
+// BridgesScript is the iptables-restore input that rewrites OURNET-BRIDGES.
+func BridgesScript(names []string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", BridgesChain)
+	for _, n := range withEngineBridges(names) {
+		fmt.Fprintf(&b, "-A %s -i %s -j RETURN\n", BridgesChain, n)
+	}
+	fmt.Fprintf(&b, "-A %s -j ACCEPT\n", BridgesChain)
+	b.WriteString("COMMIT\n")
+	return b.String()
+}
+
+// withEngineBridges is names with the engine's own bridges, sorted.
+func withEngineBridges(names []string) []string {
 	set := map[string]bool{"docker0": true, "br-+": true}
 	for _, n := range names {
 		set[n] = true
@@ -426,6 +476,12 @@ func ForeignScript(names []string) string {
 		sorted = append(sorted, n)
 	}
 	sort.Strings(sorted)
+	return sorted
+}
+
+// ForeignScript is the iptables-restore input that rewrites OURNET-FOREIGN.
+func ForeignScript(names []string) string {
+	sorted := withEngineBridges(names)
 	var b strings.Builder
 	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", ForeignChain)
 	for _, n := range sorted {

@@ -33,6 +33,10 @@ var cases = []struct {
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParsePrefix("fd00:5::/64"), netip.MustParsePrefix("198.18.6.0/24")}}},
 	{"routed-v6", Network{ID: "5123456789abcdef", Bridge: "ournet-51234567", ICC: true, Masquerade: map[Family]bool{IPv4: true},
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.7.0/24"), netip.MustParsePrefix("fd00:7::/64")}}},
+	{"unprotected-v4", Network{ID: "6123456789abcdef", Bridge: "ournet-61234567", ICC: true, Masquerade: both, Unprotected: map[Family]bool{IPv4: true},
+		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.8.0/24"), netip.MustParsePrefix("fd00:8::/64")}}},
+	{"ipv6-only", Network{ID: "7123456789abcdef", Bridge: "ournet-71234567", ICC: true, Masquerade: both,
+		Subnets: []netip.Prefix{netip.MustParsePrefix("fd00:9::/64")}}},
 }
 
 func golden(t *testing.T, name, got string) {
