@@ -31,6 +31,8 @@ type Links interface {
 	DeleteLink(name, owner string) error
 	Owned() (map[string]string, error)
 	ForeignBridges() ([]string, error)
+	// HostPrefixes lists the destinations of the host's routes.
+	HostPrefixes() ([]netip.Prefix, error)
 }
 
 // Firewall is the part of the firewall package the driver uses.
@@ -64,6 +66,16 @@ type Driver struct {
 	// ports: published ports (ports.go); nil publishes none.
 	ports Ports
 
+	// unsaved are deletions (bucket, key) a full disk kept from the state
+	// file; the repair loop writes them (journal.go).
+	unsaved [][2]string
+	// strays are kernel objects marked as ournet's whose IDs neither the
+	// state nor the journal knows: left alone, reported by Status.
+	strays []string
+	// removeUnknown makes the restore treat every unknown object as an
+	// orphan (STATE_RECOVER=fresh).
+	removeUnknown bool
+
 	ready chan struct{} // closed once Restore has run
 	boot  string        // this run's ID, see Network.Boot
 }
@@ -83,6 +95,11 @@ func New(links Links, fw Firewall, sys Sysctls, st *store.Store) *Driver {
 		boot:      newBootID(),
 	}
 }
+
+// RemoveUnknownAtRestore makes Restore remove every kernel object marked as
+// ournet's whose ID the state does not know, journal or not: for a state
+// deliberately started empty (STATE_RECOVER=fresh). Call before Restore.
+func (d *Driver) RemoveUnknownAtRestore() { d.removeUnknown = true }
 
 // lock waits for the restore and takes the driver's lock.
 func (d *Driver) lock() func() {

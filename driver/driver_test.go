@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,6 +55,9 @@ func (f *fakeLinks) Owned() (map[string]string, error) {
 	return out, nil
 }
 func (f *fakeLinks) ForeignBridges() ([]string, error) { return nil, nil }
+func (f *fakeLinks) HostPrefixes() ([]netip.Prefix, error) {
+	return []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("0.0.0.0/0")}, nil
+}
 func (f *fakeLinks) Exists(name string) (bool, error) {
 	_, b := f.bridges[name]
 	_, v := f.veths[name]
@@ -300,19 +304,41 @@ func TestRestoreReprogramsFromStore(t *testing.T) {
 }
 
 // Orphans (links and rules of IDs the store does not know) are removed at
-// restore; what the store knows stays. Drift is repaired by Reconcile.
+// restore when the journal shows ournet was creating or deleting them;
+// objects of IDs nobody knows are left alone and reported; what the store
+// knows stays. Drift is repaired by Reconcile.
 func TestRestoreRemovesOrphansAndReconcileRepairs(t *testing.T) {
 	d, _, _, st := newTestDriver(t)
 	if err := d.CreateNetwork(createReq()); err != nil {
 		t.Fatal(err)
 	}
+	// A create of network bbbb and a delete of endpoint cccc interrupted.
+	d.mu.Lock()
+	if err := d.journalCreate("network", "bbbbbbbbbbbb0000"); err != nil {
+		t.Fatal(err)
+	}
+	d.forget("endpoint", bucketEndpoints, "cccccccccccc0000")
+	d.mu.Unlock()
 	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{
 		"ournet-bbbbbbbb": {Name: "ournet-bbbbbbbb", Owner: "bbbbbbbbbbbb0000"},
+		"ournet-dddddddd": {Name: "ournet-dddddddd", Owner: "dddddddddddd0000"},
 	}, veths: map[string]netdev.Veth{"ovcccccccccccc": {Host: "ovcccccccccccc", Owner: "cccccccccccc0000"}}, foreign: map[string]bool{}}
-	fw2 := &fakeFW{nets: map[string]firewall.Network{"bbbbbbbbbbbb0000": {ID: "bbbbbbbbbbbb0000"}}}
+	fw2 := &fakeFW{nets: map[string]firewall.Network{"bbbbbbbbbbbb0000": {ID: "bbbbbbbbbbbb0000"}, "dddddddddddd0000": {ID: "dddddddddddd0000"}}}
 	d2 := New(l2, fw2, fakeSysctl{}, st)
 	if err := d2.Restore(); err != nil {
 		t.Fatal(err)
+	}
+	if _, ok := l2.bridges["ournet-dddddddd"]; !ok {
+		t.Fatal("a bridge of an ID in neither state nor journal was removed")
+	}
+	if _, ok := fw2.nets["dddddddddddd0000"]; !ok {
+		t.Fatal("rules of an ID in neither state nor journal were removed")
+	}
+	if got := strings.Join(d2.strays, "; "); !strings.Contains(got, "link ournet-dddddddd") || !strings.Contains(got, "rules of network dddddddddddd") {
+		t.Fatalf("strays = %q", got)
+	}
+	if j := d2.journaled(); len(j) != 0 {
+		t.Fatalf("journal after the orphans were removed: %v", j)
 	}
 	if _, ok := l2.bridges["ournet-bbbbbbbb"]; ok {
 		t.Fatal("orphan bridge kept")
@@ -337,9 +363,11 @@ func TestRestoreRemovesOrphansAndReconcileRepairs(t *testing.T) {
 	}
 }
 
-// A network from an earlier run that was never used, and overlaps a new
-// one, is the leftover of a CreateNetwork dockerd never saw answered: it is
-// removed. A used one, or one from this run, is refused instead.
+// A network from an earlier run whose CreateNetwork was never answered
+// (the plugin died in that call), and overlaps a new one, is the leftover
+// of a create dockerd never saw succeed: it is removed. One whose creation
+// was answered is refused by name, used or not, whatever the run: dockerd
+// may still have it (issue #16, case 3).
 func TestReclaimOverlapping(t *testing.T) {
 	d, _, _, st := newTestDriver(t)
 	if err := d.CreateNetwork(createReq()); err != nil {
@@ -347,31 +375,34 @@ func TestReclaimOverlapping(t *testing.T) {
 	}
 	other := createReq()
 	other.NetworkID = "bbbbbbbbbbbb" + nid[12:]
-	if err := d.CreateNetwork(other); err == nil || !strings.Contains(err.Error(), "overlaps ournet network") {
-		t.Fatalf("overlap in the same run: %v", err)
+	other.IPv4Data = []*network.IPAMData{{Pool: "198.18.7.0/25"}}
+	want := "ournet: subnet 198.18.7.0/25 overlaps subnet 198.18.7.0/24 of ournet network aaaaaaaaaaaa (bridge ournet-aaaaaaaa)"
+	if err := d.CreateNetwork(other); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("overlap in the same run: %v, want %q", err, want)
 	}
-	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
-	fw2 := &fakeFW{nets: map[string]firewall.Network{}}
-	d2 := New(l2, fw2, fakeSysctl{}, st)
-	if err := d2.Restore(); err != nil {
-		t.Fatal(err)
+	restart := func() (*Driver, *fakeLinks) {
+		l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
+		d2 := New(l2, &fakeFW{nets: map[string]firewall.Network{}}, fakeSysctl{}, st)
+		if err := d2.Restore(); err != nil {
+			t.Fatal(err)
+		}
+		return d2, l2
 	}
+	// Never answered (no CreateAnswered: the plugin died first).
+	d2, l2 := restart()
 	if err := d2.CreateNetwork(other); err != nil {
-		t.Fatalf("leftover not reclaimed: %v", err)
+		t.Fatalf("unanswered leftover not reclaimed: %v", err)
 	}
 	if _, ok := l2.bridges["ournet-aaaaaaaa"]; ok {
 		t.Fatal("leftover bridge kept")
 	}
-	// Used networks are never reclaimed.
-	if _, err := d2.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: other.NetworkID, EndpointID: eid,
-		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
-		t.Fatal(err)
+	// Answered, never used: dockerd has it. A kill -9 later changes nothing.
+	d2.CreateAnswered(other.NetworkID)
+	d3, l3 := restart()
+	if err := d3.CreateNetwork(createReq()); err == nil || !strings.Contains(err.Error(), "overlaps subnet 198.18.7.0/25 of ournet network bbbbbbbbbbbb") {
+		t.Fatalf("an answered network was reclaimed, or the message is off: %v", err)
 	}
-	d3 := New(l2, fw2, fakeSysctl{}, st)
-	if err := d3.Restore(); err != nil {
-		t.Fatal(err)
-	}
-	if err := d3.CreateNetwork(createReq()); err == nil {
-		t.Fatal("a used network was reclaimed")
+	if _, ok := l3.bridges["ournet-bbbbbbbb"]; !ok {
+		t.Fatal("the answered network's bridge was removed")
 	}
 }

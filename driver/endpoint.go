@@ -48,6 +48,9 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 		return nil, err
 	}
 
+	if err := d.journalCreate("endpoint", ep.ID); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if retErr != nil {
 			d.deleteEndpoint(n, ep)
@@ -59,14 +62,14 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 	if err := d.addSpoofChecks(n, ep); err != nil {
 		return nil, err
 	}
-	if !n.Used {
-		n.Used = true
+	if !n.Used || n.Unanswered {
+		n.Used, n.Unanswered = true, false
 		if err := d.st.Put(bucketNetworks, n.ID, n); err != nil {
 			return nil, fmt.Errorf("ournet: saving network state: %w", err)
 		}
 	}
 	crash.Point("create-endpoint:before-save")
-	if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
+	if err := d.saveCreated(bucketEndpoints, ep.ID, ep); err != nil {
 		return nil, fmt.Errorf("ournet: saving endpoint state: %w", err)
 	}
 	d.endpoints[ep.ID] = ep
@@ -90,11 +93,11 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	return nil
 }
 
-// deleteEndpoint removes ep's record and kernel state; n may be nil.
+// deleteEndpoint removes ep's record and kernel state; n may be nil. It
+// goes on to the kernel even when the state file cannot be written (a full
+// disk): see forget.
 func (d *Driver) deleteEndpoint(n *Network, ep *Endpoint) error {
-	if err := d.st.Delete(bucketEndpoints, ep.ID); err != nil {
-		return fmt.Errorf("ournet: saving endpoint state: %w", err)
-	}
+	d.forget("endpoint", bucketEndpoints, ep.ID)
 	crash.Point("delete-endpoint:after-forget")
 	if err := d.unmapPorts(ep); err != nil {
 		return err
@@ -106,6 +109,7 @@ func (d *Driver) deleteEndpoint(n *Network, ep *Endpoint) error {
 	if err := d.delSpoofChecks(ep); err != nil {
 		return err
 	}
+	d.journalDone(ep.ID)
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/subnet"
 )
 
 // CreateNetwork creates the network's bridge and rules, then persists it.
@@ -28,8 +29,11 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	if err != nil {
 		return err
 	}
-	n.Boot = d.boot
+	n.Boot, n.Unanswered = d.boot, true
 	if err := d.reclaimOverlapping(n); err != nil {
+		return err
+	}
+	if err := d.checkHostRoutes(n); err != nil {
 		return err
 	}
 	for _, other := range d.networks {
@@ -43,16 +47,20 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 		return fmt.Errorf("ournet: a network device named %s already exists on this host; choose another %s or remove that device", n.Bridge, optBridgeName)
 	}
 
+	if err := d.journalCreate("network", n.ID); err != nil {
+		return err
+	}
 	defer func() {
 		if retErr != nil {
 			d.unprogramNetwork(n)
+			d.journalDone(n.ID)
 		}
 	}()
 	if err := d.programNetwork(n); err != nil {
 		return err
 	}
 	crash.Point("create-network:before-save")
-	if err := d.st.Put(bucketNetworks, n.ID, n); err != nil {
+	if err := d.saveCreated(bucketNetworks, n.ID, n); err != nil {
 		return fmt.Errorf("ournet: saving network state: %w", err)
 	}
 	crash.Point("create-network:after-save")
@@ -60,6 +68,22 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	d.ensureBridges(nil)
 	log.WithField("bridge", n.Bridge).Info("network created")
 	return nil
+}
+
+// CreateAnswered records that the reply to CreateNetwork for id has
+// reached dockerd's socket: from now on dockerd knows the network, and no
+// overlapping create may reclaim it.
+func (d *Driver) CreateAnswered(id string) {
+	defer d.lock()()
+	n, ok := d.networks[id]
+	if !ok || !n.Unanswered {
+		return
+	}
+	n.Unanswered = false
+	if err := d.st.Put(bucketNetworks, n.ID, n); err != nil {
+		// Kept in memory: this run never reclaims its own networks anyway.
+		logNet(id).WithError(err).Warn("saving that the network's creation was answered")
+	}
 }
 
 // newNetwork validates the request into a Network.
@@ -100,6 +124,10 @@ func subnets(data []*network.IPAMData, v6 bool) ([]Subnet, error) {
 			return nil, fmt.Errorf("ournet: subnet %q is not a valid IPv%s prefix", d.Pool, map[bool]string{false: "4", true: "6"}[v6])
 		}
 		s := Subnet{Pool: pool.Masked()}
+		// Whatever IPAM driver chose it: a subnet no network can use.
+		if err := subnet.Usable(s.Pool); err != nil {
+			return nil, fmt.Errorf("ournet: %w", err)
+		}
 		if d.Gateway != "" {
 			gw, err := netip.ParsePrefix(d.Gateway)
 			if err != nil {
@@ -203,50 +231,69 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 		}
 	}
 	// Forget it first: a crash after this leaves kernel objects the restore
-	// removes as orphans, never a record that resurrects a deleted network.
-	if err := d.st.Delete(bucketNetworks, n.ID); err != nil {
-		return fmt.Errorf("ournet: saving network state: %w", err)
-	}
+	// removes as orphans (the journal says they are being deleted), never a
+	// record that resurrects a deleted network.
+	d.forget("network", bucketNetworks, n.ID)
 	delete(d.networks, n.ID)
 	d.ensureBridges(nil)
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {
 		return fmt.Errorf("ournet: removing network %s: %w", short12(n.ID), err)
 	}
+	d.journalDone(n.ID)
 	logNet(n.ID).Info("network deleted")
 	return nil
 }
 
+// checkHostRoutes refuses a subnet that covers one of the host's routes
+// (a subnet the IPAM driver gave without looking, e.g. --subnet
+// 10.0.0.0/8 on a host whose LAN is 10.1.2.0/24). ournet's own networks'
+// routes were checked by reclaimOverlapping, which names the network.
+func (d *Driver) checkHostRoutes(n *Network) error {
+	host, err := d.links.HostPrefixes()
+	if err != nil {
+		logNet(n.ID).WithError(err).Warn("listing the host's routes: subnets not checked against them")
+		return nil
+	}
+	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
+		if err := subnet.Check(s.Pool, host); err != nil {
+			return fmt.Errorf("ournet: %w", err)
+		}
+	}
+	return nil
+}
+
 // reclaimOverlapping makes room for n. dockerd never gives two live
-// networks overlapping subnets, so an ournet network that overlaps n is
-// one dockerd no longer has. If it was created by an earlier run of the
-// plugin and never used, it is the leftover of a CreateNetwork whose answer
-// never reached dockerd (the plugin died first): it is removed. Otherwise
-// the overlap is refused, naming the network, rather than guessed at.
+// networks overlapping subnets, but an ournet network that overlaps n may
+// still be one dockerd has (ournet cannot ask: the plugin never calls the
+// engine), so the overlap is refused, naming it, as the bridge driver
+// refuses it. Only a network ournet can prove dockerd never learnt of is
+// removed instead: one created by an earlier run of the plugin whose
+// CreateNetwork was never answered (the plugin died during that call, so
+// dockerd failed the command, and the user runs it again).
 func (d *Driver) reclaimOverlapping(n *Network) error {
 	for _, other := range d.networks {
-		overlap := ""
+		var mine, overlap string
 		for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
 			for _, o := range append(append([]Subnet{}, other.IPv4...), other.IPv6...) {
 				if s.Pool.Overlaps(o.Pool) {
-					overlap = o.Pool.String()
+					mine, overlap = s.Pool.String(), o.Pool.String()
 				}
 			}
 		}
 		if overlap == "" {
 			continue
 		}
-		if other.Used || other.Boot == d.boot {
-			return fmt.Errorf("ournet: subnet %s overlaps ournet network %s (bridge %s); choose another subnet or remove that network", overlap, short12(other.ID), other.Bridge)
+		if !other.Unanswered || other.Used || other.Boot == d.boot {
+			return fmt.Errorf("ournet: subnet %s overlaps subnet %s of ournet network %s (bridge %s); choose another subnet or remove that network", mine, overlap, short12(other.ID), other.Bridge)
 		}
 		logNet(other.ID).WithField("subnet", overlap).Warn("removing a network dockerd never learnt of (the plugin stopped before answering its creation)")
-		if err := d.st.Delete(bucketNetworks, other.ID); err != nil {
-			return fmt.Errorf("ournet: saving network state: %w", err)
-		}
+		d.forget("network", bucketNetworks, other.ID)
 		delete(d.networks, other.ID)
 		if err := d.unprogramNetwork(other); err != nil {
 			return fmt.Errorf("ournet: removing leftover network %s: %w", short12(other.ID), err)
 		}
+		d.journalDone(other.ID)
 	}
 	return nil
 }

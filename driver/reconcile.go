@@ -1,20 +1,22 @@
 package driver
 
 import (
+	"fmt"
+	"sort"
 	"time"
 
 	"github.com/ournet/ournet/internal/firewall"
 )
 
 // removeOrphans deletes the kernel objects ournet made for networks and
-// endpoints it no longer knows (a crash between creating them and saving
-// them, or a delete that forgot the record first). Only objects marked as
-// ournet's are touched. Called with d.mu held.
+// endpoints it no longer knows, but only those the journal proves are
+// leftovers of ournet's own crash (it was creating or deleting that ID when
+// it stopped). Objects marked as ournet's of any other unknown ID are left
+// alone and reported (d.strays): with a state file restored from an older
+// backup they may be what running containers use. Called with d.mu held,
+// and only on a state known to be good.
 func (d *Driver) removeOrphans() {
-	owned, err := d.links.Owned()
-	if err != nil {
-		logNet("").WithError(err).Warn("listing links for orphans")
-	}
+	journal := d.journaled()
 	known := map[string]bool{}
 	for id := range d.networks {
 		known[id] = true
@@ -22,34 +24,62 @@ func (d *Driver) removeOrphans() {
 	for id := range d.endpoints {
 		known[id] = true
 	}
+	d.strays = nil
+	keep := map[string]bool{} // journal entries whose objects could not be removed
+	owned, lerr := d.links.Owned()
+	if lerr != nil {
+		logNet("").WithError(lerr).Warn("listing links for orphans")
+	}
 	for name, owner := range owned {
 		if known[owner] {
 			continue
 		}
-		if err := d.links.DeleteLink(name, owner); err != nil {
-			logNet(owner).WithError(err).WithField("link", name).Warn("removing orphan link")
+		if !journalHas(journal, owner) && !d.removeUnknown {
+			d.strays = append(d.strays, fmt.Sprintf("link %s (ournet:%s)", name, short12(owner)))
 			continue
 		}
-		logNet(owner).WithField("link", name).Info("removed orphan link")
-	}
-	ids, err := d.fw.OwnedNetworks()
-	if err != nil {
-		logNet("").WithError(err).Warn("listing rules for orphans")
-		return
+		if err := d.links.DeleteLink(name, owner); err != nil {
+			logNet(owner).WithError(err).WithField("link", name).Warn("removing orphan link")
+			keep[owner] = true
+			continue
+		}
+		logNet(owner).WithField("link", name).Info("removed orphan link (its create or delete was interrupted)")
 	}
 	short := map[string]bool{}
 	for id := range d.networks {
 		short[short12(id)] = true
 	}
+	ids, err := d.fw.OwnedNetworks()
+	if err != nil {
+		logNet("").WithError(err).Warn("listing rules for orphans")
+	}
 	for id := range ids {
 		if short[id] {
 			continue
 		}
-		if err := d.fw.DelNetwork(id); err != nil {
-			logNet(id).WithError(err).Warn("removing orphan rules")
+		if !journalHas(journal, id) && !d.removeUnknown {
+			d.strays = append(d.strays, fmt.Sprintf("firewall rules of network %s", id))
 			continue
 		}
-		logNet(id).Info("removed orphan rules")
+		if err := d.fw.DelNetwork(id); err != nil {
+			logNet(id).WithError(err).Warn("removing orphan rules")
+			keep[id] = true
+			continue
+		}
+		logNet(id).Info("removed orphan rules (the network's create or delete was interrupted)")
+	}
+	sort.Strings(d.strays)
+	for _, s := range d.strays {
+		logNet("").WithField("object", s).Warn("left alone: marked as ournet's, but its ID is in neither the state file nor its journal (see `ournet status`)")
+	}
+	// Entries whose objects are gone now are done.
+	if lerr != nil || err != nil {
+		return
+	}
+	for id := range journal {
+		if !keep[id] && !keep[short12(id)] {
+			d.journalDone(id)
+		}
 	}
 }
 
@@ -84,6 +114,7 @@ func (d *Driver) Reconcile() {
 func (d *Driver) reconcileLinks() []firewall.Network {
 	defer d.lock()()
 	defer d.reconcilePorts()
+	d.flushUnsaved()
 	if err := d.fw.Setup(); err != nil {
 		logNet("").WithError(err).Warn("drift: base chains")
 	}

@@ -29,12 +29,16 @@ type Network struct {
 	Options NetworkOptions
 	IPv4    []Subnet
 	IPv6    []Subnet
-	// Boot is the plugin run that created the network, and Used says an
-	// endpoint was ever created on it: a network from an earlier run that
-	// was never used may be one dockerd never learnt of (the plugin died
-	// before answering CreateNetwork); see reclaimOverlapping.
-	Boot string `json:",omitempty"`
-	Used bool   `json:",omitempty"`
+	// Boot is the plugin run that created the network. Unanswered says the
+	// CreateNetwork that made it was never seen answered: saved true with
+	// the record, cleared once the reply has reached dockerd's socket
+	// (CreateAnswered). A network of an earlier run that is still
+	// unanswered is one dockerd never learnt of (the plugin died in that
+	// call): the only kind reclaimOverlapping may remove. Used says an
+	// endpoint was ever created on it (and so dockerd knows it).
+	Boot       string `json:",omitempty"`
+	Unanswered bool   `json:",omitempty"`
+	Used       bool   `json:",omitempty"`
 }
 
 // Endpoint is one ournet endpoint as persisted.

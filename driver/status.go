@@ -95,6 +95,19 @@ func (d *Driver) Status() ([]NetworkStatus, error) {
 	return out, nil
 }
 
+// Strays lists kernel objects marked as ournet's whose IDs neither the
+// state nor its journal knows: left alone at start (removeOrphans).
+func (d *Driver) Strays() []string {
+	defer d.lock()()
+	return append([]string(nil), d.strays...)
+}
+
+// Unsaved counts deletions a full disk kept from the state file so far.
+func (d *Driver) Unsaved() int {
+	defer d.lock()()
+	return len(d.unsaved)
+}
+
 // Empty reports whether ournet has no network left, so that shutting down
 // may remove its base chains and tables too.
 func (d *Driver) Empty() bool {

@@ -76,6 +76,10 @@ type Allocator struct {
 
 	mu    sync.Mutex
 	pools map[string]*pool
+	// unsaved are releases a full disk kept from the state file: pool ID
+	// to the pool as memory holds it (nil: the pool is gone). Flush writes
+	// them. The release itself takes effect at once.
+	unsaved map[string]*pool
 }
 
 var _ api.Ipam = (*Allocator)(nil)
@@ -151,6 +155,7 @@ func (a *Allocator) save(p *pool) error {
 	if err := a.st.Update(func(tx *store.Tx) error { return tx.Put(Bucket, p.ID, p) }); err != nil {
 		return notSaved(err)
 	}
+	delete(a.unsaved, p.ID) // written whole, with any release kept in memory
 	return nil
 }
 
@@ -158,10 +163,58 @@ func (a *Allocator) drop(id string) error {
 	if a.st == nil {
 		return nil
 	}
-	if err := a.st.Update(func(tx *store.Tx) error { return tx.Delete(Bucket, id) }); err != nil {
-		return notSaved(err)
+	if err := a.st.UpdateReserved(func(tx *store.Tx) error { return tx.Delete(Bucket, id) }); err != nil {
+		a.keepUnsaved(id, nil, err)
 	}
 	return nil
+}
+
+// saveRelease is save for a release: a release always takes effect (dockerd
+// does not retry it, and a refused one leaks the address or the subnet), so
+// on a disk too full even for the space reserved for deletes it is kept in
+// memory and written by Flush. Called with a.mu held.
+func (a *Allocator) saveRelease(p *pool) {
+	if a.st == nil {
+		return
+	}
+	if err := a.st.UpdateReserved(func(tx *store.Tx) error { return tx.Put(Bucket, p.ID, p) }); err != nil {
+		a.keepUnsaved(p.ID, p, err)
+	}
+}
+
+func (a *Allocator) keepUnsaved(id string, p *pool, err error) {
+	log.WithError(err).WithField("pool", id).Error("ipam: cannot save a release; it takes effect now and is saved once the state file can be written")
+	if a.unsaved == nil {
+		a.unsaved = map[string]*pool{}
+	}
+	a.unsaved[id] = p
+}
+
+// Flush writes the releases a full disk kept in memory; the repair loop
+// calls it.
+func (a *Allocator) Flush() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id := range a.unsaved {
+		p := a.pools[id] // what memory holds now
+		err := a.st.UpdateReserved(func(tx *store.Tx) error {
+			if p == nil {
+				return tx.Delete(Bucket, id)
+			}
+			return tx.Put(Bucket, id, p)
+		})
+		if err == nil {
+			delete(a.unsaved, id)
+			log.WithField("pool", id).Info("ipam: state file writable again: saved a release kept in memory")
+		}
+	}
+}
+
+// Unsaved counts releases not yet written to the state file.
+func (a *Allocator) Unsaved() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.unsaved)
 }
 
 // Capabilities is the full GetCapabilities answer of the IPAM protocol;

@@ -109,14 +109,23 @@ func TestFailedWriteRollsBack(t *testing.T) {
 	checkErr(t, err, ErrNotSaved, "state file", "nothing was changed")
 	_, err = reqAddr(a, id, "10.1.0.50", nil)
 	checkErr(t, err, ErrNotSaved)
-	checkErr(t, a.ReleaseAddress(&api.ReleaseAddressRequest{PoolID: id, Address: "10.1.0.2"}), ErrNotSaved)
-	checkErr(t, a.ReleasePool(&api.ReleasePoolRequest{PoolID: id}), ErrNotSaved)
 	_, err = a.RequestPool(&api.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.3.0.0/24"})
 	checkErr(t, err, ErrNotSaved)
 	_, err = a.RequestPool(&api.RequestPoolRequest{AddressSpace: LocalAddressSpace})
 	checkErr(t, err, ErrNotSaved)
 	if after := a.Pools(); !reflect.DeepEqual(before, after) {
 		t.Fatalf("failed writes changed memory:\nbefore %+v\nafter  %+v", before, after)
+	}
+	// Releases always take effect (dockerd never retries one, and a refused
+	// one leaks the address or the subnet): kept in memory until Flush.
+	if err := a.ReleaseAddress(&api.ReleaseAddressRequest{PoolID: id, Address: "10.1.0.2"}); err != nil {
+		t.Fatalf("release with the state file failing: %v", err)
+	}
+	if n := a.Unsaved(); n != 1 {
+		t.Fatalf("unsaved releases = %d, want 1", n)
+	}
+	if _, err := reqAddr(a, id, "10.1.0.2", nil); !errors.Is(err, ErrNotSaved) {
+		t.Fatalf("the released address is not free in memory, or the request saved: %v", err)
 	}
 
 	st = openStore(t, path)

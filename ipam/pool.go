@@ -68,7 +68,7 @@ func (p *pool) dynRange() netip.Prefix {
 func (p *pool) reserved(a netip.Addr) string {
 	hb := hostBits(p.Prefix)
 	switch {
-	case p.v6() && a == p.Prefix.Addr():
+	case p.v6() && hb > 1 && a == p.Prefix.Addr():
 		return "the subnet-router anycast address"
 	case !p.v6() && hb > 1 && a == p.Prefix.Addr():
 		return "the network address"

@@ -127,9 +127,7 @@ func (a *Allocator) ReleaseAddress(req *api.ReleaseAddressRequest) error {
 	}
 	p := cur.clone()
 	p.remove(addr)
-	if err := a.save(p); err != nil {
-		return err
-	}
+	a.saveRelease(p)
 	a.pools[p.ID] = p
 	return nil
 }

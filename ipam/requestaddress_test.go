@@ -98,8 +98,9 @@ func TestRequestAddress(t *testing.T) {
 		{name: "/31 has no network or broadcast address", pool: "10.1.0.0/31", steps: []step{
 			{want: "10.1.0.0/31"}, {want: "10.1.0.1/31"}, {wantErr: ErrPoolFull},
 		}},
-		{name: "/32 holds one address", pool: "10.1.0.7/32", steps: []step{{want: "10.1.0.7/32"}, {wantErr: ErrPoolFull}}},
-		{name: "v6 /128 has nothing to give", pool: "fd00:1::/128", steps: []step{{wantErr: ErrPoolFull}}},
+		{name: "v6 /127 holds the gateway and one container (no anycast address in a /127)", pool: "fd00:1::/127", steps: []step{
+			{gw: true, want: "fd00:1::/127"}, {want: "fd00:1::1/127"}, {wantErr: ErrPoolFull},
+		}},
 		{name: "lowest free first, like Docker: a released address comes back", pool: "10.1.0.0/24", steps: []step{
 			{gw: true, want: "10.1.0.1/24"},
 			{want: "10.1.0.2/24"}, {want: "10.1.0.3/24"}, {want: "10.1.0.4/24"},

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"github.com/ournet/ournet/internal/crash"
+	"github.com/ournet/ournet/internal/subnet"
 	"net/netip"
 	"strings"
 
@@ -29,6 +30,10 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 		host = a.hostPrefixes(req.V6)
 	} else if pfx, sub, err = parsePool(req); err != nil {
 		return nil, err
+	} else if err := subnet.Usable(pfx); err != nil {
+		return nil, newErr(ErrInvalid, "%v", err)
+	} else {
+		host = a.hostPrefixes(req.V6)
 	}
 
 	a.mu.Lock()
@@ -43,6 +48,9 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 				return nil, newErr(ErrOverlap, "subnet %s overlaps %s, which ournet already uses for another network; "+
 					"choose a subnet that does not overlap (see `docker network inspect` of your ournet networks)", pfx, q.Prefix)
 			}
+		}
+		if err := subnet.Check(pfx, host); err != nil {
+			return nil, newErr(ErrInvalid, "%v", err)
 		}
 	}
 

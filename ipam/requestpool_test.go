@@ -28,7 +28,10 @@ func TestRequestPoolExplicit(t *testing.T) {
 		{name: "ip-range equal to subnet is no range", pool: "10.1.0.0/24", sub: "10.1.0.0/24", wantID: "ournet-local/10.1.0.0/24"},
 		{name: "v6 subnet", pool: "fd00:2::/64", v6: true, wantID: "ournet-local/fd00:2::/64"},
 		{name: "v6 with range", pool: "fd00:2::/64", sub: "fd00:2::100/120", v6: true, wantID: "ournet-local/fd00:2::/64/fd00:2::100/120"},
-		{name: "tiny /32", pool: "10.1.0.7/32", wantID: "ournet-local/10.1.0.7/32"},
+		{name: "/31", pool: "10.1.0.6/31", wantID: "ournet-local/10.1.0.6/31"},
+		{name: "/32 refused", pool: "10.1.0.7/32", wantErr: ErrInvalid, words: []string{"10.1.0.7/32", "single address", "at least a /31"}},
+		{name: "/128 refused", pool: "fd00:1::7/128", v6: true, wantErr: ErrInvalid, words: []string{"at least a /127"}},
+		{name: "everything refused", pool: "0.0.0.0/0", wantErr: ErrInvalid, words: []string{"0.0.0.0/0 is every IPv4 address"}},
 
 		{name: "malformed", pool: "10.1.0.0/33", wantErr: ErrInvalid, words: []string{`subnet "10.1.0.0/33"`, "not a valid CIDR", "e.g."}},
 		{name: "garbage", pool: "banana", wantErr: ErrInvalid, words: []string{"banana", "not a valid CIDR"}},

@@ -39,6 +39,9 @@ type settings struct {
 	ReconcileEvery time.Duration
 	DefaultPools   []ipam.DefaultPool
 	PoolsV6        []ipam.DefaultPool
+	// StateRecover says how to recover a damaged state file: "" (never
+	// guess: refuse every call, touch nothing), backup or fresh.
+	StateRecover string
 }
 
 func env(key, def string) string {
@@ -63,6 +66,11 @@ func loadSettings() (settings, error) {
 	s.StatePath = env("OURNET_STATE", "/var/lib/ournet/state.db")
 	if s.ReconcileEvery, err = time.ParseDuration(env("RECONCILE_INTERVAL", "5s")); err != nil || s.ReconcileEvery < 100*time.Millisecond {
 		return s, fmt.Errorf("RECONCILE_INTERVAL=%q is not valid; give a duration of at least 100ms such as 5s", os.Getenv("RECONCILE_INTERVAL"))
+	}
+	switch s.StateRecover = env("STATE_RECOVER", ""); s.StateRecover {
+	case recoverNone, recoverBackup, recoverFresh:
+	default:
+		return s, fmt.Errorf("STATE_RECOVER=%q is not valid; leave it empty, or use backup or fresh (see README.md, State and restarts)", s.StateRecover)
 	}
 	s.DefaultPools = ipam.DefaultV4Pools()
 	if v := env("DEFAULT_POOLS", ""); v != "" {
@@ -102,12 +110,6 @@ func run() error {
 	}
 	log.SetLevel(cfg.LogLevel)
 
-	st, err := store.Open(cfg.StatePath)
-	if err != nil {
-		return err
-	}
-	crash.Setup(filepath.Dir(cfg.StatePath))
-	defer st.Close()
 	links, err := netdev.New()
 	if err != nil {
 		return err
@@ -120,6 +122,27 @@ func run() error {
 	}
 	fw := firewall.New(runner, families...)
 
+	// The state file is checked before anything trusts it: an empty,
+	// unreadable or (with ournet's objects in the kernel) missing one is
+	// not a fresh start.
+	verdict := checkState(cfg.StatePath, cfg.StateRecover, func() bool {
+		owned, _ := links.Owned()
+		nets, _ := fw.OwnedNetworks()
+		return len(owned) > 0 || len(nets) > 0
+	})
+	if verdict.Problem != "" {
+		return serveDamaged(cfg, verdict.Problem)
+	}
+	st, err := store.Open(cfg.StatePath)
+	if err != nil {
+		return err
+	}
+	crash.Setup(filepath.Dir(cfg.StatePath))
+	defer st.Close()
+	if err := st.EnsureReserve(); err != nil {
+		log.WithError(err).Warn("state store: cannot reserve space for deletes on a full disk (tried again later)")
+	}
+
 	alloc, err := ipam.New(ipam.Config{
 		DefaultPools:   cfg.DefaultPools,
 		DefaultPoolsV6: cfg.PoolsV6,
@@ -129,6 +152,9 @@ func run() error {
 		return fmt.Errorf("loading address allocations: %w", err)
 	}
 	drv := driver.New(links, fw, sysctlSetter{}, st)
+	if verdict.Fresh {
+		drv.RemoveUnknownAtRestore()
+	}
 	// nftables bridge family: works whatever iptables backend the host uses.
 	spoof := antispoof.New()
 	drv.SetAntiSpoof(spoof)
@@ -165,9 +191,13 @@ func run() error {
 		log.WithError(err).Error("restoring state (continuing with what could be restored)")
 	}
 	log.WithField("took", time.Since(start).Round(time.Millisecond)).Info("ready")
+	// A good state just loaded: the copy to go back to if the file is ever
+	// damaged (kept rotated, the newest three).
+	backup(st, drv, alloc)
 	stop := make(chan struct{})
 	defer close(stop)
 	go drv.Watch(cfg.ReconcileEvery, stop)
+	go flushEvery(alloc, cfg.ReconcileEvery, stop)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -187,6 +217,7 @@ func run() error {
 	// nftables table with it: uninstalling leaves nothing behind. With
 	// networks, everything stays, so containers keep working while the
 	// plugin is down.
+	backup(st, drv, alloc)
 	if drv.Empty() {
 		if err := fw.Teardown(); err != nil {
 			log.WithError(err).Warn("removing ournet's chains")
@@ -197,4 +228,57 @@ func run() error {
 		log.Info("no network left: removed ournet's chains and tables")
 	}
 	return nil
+}
+
+// flushEvery writes the IPAM releases a full disk kept in memory.
+func flushEvery(a *ipam.Allocator, every time.Duration, stop <-chan struct{}) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			a.Flush()
+		}
+	}
+}
+
+// serveDamaged runs the plugin without its state: it listens (so the
+// engine keeps it enabled and shows the problem to the user), fails every
+// call with problem, logs it once, and touches nothing in the kernel, so
+// running containers keep their network.
+func serveDamaged(cfg settings, problem string) error {
+	log.WithField("state", cfg.StatePath).Error(problem)
+	srv := &http.Server{Handler: damagedMux(problem), ReadHeaderTimeout: 10 * time.Second}
+	for _, path := range append([]string{cfg.Socket}, cfg.AliasSockets...) {
+		l, err := listenUnix(path)
+		if err != nil {
+			return err
+		}
+		go func() { _ = srv.Serve(l) }()
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(ctx)
+	for _, path := range cfg.AliasSockets {
+		_ = os.Remove(path)
+	}
+	return nil
+}
+
+// backup copies a state that holds something; an empty one would only push
+// the good copies out of the rotation.
+func backup(st *store.Store, drv *driver.Driver, alloc *ipam.Allocator) {
+	if drv.Empty() && len(alloc.Pools()) == 0 {
+		return
+	}
+	if b, err := st.Backup(); err != nil {
+		log.WithError(err).Warn("backing up the state file")
+	} else {
+		log.WithField("backup", b).Debug("state file backed up")
+	}
 }

@@ -30,6 +30,13 @@ type errorBody struct {
 
 // route registers one typed endpoint: decode Req, call fn, encode Res.
 func route[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res, error)) {
+	routeAfter(mux, path, fn, nil)
+}
+
+// routeAfter is route with answered, called once a successful reply has
+// been flushed to the caller's socket (from then on dockerd has it, even
+// if the plugin dies at once).
+func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res, error), answered func(*Req)) {
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		req := new(Req)
@@ -52,6 +59,12 @@ func route[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res
 		}
 		log.WithFields(fields).Debug("call done")
 		writeJSON(w, http.StatusOK, res)
+		if answered != nil {
+			if f, ok := w.(http.Flusher); ok {
+				f.Flush()
+			}
+			answered(req)
+		}
 	})
 }
 
@@ -99,7 +112,11 @@ func newMux(d network.Driver, a ipamapi.Ipam, extra func(*http.ServeMux)) *http.
 	} else {
 		route(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*network.CapabilitiesResponse, error) { return d.GetCapabilities() })
 	}
-	route(mux, "/NetworkDriver.CreateNetwork", noErr(d.CreateNetwork))
+	var createAnswered func(*network.CreateNetworkRequest)
+	if a, ok := d.(interface{ CreateAnswered(string) }); ok {
+		createAnswered = func(r *network.CreateNetworkRequest) { a.CreateAnswered(r.NetworkID) }
+	}
+	routeAfter(mux, "/NetworkDriver.CreateNetwork", noErr(d.CreateNetwork), createAnswered)
 	route(mux, "/NetworkDriver.DeleteNetwork", noErr(d.DeleteNetwork))
 	route(mux, "/NetworkDriver.AllocateNetwork", d.AllocateNetwork)
 	route(mux, "/NetworkDriver.FreeNetwork", noErr(d.FreeNetwork))

@@ -24,6 +24,13 @@ import (
 type statusReport struct {
 	Networks []driver.NetworkStatus
 	Pools    []ipam.PoolInfo
+	// Strays: kernel objects marked as ournet's that ournet left alone
+	// (their IDs are in neither the state file nor its journal).
+	Strays []string `json:",omitempty"`
+	// Unsaved: deletions a full disk kept from the state file so far.
+	Unsaved int `json:",omitempty"`
+	// State: the state file's problem, when ournet runs without it.
+	State string `json:",omitempty"`
 }
 
 func statusRoute(drv *driver.Driver, alloc *ipam.Allocator) func(*http.ServeMux) {
@@ -33,7 +40,7 @@ func statusRoute(drv *driver.Driver, alloc *ipam.Allocator) func(*http.ServeMux)
 			if err != nil {
 				return nil, err
 			}
-			return &statusReport{Networks: nets, Pools: alloc.Pools()}, nil
+			return &statusReport{Networks: nets, Pools: alloc.Pools(), Strays: drv.Strays(), Unsaved: drv.Unsaved() + alloc.Unsaved()}, nil
 		})
 	}
 }
@@ -85,6 +92,9 @@ func runStatus(args []string) int {
 	default:
 		printStatus(os.Stdout, &rep)
 	}
+	if len(rep.Strays) > 0 || rep.Unsaved > 0 || rep.State != "" {
+		return 1
+	}
 	for _, n := range rep.Networks {
 		if len(n.Problems) > 0 {
 			return 1
@@ -100,6 +110,10 @@ func runStatus(args []string) int {
 
 func printStatus(w io.Writer, rep *statusReport) {
 	problems := 0
+	if rep.State != "" {
+		fmt.Fprintf(w, "PROBLEM: %s\n", rep.State)
+		return
+	}
 	fmt.Fprintf(w, "%d networks, %d address pools\n", len(rep.Networks), len(rep.Pools))
 	for _, n := range rep.Networks {
 		o := n.Options
@@ -135,6 +149,17 @@ func printStatus(w io.Writer, rep *statusReport) {
 		}
 	}
 	fmt.Fprintln(w)
+	for _, s := range rep.Strays {
+		fmt.Fprintf(w, "\nPROBLEM: left alone: %s is marked as ournet's but its ID is in neither the state file nor its journal (a state restored from an older backup?); if no container uses it, remove it by hand", s)
+		problems++
+	}
+	if rep.Unsaved > 0 {
+		fmt.Fprintf(w, "\nPROBLEM: %d deletions could not be written to the state file (disk full?); they are done in the kernel and are saved once there is room", rep.Unsaved)
+		problems++
+	}
+	if len(rep.Strays) > 0 || rep.Unsaved > 0 {
+		fmt.Fprintln(w)
+	}
 	if problems == 0 {
 		fmt.Fprintln(w, "\nno drift: the kernel matches ournet's state")
 	} else {

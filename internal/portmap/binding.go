@@ -205,7 +205,7 @@ func resolve(ep Endpoint, bs []Binding) ([]want, error) {
 				return nil, fmt.Errorf("ournet: cannot publish port %d/%s: the container has no address on this network", b.Port, b.Proto)
 			}
 		case b.HostIP == netip.IPv6Loopback():
-			return nil, fmt.Errorf("ournet: cannot publish port %d/%s on ::1: the kernel does not forward IPv6 loopback traffic to containers and ournet runs no userland proxy; publish on 127.0.0.1 or on one of the host's IPv6 addresses", b.Port, b.Proto)
+			return nil, fmt.Errorf("ournet: cannot publish %s on ::1 (to container port %d/%s): the kernel does not forward IPv6 loopback traffic to containers and ournet runs no userland proxy; publish on 127.0.0.1 or on one of the host's IPv6 addresses", hostPortText(b), b.Port, b.Proto)
 		case b.HostIP.Is4() && !ep.IPv4.IsValid():
 			return nil, fmt.Errorf("ournet: cannot publish port %d/%s on %s: the container has no IPv4 address on this network; publish on an IPv6 host address", b.Port, b.Proto, b.HostIP)
 		case b.HostIP.Is6() && !ep.IPv6.IsValid():
@@ -229,4 +229,16 @@ func (w want) mappings(ep Endpoint, port uint16) []Mapping {
 		out = append(out, Mapping{Proto: w.b.Proto, HostIP: h, HostPort: port, ContainerIP: c, ContainerPort: w.b.Port})
 	}
 	return out
+}
+
+// hostPortText is the host side of b as the user wrote it: host port
+// 8080/tcp, host ports 8000-8010/tcp, or a free one for -p CONTAINER and -P.
+func hostPortText(b Binding) string {
+	switch {
+	case b.HostPort == 0:
+		return "a free host port"
+	case b.HostPortEnd > b.HostPort:
+		return fmt.Sprintf("host ports %d-%d/%s", b.HostPort, b.HostPortEnd, b.Proto)
+	}
+	return fmt.Sprintf("host port %d/%s", b.HostPort, b.Proto)
 }

@@ -106,7 +106,7 @@ func TestResolveHostAddresses(t *testing.T) {
 		b    Binding
 		want string
 	}{
-		{dual, Binding{Proto: TCP, Port: 80, HostIP: netip.IPv6Loopback()}, "on ::1: the kernel does not forward"},
+		{dual, Binding{Proto: TCP, Port: 80, HostIP: netip.IPv6Loopback()}, "cannot publish a free host port on ::1 (to container port 80/tcp): the kernel does not forward"},
 		{only4, Binding{Proto: TCP, Port: 80, HostIP: any6}, "no IPv6 address"},
 		{only6, Binding{Proto: TCP, Port: 80, HostIP: lo4}, "no IPv4 address"},
 	} {
