@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -93,6 +94,11 @@ func NewEngine(t *testing.T, extra ...string) *Engine {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log("last lines of this engine's log:\n" + e.LogTail(80))
+			// The whole log, kept past the engine's removal.
+			keep := filepath.Join(os.TempDir(), "ournet-e2e-"+t.Name()+".log")
+			if raw, err := os.ReadFile(filepath.Join(e.Dir, "dockerd.log")); err == nil && os.WriteFile(keep, raw, 0o644) == nil {
+				t.Logf("the engine's whole log: %s", keep)
+			}
 		}
 	})
 	return e

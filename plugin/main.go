@@ -139,6 +139,11 @@ func run() error {
 	}
 	crash.Setup(filepath.Dir(cfg.StatePath))
 	defer st.Close()
+	if f, err := newInflight(filepath.Join(filepath.Dir(cfg.StatePath), "inflight")); err != nil {
+		log.WithError(err).Warn("cannot keep calls in flight for a replay after a crash")
+	} else {
+		replays.f = f
+	}
 	if err := st.EnsureReserve(); err != nil {
 		log.WithError(err).Warn("state store: cannot reserve space for deletes on a full disk (tried again later)")
 	}

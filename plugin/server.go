@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,33 +40,73 @@ func route[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res
 func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res, error), answered func(*Req)) {
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		req := new(Req)
-		if err := json.NewDecoder(r.Body).Decode(req); errors.Is(err, io.EOF) && !emptyOK[path] {
-			// dockerd retries a call whose connection broke (the plugin
-			// restarted) with the body already consumed: an empty request.
-			msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
-			writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
-			return
-		} else if err != nil && !errors.Is(err, io.EOF) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
 			writeJSON(w, http.StatusBadRequest, errorBody{Err: "ournet: bad request: " + err.Error()})
 			return
 		}
+		if len(bytes.TrimSpace(body)) == 0 && !emptyOK[path] {
+			// dockerd retries a call whose connection broke (the plugin
+			// died) with the body already consumed: an empty request.
+			// The call the dead plugin was handling is replayed instead.
+			if body = replays.take(path); body == nil {
+				msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
+				writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
+				return
+			}
+			log.WithField("call", path).Info("replaying a call the plugin was handling when it stopped (the engine retried it with an empty body)")
+		}
+		req := new(Req)
+		if len(bytes.TrimSpace(body)) > 0 {
+			if err := json.Unmarshal(body, req); err != nil {
+				writeJSON(w, http.StatusBadRequest, errorBody{Err: "ournet: bad request: " + err.Error()})
+				return
+			}
+		}
+		done := replays.begin(path, body)
+		defer done()
 		res, err := fn(req)
 		fields := log.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)}
 		if err != nil {
 			log.WithFields(fields).WithError(err).Warn("call failed")
 			writeJSON(w, http.StatusInternalServerError, errorBody{Err: err.Error(), Error: err.Error()})
+			flush(w)
 			return
 		}
 		log.WithFields(fields).Debug("call done")
 		writeJSON(w, http.StatusOK, res)
+		flush(w)
 		if answered != nil {
-			if f, ok := w.(http.Flusher); ok {
-				f.Flush()
-			}
 			answered(req)
 		}
 	})
+}
+
+func flush(w http.ResponseWriter) {
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// replays keeps the calls in flight (inflight.go); without a directory for
+// them (unit tests) nothing is kept.
+var replays = &inflightSet{}
+
+// inflightSet is an optional *inflight.
+type inflightSet struct{ f *inflight }
+
+func (s *inflightSet) begin(path string, body []byte) func() {
+	if s.f == nil || emptyOK[path] {
+		return func() {}
+	}
+	return s.f.begin(path, body)
+}
+
+func (s *inflightSet) take(path string) []byte {
+	if s.f == nil {
+		return nil
+	}
+	return s.f.take(path)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -131,3 +131,60 @@ func TestGwAllocCheckOnTheWire(t *testing.T) {
 		t.Fatalf("GwAllocCheck = %d %v", code, out)
 	}
 }
+
+// recDriver records the networks it is asked to delete.
+type recDriver struct {
+	stubDriver
+	deleted *[]string
+}
+
+func (d recDriver) DeleteNetwork(r *network.DeleteNetworkRequest) error {
+	*d.deleted = append(*d.deleted, r.NetworkID)
+	return nil
+}
+
+// A call the plugin was handling when it died is replayed when dockerd
+// retries it with an empty body; with nothing to replay the retry is
+// refused with what to do.
+func TestEmptyRetryReplaysTheCallInFlight(t *testing.T) {
+	dir := t.TempDir()
+	before, err := newInflight(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The dead run was deleting two networks: their bodies stay behind.
+	_ = before.begin("/NetworkDriver.DeleteNetwork", []byte(`{"NetworkID":"n1"}`))
+	_ = before.begin("/NetworkDriver.DeleteNetwork", []byte(`{"NetworkID":"n2"}`))
+	_ = before.begin("/NetworkDriver.Leave", []byte(`{"NetworkID":"n1","EndpointID":"e1"}`))
+
+	after, err := newInflight(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replays.f = after
+	t.Cleanup(func() { replays.f = nil })
+	var deleted []string
+	mux := newMux(recDriver{deleted: &deleted}, stubIPAM{}, nil)
+	for i := 0; i < 2; i++ {
+		if code, out := call(t, mux, "/NetworkDriver.DeleteNetwork", ""); code != 200 {
+			t.Fatalf("replayed DeleteNetwork = %d %v", code, out)
+		}
+	}
+	if strings.Join(deleted, " ") != "n1 n2" {
+		t.Fatalf("replayed deletes: %v, want n1 n2 in order", deleted)
+	}
+	if code, out := call(t, mux, "/NetworkDriver.DeleteNetwork", ""); code != 500 || !strings.Contains(out["Err"].(string), "run the command again") {
+		t.Fatalf("an empty retry with nothing to replay = %d %v", code, out)
+	}
+	// A call that completes leaves nothing to replay.
+	if code, _ := call(t, mux, "/NetworkDriver.DeleteNetwork", `{"NetworkID":"n3"}`); code != 200 {
+		t.Fatal("DeleteNetwork failed")
+	}
+	again, _ := newInflight(dir)
+	if b := again.take("/NetworkDriver.DeleteNetwork"); b != nil {
+		t.Fatalf("a completed call left %s to replay", b)
+	}
+	if b := again.take("/NetworkDriver.Leave"); b == nil {
+		t.Fatal("the Leave in flight was lost")
+	}
+}

@@ -1,0 +1,363 @@
+package e2e
+
+// Issue #16: a damaged or full state store never costs a running container
+// its network, and ournet never deletes what dockerd still has. Each test
+// is one of the issue's numbered cases.
+
+import (
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// StateDir is the plugin's propagatedMount on the engine's host, where
+// state.db and its backups live.
+func (e *Engine) StateDir(t *testing.T) string {
+	t.Helper()
+	id := e.Run(t, "plugin", "inspect", "-f", "{{.Id}}", PluginName)
+	root := e.Run(t, "info", "-f", "{{.DockerRootDir}}")
+	return filepath.Join(root, "plugins", id, "propagated-mount")
+}
+
+// InMountNS runs a command in the engine's mount namespace (where dockerd
+// and the plugin see their mounts).
+func (e *Engine) InMountNS(args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{fmt.Sprintf("--mount=/proc/%d/ns/mnt", e.holder.Process.Pid), "--"}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// setPlugin disables the plugin, sets KEY=VALUEs and enables it again.
+func (e *Engine) setPlugin(t *testing.T, kv ...string) {
+	t.Helper()
+	e.Run(t, "plugin", "disable", PluginName)
+	e.Run(t, append([]string{"plugin", "set", PluginName}, kv...)...)
+	e.Run(t, "plugin", "enable", PluginName)
+}
+
+// twoContainers makes a network with two containers that reach each other.
+func twoOnNet(t *testing.T, e *Engine, net, subnet string) (a, b string) {
+	t.Helper()
+	Net(t, e, net, "-d", "ournet", "--ipam-driver", "ournet", "--subnet", subnet)
+	a, b = net+"-a", net+"-b"
+	Container(t, e, a, "--network", net)
+	Container(t, e, b, "--network", net)
+	if err := e.Ping(a, b); err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+// Case 1: an empty state file is not a fresh start. ournet leaves every
+// bridge, veth and rule alone (running containers keep talking), refuses
+// every call with what to do, and STATE_RECOVER=backup brings the last good
+// state back, after which everything works again.
+func TestStateFileEmpty(t *testing.T) {
+	e := NewEngine(t)
+	a, b := twoOnNet(t, e, "st-empty", "198.18.130.0/24")
+	dir := e.StateDir(t)
+	e.Run(t, "plugin", "disable", PluginName) // a clean stop backs the state up
+	if _, err := os.Stat(filepath.Join(dir, "state.db.backup.1")); err != nil {
+		t.Fatalf("no backup after a clean stop: %v", err)
+	}
+	if err := os.Truncate(filepath.Join(dir, "state.db"), 0); err != nil {
+		t.Fatal(err)
+	}
+	e.Run(t, "plugin", "enable", PluginName)
+	msg := e.Fails(t, "run", "-d", "--name", "st-empty-c", "--network", "st-empty", Image, "sleep", "600")
+	_, _ = e.Docker(time.Minute, "rm", "-f", "st-empty-c")
+	for _, w := range []string{"state file /var/lib/ournet/state.db is empty", "left every bridge, veth and rule alone", "STATE_RECOVER=backup"} {
+		if !strings.Contains(msg, w) {
+			t.Fatalf("docker run with an empty state file says %q; want it to contain %q", msg, w)
+		}
+	}
+	if msg := e.Fails(t, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.131.0/24", "st-empty2"); !strings.Contains(msg, "is empty") {
+		t.Fatalf("network create with an empty state file: %s", msg)
+	}
+	// Give the plugin a repair round's time to do damage, if it would.
+	time.Sleep(6 * time.Second)
+	if err := e.Ping(a, b); err != nil {
+		t.Fatalf("with an empty state file the running containers lost their network: %v", err)
+	}
+	if out, err := e.ournetStatus(); err == nil || !strings.Contains(out, "is empty") {
+		t.Fatalf("ournet-status with an empty state file: %v\n%s", err, out)
+	}
+
+	e.setPlugin(t, "STATE_RECOVER=backup")
+	Container(t, e, "st-empty-c", "--network", "st-empty")
+	if err := e.Ping("st-empty-c", a); err != nil {
+		t.Fatalf("after STATE_RECOVER=backup: %v", err)
+	}
+	if err := e.Ping(a, b); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := e.ournetStatus(); err != nil {
+		t.Fatalf("ournet-status after the recovery: %v\n%s", err, out)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "state.db.damaged-*")); len(m) != 1 {
+		t.Fatalf("the damaged file was not kept aside: %v", m)
+	}
+	e.setPlugin(t, "STATE_RECOVER=")
+}
+
+// Case 5: a corrupt state file never panics the plugin: it listens, every
+// call fails naming the file and the way out, one log line says the same,
+// the containers keep running; STATE_RECOVER=fresh starts over.
+func TestStateFileCorrupt(t *testing.T) {
+	e := NewEngine(t)
+	a, b := twoOnNet(t, e, "st-bad", "198.18.132.0/24")
+	dir := e.StateDir(t)
+	e.Run(t, "plugin", "disable", PluginName)
+	for _, f := range []string{"state.db.backup.1", "state.db.backup.2", "state.db.backup.3"} {
+		os.Remove(filepath.Join(dir, f)) // no backup: the message must say so
+	}
+	path := filepath.Join(dir, "state.db")
+	raw, err := os.ReadFile(path)
+	if err != nil || len(raw) < 4*4096 {
+		t.Fatalf("state file: %d bytes, %v", len(raw), err)
+	}
+	// Random pages over the meta pages and the first data pages.
+	junk := make([]byte, 4*4096)
+	_, _ = rand.Read(junk)
+	copy(raw, junk)
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	e.Run(t, "plugin", "enable", PluginName)
+	if d := time.Since(start); d > 8*time.Second {
+		t.Fatalf("enabling over a corrupt state file took %s (it must listen at once)", d)
+	}
+	msg := e.Fails(t, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.133.0/24", "st-bad2")
+	for _, w := range []string{"state file /var/lib/ournet/state.db is damaged", "No backup of it exists", "STATE_RECOVER=fresh"} {
+		if !strings.Contains(msg, w) {
+			t.Fatalf("network create with a corrupt state file says %q; want %q", msg, w)
+		}
+	}
+	if log := e.LogTail(400); strings.Contains(log, "panic") || strings.Contains(log, "goroutine ") {
+		t.Fatalf("the plugin panicked:\n%s", log)
+	}
+	if err := e.Ping(a, b); err != nil {
+		t.Fatalf("with a corrupt state file the running containers lost their network: %v", err)
+	}
+
+	// Starting over removes ournet's objects; dockerd's networks are then
+	// removed and created again.
+	e.setPlugin(t, "STATE_RECOVER=fresh")
+	bridge := "ournet-" + e.Run(t, "network", "inspect", "-f", "{{.Id}}", "st-bad")[:8]
+	waitFor(t, 10*time.Second, "fresh start removes the old bridge", func() error {
+		if e.LinkExists(bridge) {
+			return fmt.Errorf("bridge %s still there", bridge)
+		}
+		return nil
+	})
+	e.Run(t, "rm", "-f", a, b)
+	e.Run(t, "network", "rm", "st-bad")
+	twoOnNet(t, e, "st-bad", "198.18.132.0/24")
+	e.setPlugin(t, "STATE_RECOVER=")
+}
+
+// Case 3: an overlapping create never deletes a live network dockerd
+// still has, even one ournet's run did not create: it is refused by name.
+func TestOverlapNeverDeletesLiveNetwork(t *testing.T) {
+	e := NewEngine(t)
+	aID := Net(t, e, "ov-a", "-d", "ournet", "--subnet", "198.18.140.0/24")
+	pid, err := e.PluginPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "plugin back", func() error {
+		p, err := e.PluginPID()
+		if err == nil && p == pid {
+			return fmt.Errorf("still the old pid")
+		}
+		return err
+	})
+	var msg string
+	waitFor(t, 30*time.Second, "the overlapping create answered", func() error {
+		out, err := e.Docker(time.Minute, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.140.0/24", "ov-b")
+		if err == nil {
+			_, _ = e.Docker(time.Minute, "network", "rm", "ov-b")
+			t.Fatalf("an overlapping network was created: %s", out)
+		}
+		msg = err.Error()
+		if strings.Contains(msg, "run the command again") {
+			return err
+		}
+		return nil
+	})
+	if want := "overlaps subnet 198.18.140.0/24 of ournet network " + aID[:12]; !strings.Contains(msg, want) {
+		t.Fatalf("overlapping create says %q; want %q", msg, want)
+	}
+	Container(t, e, "ov-a1", "--network", "ov-a")
+	Container(t, e, "ov-a2", "--network", "ov-a")
+	if err := e.Ping("ov-a1", "ov-a2"); err != nil {
+		t.Fatalf("network A after the refused overlap: %v", err)
+	}
+}
+
+// Case 4 and 6: subnets no network can use are refused by name, with
+// ournet's IPAM and with the engine's (whose own checks let a subnet that
+// covers a host route through: ournet's driver refuses it); a /31 (and an IPv6 /127) holds the
+// gateway and one container; overlap messages name each side right.
+func TestUnusableSubnets(t *testing.T) {
+	u := NewUplink(t, eng) // the host now routes 198.51.100.0/24
+	_ = u
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--ipam-driver", "ournet", "--subnet", "0.0.0.0/0"}, "subnet 0.0.0.0/0 is every IPv4 address"},
+		{[]string{"--ipam-driver", "ournet", "--subnet", "198.18.142.7/32"}, "subnet 198.18.142.7/32 holds a single address"},
+		{[]string{"--ipam-driver", "ournet", "--subnet", "198.51.0.0/16"}, "subnet 198.51.0.0/16 covers 198.51.100.0/24, a route of this host"},
+		{[]string{"--subnet", "198.51.0.0/16"}, "subnet 198.51.0.0/16 covers 198.51.100.0/24, a route of this host"},
+		{[]string{"--ipam-driver", "ournet", "--ipv6", "--subnet", "198.18.142.0/24", "--subnet", "2001:db8:142::1/128"}, "give at least a /127"},
+	} {
+		msg := eng.Fails(t, append(append([]string{"network", "create", "-d", "ournet"}, tc.args...), "unusable")...)
+		if !strings.Contains(msg, tc.want) {
+			t.Errorf("network create %v says %q; want %q", tc.args, msg, tc.want)
+		}
+		if out := eng.Run(t, "network", "ls", "-q", "--filter", "name=unusable"); out != "" {
+			t.Fatalf("the refused network exists")
+		}
+	}
+	// Nothing of the refused creates is left: the same subnets' neighbours
+	// still work, and no pool is held.
+	Net(t, eng, "p2p", "-d", "ournet", "--ipam-driver", "ournet", "--ipv6", "--subnet", "198.18.142.0/31", "--subnet", "2001:db8:142::/127")
+	Container(t, eng, "p2p-a", "--network", "p2p")
+	if ip := eng.IP(t, "p2p-a", "p2p"); ip != "198.18.142.1" {
+		t.Fatalf("/31: the container got %s, want 198.18.142.1 (the gateway has .0)", ip)
+	}
+	if err := eng.Ping("p2p-a", "198.18.142.0"); err != nil {
+		t.Fatalf("/31: %v", err)
+	}
+	if out, err := eng.Exec("p2p-a", "ping6", "-c", "1", "-W", "2", "2001:db8:142::"); err != nil {
+		t.Fatalf("/127: the container cannot reach its gateway: %v %s", err, out)
+	}
+	msg := eng.Fails(t, "run", "--rm", "--network", "p2p", Image, "true")
+	if !strings.Contains(msg, "no free address") {
+		t.Fatalf("a second container on a /31: %s", msg)
+	}
+	// The overlap message names the new subnet and the other network's.
+	xID := Net(t, eng, "ovl-x", "-d", "ournet", "--subnet", "198.18.143.0/24")
+	msg = eng.Fails(t, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.143.128/25", "ovl-y")
+	if want := "subnet 198.18.143.128/25 overlaps subnet 198.18.143.0/24 of ournet network " + xID[:12]; !strings.Contains(msg, want) {
+		t.Fatalf("overlap says %q; want %q", msg, want)
+	}
+}
+
+// Case 2: with the state file's filesystem full, deletes still remove
+// everything in the kernel, and are remembered: once there is room they
+// are written, the subnet can be used again and an uninstall leaves
+// nothing. Creates while full fail cleanly.
+func TestFullDiskDeletes(t *testing.T) {
+	e := NewEngine(t)
+	dir := e.StateDir(t)
+	// The state directory on a small filesystem of its own, in the engine's
+	// mount namespace, with the state it had.
+	e.Run(t, "plugin", "disable", PluginName)
+	keep := t.TempDir()
+	if out, err := exec.Command("cp", "-a", dir+"/.", keep).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if out, err := e.InMountNS("mount", "-t", "tmpfs", "-o", "size=8m", "ournet-state", dir); err != nil {
+		t.Fatalf("mounting a small filesystem on the state directory: %v %s", err, out)
+	}
+	t.Cleanup(func() { _, _ = e.InMountNS("umount", "-l", dir) })
+	if out, err := e.InMountNS("cp", "-a", keep+"/.", dir); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	e.Run(t, "plugin", "enable", PluginName)
+	if out, _ := e.InMountNS("ls", dir); !strings.Contains(out, "state.db.reserve") {
+		t.Fatalf("the plugin does not use the small filesystem (no reserve there): %s", out)
+	}
+
+	nid := Net(t, e, "full", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.134.0/24")
+	Net(t, e, "full2", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.135.0/24")
+	Container(t, e, "full-a", "--network", "full", "-p", "18134:80")
+	Container(t, e, "full-b", "--network", "full")
+	e.Run(t, "network", "connect", "full2", "full-b")
+	epA := e.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \"full\").EndpointID}}", "full-a")
+	epB2 := e.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \"full2\").EndpointID}}", "full-b")
+
+	// Fill it (dd stops at ENOSPC).
+	_, _ = e.InMountNS("dd", "if=/dev/zero", "of="+dir+"/fill", "bs=64k")
+	if out, _ := e.InMountNS("df", "--output=avail", dir); !strings.Contains(out, "\n0") && !strings.HasSuffix(strings.TrimSpace(out), " 0") {
+		t.Logf("df after filling: %s", out)
+	}
+	links, _ := e.Sh("ip", "-o", "link")
+	msg := e.Fails(t, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.136.0/24", "full3")
+	if !strings.Contains(msg, "no space left on device") {
+		t.Errorf("create on a full disk: %s", msg)
+	}
+	if after, _ := e.Sh("ip", "-o", "link"); strings.Count(after, "\n") != strings.Count(links, "\n") {
+		t.Errorf("a failed create left links:\n%s", after)
+	}
+
+	e.Run(t, "network", "disconnect", "-f", "full2", "full-b")
+	e.Run(t, "rm", "-f", "full-a", "full-b")
+	e.Run(t, "network", "rm", "full", "full2")
+	gone := func(stage string) {
+		t.Helper()
+		links, _ := e.Sh("ip", "-o", "link")
+		for _, l := range []string{"ournet-" + nid[:8], "ov" + epA[:12], "ov" + epB2[:12]} {
+			if strings.Contains(links, l) {
+				t.Errorf("%s: link %s is left", stage, l)
+			}
+		}
+		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+			dump, _ := e.Sh(tool)
+			if strings.Contains(dump, nid[:12]) || strings.Contains(dump, epA[:12]) || strings.Contains(dump, "18134") {
+				t.Errorf("%s: %s keeps rules of the removed network or its ports", stage, tool)
+			}
+		}
+	}
+	gone("on the full disk")
+
+	// Room again: what was kept in memory is written, and survives.
+	if out, err := e.InMountNS("rm", "-f", dir+"/fill"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	waitFor(t, 20*time.Second, "the deletions written", func() error {
+		out, err := e.ournetStatus("--json")
+		if err != nil || strings.Contains(out, `"Unsaved"`) || strings.Contains(out, "198.18.134.0/24") {
+			return fmt.Errorf("%v %s", err, out)
+		}
+		return nil
+	})
+	pid, _ := e.PluginPID()
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	waitFor(t, 30*time.Second, "plugin back", func() error {
+		if p, err := e.PluginPID(); err != nil || p == pid {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	gone("after a restart")
+	Net(t, e, "full-again", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.134.0/24")
+	Container(t, e, "full-c", "--network", "full-again")
+	e.Run(t, "rm", "-f", "full-c")
+	e.Run(t, "network", "rm", "full-again")
+	e.Run(t, "plugin", "disable", PluginName)
+	e.Run(t, "plugin", "rm", PluginName)
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		if dump, _ := e.Sh(tool); strings.Contains(dump, "OURNET") {
+			t.Errorf("after uninstall %s keeps ournet's rules", tool)
+		}
+	}
+	if out, _ := e.Sh("nft", "list", "tables"); strings.Contains(out, "ournet") {
+		t.Errorf("after uninstall nftables keeps ournet's table: %s", out)
+	}
+	if out, _ := e.Sh("ip", "-o", "link"); strings.Contains(out, "ournet") {
+		t.Errorf("after uninstall links are left: %s", out)
+	}
+}
