@@ -33,6 +33,10 @@ type Links interface {
 	ForeignBridges() ([]string, error)
 	// HostPrefixes lists the destinations of the host's routes.
 	HostPrefixes() ([]netip.Prefix, error)
+	// SandboxIfName names the link with mac in a container's namespace
+	// (Join's SandboxKey); Replumb makes an endpoint's interface there again.
+	SandboxIfName(sandbox string, mac net.HardwareAddr) (string, error)
+	Replumb(sandbox string, p netdev.Plumb) error
 }
 
 // Firewall is the part of the firewall package the driver uses.

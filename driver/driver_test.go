@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,9 @@ type fakeLinks struct {
 	veths   map[string]netdev.Veth
 	foreign map[string]bool
 	failVet error
+	// sandboxes that exist, and what Replumb made in them
+	sandboxes map[string]bool
+	plumbed   []netdev.Plumb
 }
 
 func (f *fakeLinks) EnsureBridge(b netdev.Bridge) error {
@@ -54,7 +58,16 @@ func (f *fakeLinks) Owned() (map[string]string, error) {
 	}
 	return out, nil
 }
-func (f *fakeLinks) ForeignBridges() ([]string, error) { return nil, nil }
+func (f *fakeLinks) ForeignBridges() ([]string, error)                      { return nil, nil }
+func (f *fakeLinks) SandboxIfName(string, net.HardwareAddr) (string, error) { return "eth0", nil }
+func (f *fakeLinks) Replumb(sandbox string, p netdev.Plumb) error {
+	if f.sandboxes == nil || !f.sandboxes[sandbox] {
+		return netdev.ErrNoSandbox
+	}
+	f.veths[p.Host] = p.Veth
+	f.plumbed = append(f.plumbed, p)
+	return nil
+}
 func (f *fakeLinks) HostPrefixes() ([]netip.Prefix, error) {
 	return []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("0.0.0.0/0")}, nil
 }
@@ -404,5 +417,51 @@ func TestReclaimOverlapping(t *testing.T) {
 	}
 	if _, ok := l3.bridges["ournet-bbbbbbbb"]; !ok {
 		t.Fatal("the answered network's bridge was removed")
+	}
+}
+
+// An endpoint whose veth is gone while its container runs is plumbed into
+// the container again, as it was; one whose container is gone is not.
+func TestHealEndpoints(t *testing.T) {
+	d, l, _, st := newTestDriver(t)
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	gone := "e2" + eid[2:]
+	for i, id := range []string{eid, gone} {
+		if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: id,
+			Interface: &network.EndpointInterface{Address: "198.18.7." + string(rune('5'+i)) + "/24"}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Join(&network.JoinRequest{NetworkID: nid, EndpointID: id, SandboxKey: "/run/netns/" + id[:4]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.sandboxes = map[string]bool{"/run/netns/" + eid[:4]: true}
+	d.Reconcile() // learns the interface names
+	if ep := storedEndpoint(t, st, eid); ep.Sandbox != "/run/netns/eeee" || ep.IfName != "eth0" {
+		t.Fatalf("saved endpoint: sandbox %q, interface %q", ep.Sandbox, ep.IfName)
+	}
+	delete(l.veths, "ov"+eid[:12])
+	delete(l.veths, "ov"+gone[:12])
+	d.Reconcile()
+	if len(l.plumbed) != 1 {
+		t.Fatalf("plumbed %d endpoints, want 1: %+v", len(l.plumbed), l.plumbed)
+	}
+	p := l.plumbed[0]
+	if p.Host != "ov"+eid[:12] || p.IfName != "eth0" || p.Bridge != "ournet-aaaaaaaa" || len(p.Addrs) != 1 ||
+		p.Addrs[0].String() != "198.18.7.5/24" || p.GatewayV4.String() != "198.18.7.1" || p.PeerMAC.String() != "02:42:c6:12:07:05" {
+		t.Fatalf("plumbed %+v", p)
+	}
+	status, err := d.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	healed := map[string]string{}
+	for _, es := range status[0].Endpoints {
+		healed[es.ID] = es.Healed
+	}
+	if healed[eid] == "" || healed[gone] != "" {
+		t.Fatalf("status says healed: %v", healed)
 	}
 }

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/docker/go-plugins-helpers/network"
 )
@@ -27,19 +28,21 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err := d.addSpoofChecks(n, ep); err != nil {
 		return nil, err
 	}
+	if req.SandboxKey != "" && ep.Sandbox != req.SandboxKey {
+		ep.Sandbox, ep.IfName = req.SandboxKey, ""
+		if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
+			return nil, fmt.Errorf("ournet: saving endpoint state: %w", err)
+		}
+	}
 	res := &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: ep.PeerVeth, DstPrefix: n.Options.IfacePrefix},
 	}
-	if !n.Options.Internal {
-		for _, s := range n.IPv4 {
-			if s.Gateway.IsValid() && s.Pool.Contains(ep.Addr.Addr()) {
-				res.Gateway = s.Gateway.Addr().String()
-			}
+	if gw4, gw6 := n.gateways(ep); gw4.IsValid() || gw6.IsValid() {
+		if gw4.IsValid() {
+			res.Gateway = gw4.String()
 		}
-		for _, s := range n.IPv6 {
-			if s.Gateway.IsValid() && s.Pool.Contains(ep.AddrV6.Addr()) {
-				res.GatewayIPv6 = s.Gateway.Addr().String()
-			}
+		if gw6.IsValid() {
+			res.GatewayIPv6 = gw6.String()
 		}
 	}
 	logEp(n.ID, ep.ID).WithField("sandbox", req.SandboxKey).Debug("joined")
@@ -50,8 +53,34 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 // removed by DeleteEndpoint.
 func (d *Driver) Leave(req *network.LeaveRequest) error {
 	defer d.lock()()
+	if ep, ok := d.endpoints[req.EndpointID]; ok && ep.Sandbox != "" {
+		// Gone with the container: nothing to heal into any more.
+		ep.Sandbox, ep.IfName = "", ""
+		if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
+			logEp(req.NetworkID, req.EndpointID).WithError(err).Warn("saving endpoint state")
+		}
+	}
 	logEp(req.NetworkID, req.EndpointID).Debug("left")
 	return nil
+}
+
+// gateways are the endpoint's default gateways, per family: the network's
+// gateway of the subnet its address is in, unless the network is internal.
+func (n *Network) gateways(ep *Endpoint) (v4, v6 netip.Addr) {
+	if n.Options.Internal {
+		return
+	}
+	for _, s := range n.IPv4 {
+		if s.Gateway.IsValid() && ep.Addr.IsValid() && s.Pool.Contains(ep.Addr.Addr()) {
+			v4 = s.Gateway.Addr()
+		}
+	}
+	for _, s := range n.IPv6 {
+		if s.Gateway.IsValid() && ep.AddrV6.IsValid() && s.Pool.Contains(ep.AddrV6.Addr()) {
+			v6 = s.Gateway.Addr()
+		}
+	}
+	return
 }
 
 // ProgramExternalConnectivity is where published ports are programmed.

@@ -130,6 +130,7 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 		}
 		nets = append(nets, n.fwNetwork())
 	}
+	d.healEndpoints()
 	d.repairSpoofChecks()
 	return nets
 }

@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/netdev"
@@ -54,6 +55,16 @@ type Endpoint struct {
 	// installed with the host ports ournet picked, restored after restarts.
 	PortReq []portmap.Binding `json:",omitempty"`
 	Ports   []portmap.Mapping `json:",omitempty"`
+	// Sandbox is Join's SandboxKey (the container's network namespace) and
+	// IfName the interface's name there, learnt once the engine has named
+	// it: what it takes to plumb the endpoint again if its veth goes
+	// (heal.go).
+	Sandbox string `json:",omitempty"`
+	IfName  string `json:",omitempty"`
+	// healed is when ournet last plumbed the endpoint again, and healErr
+	// why it could not; shown by Status.
+	healed  time.Time
+	healErr string
 }
 
 func (n *Network) bridge() netdev.Bridge {
@@ -128,6 +139,7 @@ func (d *Driver) Restore() error {
 		d.reattachEndpoints(n)
 	}
 	d.restorePorts()
+	d.healEndpoints()
 	if err := d.syncSpoofChecks(); err != nil {
 		logNet("").WithError(err).Error("restoring anti-spoofing checks")
 		firstErr = cmpErr(firstErr, err)

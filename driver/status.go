@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/ournet/ournet/internal/firewall"
 )
@@ -31,6 +32,9 @@ type EndpointStatus struct {
 	// and `docker ps` cannot show a remote driver's (moby/libnetwork#2451).
 	Ports    []PortStatus `json:",omitempty"`
 	Problems []string     `json:",omitempty"`
+	// Healed is when ournet last plumbed the endpoint into its container
+	// again because its veth had gone.
+	Healed string `json:",omitempty"`
 }
 
 // PortStatus is one published port: host address and port to the
@@ -84,7 +88,14 @@ func (d *Driver) Status() ([]NetworkStatus, error) {
 					ContainerIP: m.ContainerIP.String(), ContainerPort: m.ContainerPort, Proto: m.Proto.String()})
 			}
 			if ok, err := d.links.Exists(ep.HostVeth); err != nil || !ok {
-				es.Problems = append(es.Problems, fmt.Sprintf("veth %s is missing", ep.HostVeth))
+				p := fmt.Sprintf("veth %s is missing", ep.HostVeth)
+				if ep.healErr != "" {
+					p += "; plumbing it into its container again failed: " + ep.healErr
+				}
+				es.Problems = append(es.Problems, p)
+			}
+			if !ep.healed.IsZero() {
+				es.Healed = ep.healed.Format(time.RFC3339)
 			}
 			ns.Endpoints = append(ns.Endpoints, es)
 		}

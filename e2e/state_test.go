@@ -361,3 +361,47 @@ func TestFullDiskDeletes(t *testing.T) {
 		t.Errorf("after uninstall links are left: %s", out)
 	}
 }
+
+// Self-healing endpoints: a container's veth deleted by hand is plumbed
+// into the container again within seconds, with its address, MAC, MTU and
+// routes, its published port works again, and ournet-status says so.
+func TestEndpointHeals(t *testing.T) {
+	u := NewUplink(t, eng)
+	u.WhoAmI(t)
+	Net(t, eng, "heal", "-d", "ournet", "--subnet", "198.18.137.0/24", "-o", "com.docker.network.driver.mtu=1400")
+	Container(t, eng, "heal-a", "--network", "heal", "-p", "18137:80")
+	Container(t, eng, "heal-b", "--network", "heal")
+	eng.Serve(t, "heal-a", 80)
+	before, _ := eng.Exec("heal-a", "ip", "-o", "link", "show", "eth0")
+	ep := eng.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \"heal\").EndpointID}}", "heal-a")
+	if err := eng.Ping("heal-b", "heal-a"); err != nil {
+		t.Fatal(err)
+	}
+	// Let a repair round learn the container's interface name first.
+	time.Sleep(6 * time.Second)
+	if out, err := eng.Sh("ip", "link", "del", "ov"+ep[:12]); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if out, _ := eng.Exec("heal-a", "ip", "-o", "link", "show", "eth0"); strings.Contains(out, "eth0") {
+		t.Fatalf("the container still has eth0 after its veth was deleted: %s", out)
+	}
+	waitFor(t, 15*time.Second, "the endpoint plumbed again", func() error { return eng.Ping("heal-b", "heal-a") })
+	after, _ := eng.Exec("heal-a", "ip", "-o", "link", "show", "eth0")
+	for _, want := range []string{"mtu 1400", "link/ether 02:42:c6:12:89:"} {
+		if !strings.Contains(after, want) {
+			t.Errorf("eth0 after healing lacks %q:\n%s\nbefore:\n%s", want, after, before)
+		}
+	}
+	if route, _ := eng.Exec("heal-a", "ip", "route", "show", "default"); !strings.Contains(route, "via 198.18.137.1") {
+		t.Errorf("default route after healing: %q", route)
+	}
+	if got, err := eng.SeenAs("heal-a", UplinkPeerIP); err != nil || got != UplinkHostIP {
+		t.Errorf("outbound after healing: %q %v", got, err)
+	}
+	if out, err := u.Exec("curl", "-sf", "-m", "3", "http://"+UplinkHostIP+":18137/"); err != nil || !strings.Contains(out, "hello from heal-a") {
+		t.Errorf("published port after healing: %q %v", out, err)
+	}
+	if out, err := eng.ournetStatus(); err != nil || !strings.Contains(out, "re-plumbed into its container") {
+		t.Errorf("ournet-status after healing: %v\n%s", err, out)
+	}
+}

@@ -129,6 +129,9 @@ func printStatus(w io.Writer, rep *statusReport) {
 				fmt.Fprintf(w, "  container %s", e.Container)
 			}
 			fmt.Fprintln(w)
+			if e.Healed != "" {
+				fmt.Fprintf(w, "    re-plumbed into its container at %s (its veth had gone)\n", e.Healed)
+			}
 			for _, p := range e.Ports {
 				fmt.Fprintf(w, "    port %s\n", portText(p))
 			}

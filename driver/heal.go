@@ -1,0 +1,78 @@
+package driver
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/ournet/ournet/internal/netdev"
+)
+
+// healEndpoints plumbs again, into its container, every endpoint whose
+// host veth is gone while its container still runs (a veth deleted by hand,
+// or lost across a restore): the same interface name, MAC, MTU, addresses
+// and default routes, its anti-spoofing checks and published ports
+// (issue #16). It also learns, once, the name the engine gave each
+// container interface. Called with d.mu held, by the restore and by every
+// repair round.
+func (d *Driver) healEndpoints() {
+	for _, ep := range d.endpoints {
+		n := d.networks[ep.NetworkID]
+		if n == nil || ep.Sandbox == "" {
+			continue
+		}
+		mac, _ := parseMAC(ep.MAC)
+		if ok, err := d.links.Exists(ep.HostVeth); err != nil {
+			continue
+		} else if ok {
+			if ep.IfName == "" && mac != nil {
+				if name, err := d.links.SandboxIfName(ep.Sandbox, mac); err == nil && name != "" {
+					ep.IfName = name
+					if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
+						logEp(n.ID, ep.ID).WithError(err).Debug("saving the container's interface name")
+					}
+				}
+			}
+			continue
+		}
+		d.heal(n, ep)
+	}
+}
+
+func (d *Driver) heal(n *Network, ep *Endpoint) {
+	log := logEp(n.ID, ep.ID).WithField("veth", ep.HostVeth)
+	p := netdev.Plumb{Veth: d.veth(n, ep), IfName: ep.IfName}
+	if p.IfName == "" {
+		p.IfName = n.Options.IfacePrefix + "0"
+	}
+	for _, a := range []netip.Prefix{ep.Addr, ep.AddrV6} {
+		if a.IsValid() {
+			p.Addrs = append(p.Addrs, a)
+		}
+	}
+	p.GatewayV4, p.GatewayV6 = n.gateways(ep)
+	err := d.links.Replumb(ep.Sandbox, p)
+	if errors.Is(err, netdev.ErrNoSandbox) {
+		// The container is gone; the engine's DeleteEndpoint follows.
+		log.Debug("veth gone with its container")
+		ep.Sandbox = ""
+		return
+	}
+	if err != nil {
+		if ep.healErr != err.Error() {
+			log.WithError(err).Error("the endpoint's veth is gone and it cannot be plumbed into its container again")
+		}
+		ep.healErr = err.Error()
+		return
+	}
+	if err := d.addSpoofChecks(n, ep); err != nil {
+		log.WithError(err).Error("anti-spoofing checks of the endpoint plumbed again")
+	}
+	if d.ports != nil && len(ep.PortReq) > 0 && len(ep.Ports) > 0 {
+		if _, err := d.ports.Map(n.portEndpoint(ep), ep.PortReq); err != nil {
+			log.WithError(err).Error("published ports of the endpoint plumbed again")
+		}
+	}
+	ep.healed, ep.healErr = time.Now().UTC(), ""
+	log.WithField("interface", p.IfName).Warn("drift: the endpoint's veth was gone; plumbed it into its container again (address, MAC, MTU, routes)")
+}
