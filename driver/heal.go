@@ -13,29 +13,33 @@ import (
 // or lost across a restore): the same interface name, MAC, MTU, addresses
 // and default routes, its anti-spoofing checks and published ports
 // (issue #16). It also learns, once, the name the engine gave each
-// container interface. Called with d.mu held, by the restore and by every
-// repair round.
-func (d *Driver) healEndpoints() {
+// container interface (learn: not during the restore, which must stay
+// fast). Called with d.mu held, by the restore and by every repair round.
+func (d *Driver) healEndpoints(learn bool) {
 	for _, ep := range d.endpoints {
 		n := d.networks[ep.NetworkID]
 		if n == nil || ep.Sandbox == "" {
 			continue
 		}
-		mac, _ := parseMAC(ep.MAC)
 		if ok, err := d.links.Exists(ep.HostVeth); err != nil {
 			continue
-		} else if ok {
-			if ep.IfName == "" && mac != nil {
-				if name, err := d.links.SandboxIfName(ep.Sandbox, mac); err == nil && name != "" {
-					ep.IfName = name
-					if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
-						logEp(n.ID, ep.ID).WithError(err).Debug("saving the container's interface name")
-					}
-				}
-			}
+		} else if !ok {
+			d.heal(n, ep)
 			continue
 		}
-		d.heal(n, ep)
+		mac, _ := parseMAC(ep.MAC)
+		if !learn || ep.IfName != "" || ep.ifNameTried || mac == nil {
+			continue
+		}
+		// Once per endpoint and run: a sandbox that cannot be opened is not
+		// looked for again every round.
+		ep.ifNameTried = true
+		if name, err := d.links.SandboxIfName(ep.Sandbox, mac); err == nil && name != "" {
+			ep.IfName = name
+			if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
+				logEp(n.ID, ep.ID).WithError(err).Debug("saving the container's interface name")
+			}
+		}
 	}
 }
 

@@ -130,7 +130,7 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 		}
 		nets = append(nets, n.fwNetwork())
 	}
-	d.healEndpoints()
+	d.healEndpoints(true)
 	d.repairSpoofChecks()
 	return nets
 }

@@ -63,8 +63,9 @@ type Endpoint struct {
 	IfName  string `json:",omitempty"`
 	// healed is when ournet last plumbed the endpoint again, and healErr
 	// why it could not; shown by Status.
-	healed  time.Time
-	healErr string
+	healed      time.Time
+	healErr     string
+	ifNameTried bool
 }
 
 func (n *Network) bridge() netdev.Bridge {
@@ -139,7 +140,7 @@ func (d *Driver) Restore() error {
 		d.reattachEndpoints(n)
 	}
 	d.restorePorts()
-	d.healEndpoints()
+	d.healEndpoints(false)
 	if err := d.syncSpoofChecks(); err != nil {
 		logNet("").WithError(err).Error("restoring anti-spoofing checks")
 		firstErr = cmpErr(firstErr, err)
