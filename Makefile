@@ -32,6 +32,7 @@ vet:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags chaos ./e2e/
 
 # Unit tests and kernel tests (in throwaway network namespaces; need root).
 unit:
@@ -43,7 +44,10 @@ unit:
 # dockerd and the docker CLI, so each engine runs with its own CLI, containerd,
 # shims, docker-init, docker-proxy and docker-compose (and the system's runc).
 # E2E_FLAGS: more go test flags for every run, e.g. E2E_FLAGS='-run TestTwoContainersTalk'.
-E2E_RUN = $(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/
+# The chaos test (random kills under load, e2e/chaos_test.go) runs on the
+# oldest and the newest engine: -tags chaos.
+E2E_RUN = $(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) $(E2E_TAGS) $(E2E_FLAGS) ./e2e/
+CHAOS = -tags chaos
 
 e2e: e2e-bookworm e2e-trixie e2e-forky
 
@@ -52,6 +56,8 @@ e2e: e2e-bookworm e2e-trixie e2e-forky
 e2e-bookworm: plugin engines
 	@echo "== e2e on the system's engine: $$(PATH=/usr/sbin:/usr/bin:$$PATH dockerd --version)"
 	E2E_ENGINE_PATH=/usr/sbin:/usr/bin E2E_COMPOSE=$(abspath $(ENGINES_DIR))/trixie/usr/libexec/docker/cli-plugins/docker-compose $(E2E_RUN)
+
+e2e-bookworm e2e-forky: E2E_TAGS = $(CHAOS)
 
 # e2e-SUITE: the engine of Debian's SUITE, fetched and unpacked on first use.
 e2e-%: plugin engines

@@ -157,7 +157,7 @@ func TestGatewayModeNatUnprotected(t *testing.T) {
 		t.Fatalf("nat-unprotected: the uplink cannot reach an unpublished port directly: %q %v", out, err)
 	}
 	for _, from := range []string{"unp-other", "unp-def"} {
-		if out, err := eng.Fetch(from, "http://"+ip+":8080/"); err == nil {
+		if out, err := eng.Exec(from, "timeout", "2", "wget", "-q", "-O", "-", "http://"+ip+":8080/"); err == nil {
 			t.Errorf("nat-unprotected: %s on another network reached the container: %q", from, out)
 		}
 	}

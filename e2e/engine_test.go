@@ -152,7 +152,11 @@ func (e *Engine) Stop() {
 	e.cmd = nil
 }
 
-// Kill stops the engine at once, as a crash would.
+// Kill stops the engine at once, as a crash would. The containerd it
+// started dies with it (20.10 starts it with a parent-death signal); on
+// this machine nothing reaps that zombie, and a zombie's pid still answers
+// kill(pid, 0), so the next dockerd would wait for a containerd that is
+// gone: its pid file goes too, as a reboot would take it.
 func (e *Engine) Kill() {
 	if e.cmd == nil || e.cmd.Process == nil {
 		return
@@ -161,6 +165,19 @@ func (e *Engine) Kill() {
 	_ = e.cmd.Wait()
 	e.log.Close()
 	e.cmd = nil
+	pidfile := filepath.Join(e.Dir, "exec", "containerd", "containerd.pid")
+	for i := 0; i < 20; i++ {
+		raw, err := os.ReadFile(pidfile)
+		if err != nil {
+			return
+		}
+		stat, err := os.ReadFile("/proc/" + strings.TrimSpace(string(raw)) + "/stat")
+		if f := strings.Fields(string(stat)); err != nil || len(f) > 2 && f[2] == "Z" {
+			_ = os.Remove(pidfile)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Remove stops the engine and deletes its directory, unmounting what the
