@@ -465,3 +465,34 @@ func TestHealEndpoints(t *testing.T) {
 		t.Fatalf("status says healed: %v", healed)
 	}
 }
+
+// With the state file unwritable (a disk too full even for the reserve),
+// deletes still remove everything in the kernel and keep the deletion in
+// memory for the repair loop to write.
+func TestDeletesCompleteWithoutTheStore(t *testing.T) {
+	d, l, fw, st := newTestDriver(t)
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close() // every write fails from here on
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatalf("DeleteEndpoint with the store failing: %v", err)
+	}
+	if err := d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: nid}); err != nil {
+		t.Fatalf("DeleteNetwork with the store failing: %v", err)
+	}
+	if len(l.bridges)+len(l.veths)+len(fw.nets) != 0 {
+		t.Fatalf("left in the kernel: %v %v %v", l.bridges, l.veths, fw.nets)
+	}
+	if n := d.Unsaved(); n != 2 {
+		t.Fatalf("deletions kept in memory: %d, want 2", n)
+	}
+	// A create fails cleanly meanwhile.
+	if err := d.CreateNetwork(createReq()); err == nil || len(l.bridges) != 0 {
+		t.Fatalf("create with the store failing: %v, bridges %v", err, l.bridges)
+	}
+}

@@ -207,6 +207,15 @@ func TestGatewayFollowsTheEngine(t *testing.T) {
 	check("mgw-a connected (sorts first)", "mgw-a", "198.18.156.1")
 	eng.Run(t, "network", "disconnect", "mgw-a", "mgw-c")
 	check("mgw-a disconnected", "mgw-b", "198.18.155.1")
+	if eng.major(t) >= 28 {
+		// 28's gw-priority outranks the name order: a network that sorts
+		// first but has a lower priority does not take the gateway.
+		eng.Run(t, "network", "connect", "--gw-priority", "-1", "mgw-a", "mgw-c")
+		check("mgw-a connected with gw-priority -1", "mgw-b", "198.18.155.1")
+		eng.Run(t, "network", "disconnect", "mgw-a", "mgw-c")
+		eng.Run(t, "network", "connect", "--gw-priority", "5", "mgw-a", "mgw-c")
+		check("mgw-a connected with gw-priority 5", "mgw-a", "198.18.156.1")
+	}
 }
 
 // Engine 29's nftables firewall backend leaves no DOCKER-USER chain and

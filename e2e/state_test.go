@@ -293,13 +293,20 @@ func TestFullDiskDeletes(t *testing.T) {
 	if out, _ := e.InMountNS("df", "--output=avail", dir); !strings.Contains(out, "\n0") && !strings.HasSuffix(strings.TrimSpace(out), " 0") {
 		t.Logf("df after filling: %s", out)
 	}
+	// A create on the full disk fails cleanly, or succeeds where bbolt
+	// still has free pages of its own file to write into (it reuses them,
+	// so a full filesystem does not always stop it).
 	links, _ := e.Sh("ip", "-o", "link")
-	msg := e.Fails(t, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.136.0/24", "full3")
-	if !strings.Contains(msg, "no space left on device") {
-		t.Errorf("create on a full disk: %s", msg)
-	}
-	if after, _ := e.Sh("ip", "-o", "link"); strings.Count(after, "\n") != strings.Count(links, "\n") {
-		t.Errorf("a failed create left links:\n%s", after)
+	if out, err := e.Docker(time.Minute, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.136.0/24", "full3"); err != nil {
+		if !strings.Contains(err.Error(), "no space left on device") {
+			t.Errorf("create on a full disk: %v", err)
+		}
+		if after, _ := e.Sh("ip", "-o", "link"); strings.Count(after, "\n") != strings.Count(links, "\n") {
+			t.Errorf("a failed create left links:\n%s", after)
+		}
+	} else {
+		t.Logf("create on the full disk succeeded (bbolt had room in its file): %s", out)
+		e.Run(t, "network", "rm", "full3")
 	}
 
 	e.Run(t, "network", "disconnect", "-f", "full2", "full-b")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what ournet's build, tests and demo need on Debian, only where it
 # is missing: Debian's docker.io (engine), iptables, busybox-static (the
-# offline test image), iproute2, and the Go modules.
+# offline test image), iproute2, etcd-server (the cluster store's tests),
+# and the Go modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -13,6 +14,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v findmnt >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
 command -v nft >/dev/null || need+=(nftables)
+command -v etcd >/dev/null || need+=(etcd-server) # the cluster store's tests run a real etcd cluster
 for extra in "$@"; do command -v "${extra%%=*}" >/dev/null || need+=("${extra#*=}"); done
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then

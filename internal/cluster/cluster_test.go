@@ -1,0 +1,341 @@
+package cluster
+
+// These tests run against a real three-member etcd cluster (Debian's
+// etcd-server), each member a process of its own on a loopback address of
+// this machine. They never skip: without etcd they fail, naming the
+// package to install.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+type member struct {
+	name, client, peer string
+	dir                string
+	cmd                *exec.Cmd
+}
+
+type etcdCluster struct {
+	t       *testing.T
+	members []*member
+	initial string
+}
+
+func freePort(t *testing.T, ip string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// newCluster starts three etcd members on 127.0.1.1-3 and waits for a leader.
+func newCluster(t *testing.T) *etcdCluster {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Fatal("etcd not found: apt-get install etcd-server (make deps does)")
+	}
+	c := &etcdCluster{t: t}
+	var initial []string
+	for i := 1; i <= 3; i++ {
+		ip := fmt.Sprintf("127.0.1.%d", i)
+		m := &member{name: fmt.Sprintf("m%d", i), client: "http://" + freePort(t, ip), peer: "http://" + freePort(t, ip), dir: filepath.Join(t.TempDir(), "data")}
+		c.members = append(c.members, m)
+		initial = append(initial, m.name+"="+m.peer)
+	}
+	c.initial = strings.Join(initial, ",")
+	for _, m := range c.members {
+		c.start(bin, m, "new")
+	}
+	t.Cleanup(func() {
+		for _, m := range c.members {
+			c.stop(m)
+		}
+	})
+	cli := c.client()
+	defer cli.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Put(clientv3.WithRequireLeader(ctx), "/probe", "x")
+		cancel()
+		if err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd cluster did not elect a leader: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (c *etcdCluster) start(bin string, m *member, state string) {
+	c.t.Helper()
+	m.cmd = exec.Command(bin, "--name", m.name, "--data-dir", m.dir,
+		"--listen-client-urls", m.client, "--advertise-client-urls", m.client,
+		"--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
+		"--initial-cluster", c.initial, "--initial-cluster-state", state, "--initial-cluster-token", "ournet-test",
+		"--heartbeat-interval", "100", "--election-timeout", "1000", "--log-level", "error")
+	m.cmd.Env = append(os.Environ(), "ETCD_UNSUPPORTED_ARCH="+os.Getenv("ETCD_UNSUPPORTED_ARCH"))
+	logf, _ := os.Create(filepath.Join(filepath.Dir(m.dir), "etcd.log"))
+	m.cmd.Stdout, m.cmd.Stderr = logf, logf
+	if err := m.cmd.Start(); err != nil {
+		c.t.Fatalf("starting etcd %s: %v", m.name, err)
+	}
+}
+
+func (c *etcdCluster) stop(m *member) {
+	if m.cmd == nil || m.cmd.Process == nil {
+		return
+	}
+	_ = m.cmd.Process.Signal(syscall.SIGKILL)
+	_ = m.cmd.Wait()
+	m.cmd = nil
+}
+
+func (c *etcdCluster) restart(m *member) {
+	c.t.Helper()
+	bin, _ := exec.LookPath("etcd")
+	c.start(bin, m, "existing")
+}
+
+func (c *etcdCluster) endpoints() []string {
+	var out []string
+	for _, m := range c.members {
+		out = append(out, m.client)
+	}
+	return out
+}
+
+func (c *etcdCluster) client() *clientv3.Client {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cli
+}
+
+// host connects as one Docker host, to one member first (as a host near
+// it would), with the others to fail over to.
+func (c *etcdCluster) host(t *testing.T, id string, first int, ttl time.Duration) *Store {
+	t.Helper()
+	eps := c.endpoints()
+	eps[0], eps[first] = eps[first], eps[0]
+	s, err := Connect(Config{Endpoints: eps, Host: id, Hostname: "same-name", Advertise: netip.MustParseAddr("198.51.100.1" + id[len(id)-1:]),
+		CallTimeout: 2 * time.Second, LeaseTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Register(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func keysUnder(t *testing.T, c *etcdCluster, p string) []string {
+	t.Helper()
+	cli := c.client()
+	defer cli.Close()
+	r, err := cli.Get(context.Background(), p, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range r.Kvs {
+		out = append(out, string(kv.Key))
+	}
+	return out
+}
+
+func TestClusterStore(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	a, b, h3 := c.host(t, "host-1", 0, 10*time.Second), c.host(t, "host-2", 1, 10*time.Second), c.host(t, "host-3", 2, 10*time.Second)
+
+	t.Run("hosts with the same hostname are distinct", func(t *testing.T) {
+		hs, err := a.Hosts(ctx)
+		if err != nil || len(hs) != 3 {
+			t.Fatalf("hosts = %+v, %v", hs, err)
+		}
+	})
+
+	t.Run("define once, join with the same spec, refuse another", func(t *testing.T) {
+		spec := Spec{Subnets: []string{"10.50.0.0/16"}, Options: map[string]string{"com.docker.network.bridge.enable_icc": "false"}}
+		na, err := a.Define(ctx, "app", spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nb, err := b.Define(ctx, "app", spec)
+		if err != nil || nb.VNI != na.VNI || na.VNI < firstVNI {
+			t.Fatalf("second host: %+v %v, first %+v", nb, err, na)
+		}
+		other := Spec{Subnets: []string{"10.60.0.0/16"}, Options: map[string]string{}}
+		_, err = h3.Define(ctx, "app", other)
+		var ue *UserError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), "subnet 10.60.0.0/16 here, 10.50.0.0/16 in the cluster") ||
+			!strings.Contains(err.Error(), "com.docker.network.bridge.enable_icc=false in the cluster, not given here") {
+			t.Fatalf("a different spec: %v", err)
+		}
+		nw, err := h3.Define(ctx, "web", other)
+		if err != nil || nw.VNI == na.VNI {
+			t.Fatalf("second network: %+v %v", nw, err)
+		}
+		for _, s := range []*Store{a, b} {
+			if err := s.Leave(ctx, "app"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h3.Leave(ctx, "web"); err != nil {
+			t.Fatal(err)
+		}
+		if k := keysUnder(t, c, prefix+"networks/"); len(k) != 0 {
+			t.Fatalf("keys left after every host left: %v", k)
+		}
+		if k := keysUnder(t, c, prefix+"vni/"); len(k) != 0 {
+			t.Fatalf("VNIs left: %v", k)
+		}
+	})
+
+	t.Run("blocks are claimed once, under parallel claims from every host", func(t *testing.T) {
+		subnet := netip.MustParsePrefix("10.50.0.0/20")
+		for _, s := range []*Store{a, b, h3} {
+			if _, err := s.Define(ctx, "par", Spec{Subnets: []string{subnet.String()}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var mu sync.Mutex
+		got := map[netip.Prefix]string{}
+		var wg sync.WaitGroup
+		errs := make(chan error, 18)
+		for i := 0; i < 18; i++ {
+			wg.Add(1)
+			go func(s *Store) {
+				defer wg.Done()
+				blk, err := s.ClaimBlock(ctx, "par", subnet)
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if prev, dup := got[blk]; dup {
+					errs <- fmt.Errorf("block %s given to %s and %s", blk, prev, s.cfg.Host)
+				}
+				got[blk] = s.cfg.Host
+			}([]*Store{a, b, h3}[i%3])
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if len(got) != 18 {
+			t.Fatalf("%d distinct blocks for 18 claims", len(got))
+		}
+		held, err := a.Blocks(ctx, "par")
+		if err != nil || len(held) != 18 {
+			t.Fatalf("blocks in the store: %d %v", len(held), err)
+		}
+		// A small subnet runs out, with a message that says what to do.
+		small := netip.MustParsePrefix("10.51.0.0/24")
+		if _, err := a.Define(ctx, "small", Spec{Subnets: []string{small.String()}}); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 4; i++ {
+			if _, err := a.ClaimBlock(ctx, "small", small); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := b.ClaimBlock(ctx, "small", small); err == nil || !strings.Contains(err.Error(), "every address block of cluster network small") {
+			t.Fatalf("claim on a full subnet: %v", err)
+		}
+		// A host retired for good gives its blocks back.
+		if err := b.RetireHost(ctx, "host-1"); err != nil {
+			t.Fatal(err)
+		}
+		if blk, err := b.ClaimBlock(ctx, "small", small); err != nil || blk.String() != "10.51.0.0/26" {
+			t.Fatalf("claim after retiring host-1: %s %v", blk, err)
+		}
+	})
+
+	t.Run("an endpoint leaves the others when its host's lease expires", func(t *testing.T) {
+		short := c.host(t, "host-4", 0, 2*time.Second)
+		if _, err := short.Define(ctx, "par", Spec{Subnets: []string{"10.50.0.0/20"}}); err != nil {
+			t.Fatal(err)
+		}
+		_, rev, err := b.Endpoints(ctx, "par")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		events := b.WatchEndpoints(wctx, "par", rev)
+		ep := Endpoint{Addr: netip.MustParseAddr("10.50.9.5"), MAC: "02:42:0a:32:09:05"}
+		if err := short.PutEndpoint(ctx, "par", ep); err != nil {
+			t.Fatal(err)
+		}
+		if e := <-events; e.Gone || e.Addr != ep.Addr || e.Host != "host-4" || e.VTEP.String() != "198.51.100.14" {
+			t.Fatalf("first event %+v", e)
+		}
+		short.Close() // stops renewing, as a host that dies
+		start := time.Now()
+		select {
+		case e := <-events:
+			if !e.Gone || e.Addr != ep.Addr {
+				t.Fatalf("event %+v, want the endpoint gone", e)
+			}
+			t.Logf("endpoint gone %s after its host stopped (lease 2 s)", time.Since(start).Round(100*time.Millisecond))
+		case <-time.After(10 * time.Second):
+			t.Fatal("the dead host's endpoint is still there after 10 s")
+		}
+	})
+
+	t.Run("one member lost changes nothing; quorum lost fails fast naming the store", func(t *testing.T) {
+		c.stop(c.members[2])
+		if _, err := a.Define(ctx, "q1", Spec{Subnets: []string{"10.70.0.0/24"}}); err != nil {
+			t.Fatalf("with one member of three down: %v", err)
+		}
+		c.stop(c.members[1])
+		start := time.Now()
+		_, err := a.Define(ctx, "q2", Spec{Subnets: []string{"10.71.0.0/24"}})
+		took := time.Since(start)
+		if err == nil || !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "cluster store (etcd at") {
+			t.Fatalf("without quorum: %v", err)
+		}
+		if took > 5*time.Second {
+			t.Fatalf("without quorum the call took %s", took)
+		}
+		t.Logf("without quorum: failed in %s: %v", took.Round(10*time.Millisecond), err)
+		c.restart(c.members[1])
+		c.restart(c.members[2])
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if _, err = a.Define(ctx, "q2", Spec{Subnets: []string{"10.71.0.0/24"}}); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("quorum back, still failing: %v", err)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	})
+}

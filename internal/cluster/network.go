@@ -1,0 +1,406 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// VNI range ournet hands out (swarm's overlay starts at 4096 too).
+const (
+	firstVNI = 4096
+	lastVNI  = 1<<24 - 1
+)
+
+// Spec is what every host's `docker network create` must agree on.
+type Spec struct {
+	Subnets []string          // sorted
+	Options map[string]string // the options that shape the network, normalised
+}
+
+// Network is a cluster network as the store holds it.
+type Network struct {
+	Name string `json:"-"`
+	Spec
+	VNI int
+}
+
+func netKey(name string) string { return prefix + "networks/" + name + "/" }
+
+// Define creates cluster network name with spec, or, if another host did
+// already, checks that spec is the same and returns it with its VNI; in
+// both cases this host becomes a member. A different spec is refused with
+// what differs.
+func (s *Store) Define(ctx context.Context, name string, spec Spec) (Network, error) {
+	spec.Subnets = slices.Sorted(slices.Values(spec.Subnets))
+	n := Network{Name: name, Spec: spec}
+	err := s.call(ctx, "defining cluster network "+name, func(ctx context.Context) error {
+		for try := 0; try < 16; try++ {
+			r, err := s.cli.Get(ctx, netKey(name)+"spec")
+			if err != nil {
+				return err
+			}
+			if len(r.Kvs) == 1 {
+				var have Network
+				if err := json.Unmarshal(r.Kvs[0].Value, &have); err != nil {
+					return fmt.Errorf("decoding %s: %w", r.Kvs[0].Key, err)
+				}
+				if d := differs(have.Spec, spec); d != "" {
+					return userErr("ournet: cluster network %s exists with other settings: %s; run the same `docker network create` as on the host that created it", name, d)
+				}
+				n.VNI = have.VNI
+				_, err := s.cli.Put(ctx, netKey(name)+"members/"+s.cfg.Host, "")
+				return err
+			}
+			vni, err := s.freeVNI(ctx)
+			if err != nil {
+				return err
+			}
+			n.VNI = vni
+			raw, _ := json.Marshal(n)
+			vkey := prefix + "vni/" + strconv.Itoa(vni)
+			t, err := s.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.Version(netKey(name)+"spec"), "=", 0), clientv3.Compare(clientv3.Version(vkey), "=", 0)).
+				Then(clientv3.OpPut(netKey(name)+"spec", string(raw)), clientv3.OpPut(vkey, name), clientv3.OpPut(netKey(name)+"members/"+s.cfg.Host, "")).
+				Commit()
+			if err != nil {
+				return err
+			}
+			if t.Succeeded {
+				return nil
+			}
+			// Another host defined it, or took that VNI, meanwhile: again.
+		}
+		return fmt.Errorf("defining %s kept conflicting with other hosts", name)
+	})
+	return n, err
+}
+
+// differs says, for a person, how two specs differ ("" if they do not).
+func differs(have, want Spec) string {
+	var d []string
+	if !slices.Equal(have.Subnets, want.Subnets) {
+		d = append(d, fmt.Sprintf("subnet %s here, %s in the cluster", strings.Join(want.Subnets, ","), strings.Join(have.Subnets, ",")))
+	}
+	keys := slices.Sorted(maps.Keys(have.Options))
+	for k := range want.Options {
+		if _, ok := have.Options[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range slices.Compact(keys) {
+		h, hok := have.Options[k]
+		w, wok := want.Options[k]
+		switch {
+		case hok && wok && h != w:
+			d = append(d, fmt.Sprintf("%s=%s here, %s in the cluster", k, w, h))
+		case hok && !wok:
+			d = append(d, fmt.Sprintf("%s=%s in the cluster, not given here", k, h))
+		case !hok && wok:
+			d = append(d, fmt.Sprintf("%s=%s here, not in the cluster", k, w))
+		}
+	}
+	return strings.Join(d, "; ")
+}
+
+// freeVNI returns the lowest VNI no cluster network has.
+func (s *Store) freeVNI(ctx context.Context) (int, error) {
+	r, err := s.cli.Get(ctx, prefix+"vni/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, err
+	}
+	used := map[int]bool{}
+	for _, kv := range r.Kvs {
+		if v, err := strconv.Atoi(strings.TrimPrefix(string(kv.Key), prefix+"vni/")); err == nil {
+			used[v] = true
+		}
+	}
+	for v := firstVNI; v <= lastVNI; v++ {
+		if !used[v] {
+			return v, nil
+		}
+	}
+	return 0, userErr("ournet: every VXLAN network identifier is taken")
+}
+
+// Leave makes this host no longer a member of name. The last member to
+// leave removes every key of the network: nothing of it stays in etcd.
+func (s *Store) Leave(ctx context.Context, name string) error {
+	return s.call(ctx, "leaving cluster network "+name, func(ctx context.Context) error {
+		if _, err := s.cli.Delete(ctx, netKey(name)+"members/"+s.cfg.Host); err != nil {
+			return err
+		}
+		// This host's blocks of it go too: its endpoints are gone.
+		if err := s.releaseBlocks(ctx, name, s.cfg.Host); err != nil {
+			return err
+		}
+		r, err := s.cli.Get(ctx, netKey(name)+"spec")
+		if err != nil || len(r.Kvs) == 0 {
+			return err
+		}
+		var n Network
+		_ = json.Unmarshal(r.Kvs[0].Value, &n)
+		_, err = s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Version(netKey(name)+"members/").WithPrefix(), "=", 0)).
+			Then(clientv3.OpDelete(netKey(name), clientv3.WithPrefix()), clientv3.OpDelete(prefix+"vni/"+strconv.Itoa(n.VNI))).
+			Commit()
+		return err
+	})
+}
+
+// blockBits is the prefix length of the address blocks a subnet is split
+// into: /26 (62 containers a block), or four blocks of a small subnet.
+func blockBits(subnet netip.Prefix) int {
+	bits := subnet.Bits() + 2
+	if subnet.Addr().Is4() && bits < 26 {
+		bits = 26
+	}
+	if subnet.Addr().Is6() && bits < 122 {
+		bits = 122
+	}
+	if bits > subnet.Addr().BitLen()-1 {
+		bits = subnet.Addr().BitLen() - 1
+	}
+	return bits
+}
+
+// Blocks lists the blocks of network name's subnet held by each host.
+func (s *Store) Blocks(ctx context.Context, name string) (map[netip.Prefix]string, error) {
+	out := map[netip.Prefix]string{}
+	err := s.call(ctx, "listing address blocks of "+name, func(ctx context.Context) error {
+		r, err := s.cli.Get(ctx, netKey(name)+"blocks/", clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		for _, kv := range r.Kvs {
+			if p, err := netip.ParsePrefix(strings.ReplaceAll(strings.TrimPrefix(string(kv.Key), netKey(name)+"blocks/"), "_", "/")); err == nil {
+				out[p] = string(kv.Value)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func blockKey(name string, b netip.Prefix) string {
+	return netKey(name) + "blocks/" + strings.ReplaceAll(b.String(), "/", "_")
+}
+
+// ClaimBlock claims, for this host, the first block of subnet that no host
+// holds, by compare-and-swap: two hosts never get the same block, however
+// many claim at once. Blocks outlive their host's lease: a host cut off
+// and back still owns its addresses; RetireHost frees them.
+func (s *Store) ClaimBlock(ctx context.Context, name string, subnet netip.Prefix) (netip.Prefix, error) {
+	var got netip.Prefix
+	err := s.call(ctx, "claiming an address block of "+name, func(ctx context.Context) error {
+		bits := blockBits(subnet)
+		for try := 0; try < 64; try++ {
+			r, err := s.cli.Get(ctx, netKey(name)+"blocks/", clientv3.WithPrefix())
+			if err != nil {
+				return err
+			}
+			held := map[string]bool{}
+			for _, kv := range r.Kvs {
+				held[string(kv.Key)] = true
+			}
+			var free netip.Prefix
+			for b := netip.PrefixFrom(subnet.Masked().Addr(), bits); subnet.Contains(b.Addr()); b = nextBlock(b) {
+				if !held[blockKey(name, b)] {
+					free = b
+					break
+				}
+				if !nextBlock(b).IsValid() {
+					break
+				}
+			}
+			if !free.IsValid() {
+				return userErr("ournet: every address block of cluster network %s (%s) is held by a host; remove containers, or retire hosts that are gone for good (scripts/ournet-retire-host)", name, subnet)
+			}
+			t, err := s.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.Version(blockKey(name, free)), "=", 0)).
+				Then(clientv3.OpPut(blockKey(name, free), s.cfg.Host)).
+				Commit()
+			if err != nil {
+				return err
+			}
+			if t.Succeeded {
+				got = free
+				return nil
+			}
+		}
+		return fmt.Errorf("claiming a block of %s kept conflicting with other hosts", name)
+	})
+	return got, err
+}
+
+func nextBlock(b netip.Prefix) netip.Prefix {
+	a := b.Addr()
+	for i := 0; i < 1<<(a.BitLen()-b.Bits()); i++ {
+		a = a.Next()
+		if !a.IsValid() {
+			return netip.Prefix{}
+		}
+	}
+	return netip.PrefixFrom(a, b.Bits())
+}
+
+// releaseBlocks frees host's blocks of name (each only if host still holds it).
+func (s *Store) releaseBlocks(ctx context.Context, name, host string) error {
+	r, err := s.cli.Get(ctx, netKey(name)+"blocks/", clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	for _, kv := range r.Kvs {
+		if string(kv.Value) != host {
+			continue
+		}
+		if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(string(kv.Key)), "=", host)).
+			Then(clientv3.OpDelete(string(kv.Key))).Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RetireHost is the operator's word that host is gone for good: its
+// blocks, memberships and endpoints are freed, so its addresses may be
+// handed out again.
+func (s *Store) RetireHost(ctx context.Context, host string) error {
+	return s.call(ctx, "retiring host "+host, func(ctx context.Context) error {
+		r, err := s.cli.Get(ctx, prefix+"networks/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return err
+		}
+		names := map[string]bool{}
+		for _, kv := range r.Kvs {
+			rest := strings.TrimPrefix(string(kv.Key), prefix+"networks/")
+			names[strings.SplitN(rest, "/", 2)[0]] = true
+		}
+		for name := range names {
+			if err := s.releaseBlocks(ctx, name, host); err != nil {
+				return err
+			}
+			if _, err := s.cli.Delete(ctx, netKey(name)+"members/"+host); err != nil {
+				return err
+			}
+		}
+		_, err = s.cli.Delete(ctx, prefix+"hosts/"+host)
+		return err
+	})
+}
+
+// Endpoint is one container's address on a cluster network, where it lives.
+type Endpoint struct {
+	Addr netip.Addr `json:"-"`
+	Host string
+	MAC  string
+	VTEP netip.Addr // the host's advertised address
+}
+
+func epKey(name string, a netip.Addr) string { return netKey(name) + "endpoints/" + a.String() }
+
+// PutEndpoint publishes an endpoint of this host under its lease: it
+// vanishes from every other host when this host's lease expires.
+func (s *Store) PutEndpoint(ctx context.Context, name string, ep Endpoint) error {
+	ep.Host, ep.VTEP = s.cfg.Host, s.cfg.Advertise
+	raw, _ := json.Marshal(ep)
+	return s.call(ctx, "publishing endpoint "+ep.Addr.String(), func(ctx context.Context) error {
+		lease := s.leaseID()
+		if lease == 0 {
+			return fmt.Errorf("this host is not registered")
+		}
+		_, err := s.cli.Put(ctx, epKey(name, ep.Addr), string(raw), clientv3.WithLease(lease))
+		return err
+	})
+}
+
+// DeleteEndpoint removes an endpoint; one already gone is success.
+func (s *Store) DeleteEndpoint(ctx context.Context, name string, a netip.Addr) error {
+	return s.call(ctx, "removing endpoint "+a.String(), func(ctx context.Context) error {
+		_, err := s.cli.Delete(ctx, epKey(name, a))
+		return err
+	})
+}
+
+// Endpoints lists network name's endpoints, and the revision to watch from.
+func (s *Store) Endpoints(ctx context.Context, name string) (map[netip.Addr]Endpoint, int64, error) {
+	out := map[netip.Addr]Endpoint{}
+	var rev int64
+	err := s.call(ctx, "listing endpoints of "+name, func(ctx context.Context) error {
+		r, err := s.cli.Get(ctx, netKey(name)+"endpoints/", clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		rev = r.Header.Revision
+		for _, kv := range r.Kvs {
+			if ep, ok := decodeEndpoint(name, kv.Key, kv.Value); ok {
+				out[ep.Addr] = ep
+			}
+		}
+		return nil
+	})
+	return out, rev, err
+}
+
+func decodeEndpoint(name string, key, value []byte) (Endpoint, bool) {
+	var ep Endpoint
+	a, err := netip.ParseAddr(strings.TrimPrefix(string(key), netKey(name)+"endpoints/"))
+	if err != nil {
+		return ep, false
+	}
+	ep.Addr = a
+	if len(value) > 0 && json.Unmarshal(value, &ep) != nil {
+		return ep, false
+	}
+	return ep, true
+}
+
+// EndpointEvent is one change of a network's endpoints: Gone says it was
+// deleted (by its host, or by its lease expiring); Prev is what it was.
+type EndpointEvent struct {
+	Endpoint
+	Gone bool
+}
+
+// WatchEndpoints follows network name's endpoints from revision rev (as
+// Endpoints returned it) until ctx ends. The channel closes when the watch
+// breaks (a compaction, the store lost): list and watch again.
+func (s *Store) WatchEndpoints(ctx context.Context, name string, rev int64) <-chan EndpointEvent {
+	out := make(chan EndpointEvent)
+	wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), netKey(name)+"endpoints/", clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
+	go func() {
+		defer close(out)
+		for resp := range wch {
+			if resp.Err() != nil {
+				return
+			}
+			for _, ev := range resp.Events {
+				e := EndpointEvent{Gone: ev.Type == clientv3.EventTypeDelete}
+				value := ev.Kv.Value
+				if e.Gone && ev.PrevKv != nil {
+					value = ev.PrevKv.Value
+				}
+				ep, ok := decodeEndpoint(name, ev.Kv.Key, value)
+				if !ok {
+					continue
+				}
+				e.Endpoint = ep
+				select {
+				case out <- e:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out
+}
