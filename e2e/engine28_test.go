@@ -30,15 +30,6 @@ func (e *Engine) bridgeOf(t *testing.T, network string) string {
 	return "ournet-" + e.Run(t, "network", "inspect", "-f", "{{.Id}}", network)[:8]
 }
 
-func (e *Engine) ipv6Of(t *testing.T, container, network string) string {
-	t.Helper()
-	ip := e.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+network+"\").GlobalIPv6Address}}", container)
-	if ip == "" {
-		t.Fatalf("container %s has no IPv6 address on %s", container, network)
-	}
-	return ip
-}
-
 // An IPv6-only network (28: --ipv4=false): no IPv4 on the bridge or in the
 // containers; IPv6 between containers, from the host, masqueraded to the
 // outside and published with -p; ournet's IPAM picks the subnet. Engines
@@ -68,7 +59,7 @@ func TestIPv6Only(t *testing.T) {
 	if out, _ := eng.Exec("v6o-a", "ip", "-4", "-o", "addr", "show", "dev", "eth0"); strings.TrimSpace(out) != "" {
 		t.Fatalf("IPv6-only container has IPv4 addresses: %s", out)
 	}
-	ipA, ipB := eng.ipv6Of(t, "v6o-a", "v6only"), eng.ipv6Of(t, "v6o-b", "v6only")
+	ipA, ipB := containerIP6(t, eng, "v6o-a", "v6only"), containerIP6(t, eng, "v6o-b", "v6only")
 	if out, err := eng.Exec("v6o-b", "ping6", "-c", "1", "-W", "2", ipA); err != nil {
 		t.Fatalf("ping6 between IPv6-only containers: %v %s", err, out)
 	}
@@ -131,7 +122,7 @@ func TestGatewayModeIsolated(t *testing.T) {
 	if err := eng.Ping("isol-b", ipA); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := eng.Exec("isol-b", "ping6", "-c", "1", "-W", "2", eng.ipv6Of(t, "isol-a", "isolated")); err != nil {
+	if out, err := eng.Exec("isol-b", "ping6", "-c", "1", "-W", "2", containerIP6(t, eng, "isol-a", "isolated")); err != nil {
 		t.Fatalf("isolated: IPv6 between containers: %v %s", err, out)
 	}
 }
