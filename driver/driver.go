@@ -79,6 +79,9 @@ type Driver struct {
 	// removeUnknown makes the restore treat every unknown object as an
 	// orphan (STATE_RECOVER=fresh).
 	removeUnknown bool
+	// keepUnknown keeps the published ports of endpoints the state does
+	// not know (a state restored from a backup older than them).
+	keepUnknown bool
 
 	ready chan struct{} // closed once Restore has run
 	boot  string        // this run's ID, see Network.Boot
@@ -104,6 +107,12 @@ func New(links Links, fw Firewall, sys Sysctls, st *store.Store) *Driver {
 // ournet's whose ID the state does not know, journal or not: for a state
 // deliberately started empty (STATE_RECOVER=fresh). Call before Restore.
 func (d *Driver) RemoveUnknownAtRestore() { d.removeUnknown = true }
+
+// KeepUnknownAtRestore makes Restore leave the published-port rules of
+// endpoints the state does not know: for a state restored from a backup
+// (STATE_RECOVER=backup), whose newer containers are still running. Call
+// before Restore.
+func (d *Driver) KeepUnknownAtRestore() { d.keepUnknown = true }
 
 // lock waits for the restore and takes the driver's lock.
 func (d *Driver) lock() func() {

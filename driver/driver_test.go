@@ -437,6 +437,10 @@ func TestHealEndpoints(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// eid is its container's gateway (the engine programmed it).
+	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
 	l.sandboxes = map[string]bool{"/run/netns/" + eid[:4]: true}
 	d.Reconcile() // learns the interface names
 	if ep := storedEndpoint(t, st, eid); ep.Sandbox != "/run/netns/eeee" || ep.IfName != "eth0" {
@@ -452,6 +456,15 @@ func TestHealEndpoints(t *testing.T) {
 	if p.Host != "ov"+eid[:12] || p.IfName != "eth0" || p.Bridge != "ournet-aaaaaaaa" || len(p.Addrs) != 1 ||
 		p.Addrs[0].String() != "198.18.7.5/24" || p.GatewayV4.String() != "198.18.7.1" || p.PeerMAC.String() != "02:42:c6:12:07:05" {
 		t.Fatalf("plumbed %+v", p)
+	}
+	// Not the gateway (another network of its container is): no route.
+	if err := d.RevokeExternalConnectivity(&network.RevokeExternalConnectivityRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	delete(l.veths, "ov"+eid[:12])
+	d.Reconcile()
+	if len(l.plumbed) != 2 || l.plumbed[1].GatewayV4.IsValid() {
+		t.Fatalf("a non-gateway endpoint plumbed again with routes: %+v", l.plumbed)
 	}
 	status, err := d.Status()
 	if err != nil {

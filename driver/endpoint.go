@@ -23,6 +23,18 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 	if !ok {
 		return nil, fmt.Errorf("ournet: network %s is unknown to ournet (its state may have been lost); remove and recreate the network", short12(req.NetworkID))
 	}
+	if old, ok := d.endpoints[req.EndpointID]; ok && old.NetworkID == n.ID {
+		// The same call again (replayed after a crash): make sure its veth
+		// is there and answer as the first time.
+		if err := d.links.EnsureVeth(d.veth(n, old)); err != nil {
+			return nil, fmt.Errorf("ournet: creating the container's interface: %w", err)
+		}
+		res := &network.CreateEndpointResponse{}
+		if req.Interface == nil || req.Interface.MacAddress == "" {
+			res.Interface = &network.EndpointInterface{MacAddress: old.MAC}
+		}
+		return res, nil
+	}
 	ep := &Endpoint{
 		ID: req.EndpointID, NetworkID: n.ID,
 		HostVeth: hostVethName(req.EndpointID), PeerVeth: peerVethName(req.EndpointID),
@@ -85,10 +97,14 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	if !ok {
 		return nil
 	}
-	if err := d.deleteEndpoint(d.networks[ep.NetworkID], ep); err != nil {
+	// Forgotten whatever the kernel says: what it keeps of the endpoint is
+	// in the journal, and the next start removes it; a record written back
+	// later (heal, ports) would resurrect it.
+	err := d.deleteEndpoint(d.networks[ep.NetworkID], ep)
+	delete(d.endpoints, ep.ID)
+	if err != nil {
 		return err
 	}
-	delete(d.endpoints, ep.ID)
 	logEp(ep.NetworkID, ep.ID).Debug("endpoint deleted")
 	return nil
 }

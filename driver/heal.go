@@ -31,10 +31,13 @@ func (d *Driver) healEndpoints(learn bool) {
 		if !learn || ep.IfName != "" || ep.ifNameTried || mac == nil {
 			continue
 		}
-		// Once per endpoint and run: a sandbox that cannot be opened is not
-		// looked for again every round.
-		ep.ifNameTried = true
-		if name, err := d.links.SandboxIfName(ep.Sandbox, mac); err == nil && name != "" {
+		// A sandbox that cannot be opened is not looked into again this
+		// run; one where the engine has not named the interface yet is.
+		name, err := d.links.SandboxIfName(ep.Sandbox, mac)
+		if err != nil {
+			ep.ifNameTried = true
+		}
+		if err == nil && name != "" {
 			ep.IfName = name
 			if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
 				logEp(n.ID, ep.ID).WithError(err).Debug("saving the container's interface name")
@@ -54,7 +57,11 @@ func (d *Driver) heal(n *Network, ep *Endpoint) {
 			p.Addrs = append(p.Addrs, a)
 		}
 	}
-	p.GatewayV4, p.GatewayV6 = n.gateways(ep)
+	if ep.Gateway {
+		// Only the container's gateway endpoint gives it default routes:
+		// on a container of several networks another one may have them.
+		p.GatewayV4, p.GatewayV6 = n.gateways(ep)
+	}
 	err := d.links.Replumb(ep.Sandbox, p)
 	if errors.Is(err, netdev.ErrNoSandbox) {
 		// The container is gone; the engine's DeleteEndpoint follows.
@@ -72,8 +79,10 @@ func (d *Driver) heal(n *Network, ep *Endpoint) {
 	if err := d.addSpoofChecks(n, ep); err != nil {
 		log.WithError(err).Error("anti-spoofing checks of the endpoint plumbed again")
 	}
-	if d.ports != nil && len(ep.PortReq) > 0 && len(ep.Ports) > 0 {
-		if _, err := d.ports.Map(n.portEndpoint(ep), ep.PortReq); err != nil {
+	if d.ports != nil && len(ep.Ports) > 0 {
+		// The host ports it had, -P's included (the restore may have
+		// pruned them while the veth was gone).
+		if err := d.ports.Restore(n.portEndpoint(ep), ep.PortReq, ep.Ports); err != nil {
 			log.WithError(err).Error("published ports of the endpoint plumbed again")
 		}
 	}

@@ -29,9 +29,10 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 		return nil, err
 	}
 	if req.SandboxKey != "" && ep.Sandbox != req.SandboxKey {
+		// Only what healing needs: kept in memory if it cannot be saved.
 		ep.Sandbox, ep.IfName = req.SandboxKey, ""
 		if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
-			return nil, fmt.Errorf("ournet: saving endpoint state: %w", err)
+			logEp(n.ID, ep.ID).WithError(err).Warn("saving the container's sandbox (kept in memory)")
 		}
 	}
 	res := &network.JoinResponse{

@@ -73,6 +73,14 @@ func (d *Driver) journalDone(id string) {
 	}
 }
 
+// journalUndone closes the entry of a create that failed and was undone
+// whole; it never spends the space reserved for deletes.
+func (d *Driver) journalUndone(id string) {
+	if err := d.st.Delete(bucketJournal, id); err != nil {
+		logNet(id).WithError(err).Debug("closing the state journal entry (the next start finishes it)")
+	}
+}
+
 // flushUnsaved writes the deletions a full disk kept in memory. Called
 // with d.mu held.
 func (d *Driver) flushUnsaved() {

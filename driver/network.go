@@ -51,9 +51,8 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 		return err
 	}
 	defer func() {
-		if retErr != nil {
-			d.unprogramNetwork(n)
-			d.journalDone(n.ID)
+		if retErr != nil && d.unprogramNetwork(n) == nil {
+			d.journalUndone(n.ID)
 		}
 	}()
 	if err := d.programNetwork(n); err != nil {

@@ -66,6 +66,14 @@ func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) e
 	if err := ep.requestPorts(req.Options); err != nil {
 		return err
 	}
+	if !ep.Gateway {
+		ep.Gateway = true
+		if d.ports == nil || n.Options.Internal {
+			if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
+				logEp(n.ID, ep.ID).WithError(err).Warn("saving that the endpoint is the gateway")
+			}
+		}
+	}
 	if d.ports == nil || n.Options.Internal {
 		return nil
 	}
@@ -92,13 +100,18 @@ func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) e
 // or unknown, is already done. Called with d.mu held.
 func (d *Driver) revokePorts(id string) error {
 	ep, ok := d.endpoints[id]
-	if !ok || d.ports == nil {
+	if !ok {
+		return nil
+	}
+	wasGateway := ep.Gateway
+	ep.Gateway = false
+	if d.ports == nil {
 		return nil
 	}
 	if err := d.ports.Unmap(id); err != nil {
 		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(id), err)
 	}
-	if len(ep.Ports) == 0 {
+	if len(ep.Ports) == 0 && !wasGateway {
 		return nil
 	}
 	ep.Ports = nil
@@ -143,6 +156,9 @@ func (d *Driver) restorePorts() {
 		if err := d.ports.Restore(n.portEndpoint(ep), ep.PortReq, ep.Ports); err != nil {
 			logEp(n.ID, ep.ID).WithError(err).Error("restoring published ports")
 		}
+	}
+	if d.keepUnknown {
+		return
 	}
 	if err := d.ports.Prune(keep); err != nil {
 		logNet("").WithError(err).Warn("removing published ports of gone endpoints")

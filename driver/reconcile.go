@@ -149,11 +149,13 @@ func (d *Driver) ensureForeign() {
 	d.ensureBridges(foreign)
 }
 
-// ensureBridges makes OURNET-BRIDGES list every container bridge, for the
-// nat-unprotected networks that jump there; with none, it is left alone,
-// so that creating a network costs no more rules. foreign may be nil: it
-// is then listed. Called with d.mu held.
-func (d *Driver) ensureBridges(foreign []string) {
+// ensureBridges makes OURNET-BRIDGES list the container bridges: ournet's
+// and the engine's (docker0, br-+, added by the firewall), for the
+// nat-unprotected networks that jump there; never a host's own bridge (a
+// LAN uplink such as br0 or virbr0), whose traffic is "the outside". With
+// no such network it is left alone, so that creating a network costs no
+// more rules. Called with d.mu held.
+func (d *Driver) ensureBridges(_ []string) {
 	all := []string{}
 	unprotected := false
 	for _, n := range d.networks {
@@ -163,13 +165,7 @@ func (d *Driver) ensureBridges(foreign []string) {
 	if !unprotected {
 		return
 	}
-	if foreign == nil {
-		var err error
-		if foreign, err = d.links.ForeignBridges(); err != nil {
-			logNet("").WithError(err).Warn("listing bridges")
-		}
-	}
-	if err := d.fw.EnsureBridges(append(all, foreign...)); err != nil {
+	if err := d.fw.EnsureBridges(all); err != nil {
 		logNet("").WithError(err).Warn("container bridges")
 	}
 }

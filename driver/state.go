@@ -61,6 +61,10 @@ type Endpoint struct {
 	// (heal.go).
 	Sandbox string `json:",omitempty"`
 	IfName  string `json:",omitempty"`
+	// Gateway: the engine made this endpoint the container's gateway
+	// (ProgramExternalConnectivity, until Revoke): only then does healing
+	// give the container its default routes through it.
+	Gateway bool `json:",omitempty"`
 	// healed is when ournet last plumbed the endpoint again, and healErr
 	// why it could not; shown by Status.
 	healed      time.Time

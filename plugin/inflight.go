@@ -78,31 +78,80 @@ func parseInflightName(n string) (time.Time, string, bool) {
 	return time.Unix(0, ns), "/" + call, true
 }
 
-// begin keeps body until the returned func is called. A call whose body
-// cannot be kept is handled all the same (it just cannot be replayed).
-func (f *inflight) begin(path string, body []byte) func() {
-	name := fmt.Sprintf("%020d-%06d-%s.json", time.Now().UnixNano(), f.seq.Add(1)%1000000, strings.TrimPrefix(path, "/"))
-	full := filepath.Join(f.dir, name)
-	if err := os.WriteFile(full, body, 0o600); err != nil {
-		log.WithError(err).WithField("call", path).Debug("keeping the call's body for a replay")
-		return func() {}
-	}
-	return func() { os.Remove(full) }
+// call is one call kept in flight: its body, and its reply once it has one.
+type inflightCall struct {
+	full string
 }
 
-// take returns the body of the oldest call to path that an earlier run of
-// the plugin was handling when it died, or nil.
-func (f *inflight) take(path string) []byte {
+// begin keeps body until done is called. A call whose body cannot be kept
+// is handled all the same (it just cannot be replayed).
+func (f *inflight) begin(path string, body []byte) *inflightCall {
+	name := fmt.Sprintf("%020d-%06d-%s.json", time.Now().UnixNano(), f.seq.Add(1)%1000000, strings.TrimPrefix(path, "/"))
+	c := &inflightCall{full: filepath.Join(f.dir, name)}
+	if err := os.WriteFile(c.full, body, 0o600); err != nil {
+		log.WithError(err).WithField("call", path).Debug("keeping the call's body for a replay")
+		os.Remove(c.full) // a partial body must never be replayed
+		c.full = ""
+	}
+	return c
+}
+
+// answered keeps the call's successful reply beside its body, before the
+// reply is sent: a call whose work was done but whose reply never reached
+// dockerd is then answered again, not done twice (an address would be
+// handed out twice).
+func (c *inflightCall) answered(reply []byte) {
+	if c == nil || c.full == "" {
+		return
+	}
+	body, err := os.ReadFile(c.full)
+	if err != nil {
+		return
+	}
+	tmp := c.full + ".tmp"
+	if os.WriteFile(tmp, append(append(body, '\n', 0), reply...), 0o600) == nil {
+		_ = os.Rename(tmp, c.full)
+	} else {
+		os.Remove(tmp)
+	}
+}
+
+// done forgets the call: its reply has been flushed to dockerd.
+func (c *inflightCall) done() {
+	if c != nil && c.full != "" {
+		os.Remove(c.full)
+	}
+}
+
+// take returns what an earlier run of the plugin kept of a call to path
+// that was cut short: its body, and its reply if it had one. All retries
+// come with an empty body, so they cannot be told apart: a call is
+// replayed only when it is the one of its kind that was cut short (two
+// cut-short Joins could otherwise swap containers); with several, every
+// retry is answered "run the command again".
+func (f *inflight) take(path string) (body, reply []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for len(f.saved[path]) > 0 {
-		full := f.saved[path][0]
-		f.saved[path] = f.saved[path][1:]
-		body, err := os.ReadFile(full)
-		os.Remove(full)
-		if err == nil && len(body) > 0 {
-			return body
-		}
+	files := f.saved[path]
+	delete(f.saved, path)
+	for _, full := range files {
+		defer os.Remove(full)
 	}
-	return nil
+	if len(files) != 1 {
+		if len(files) > 1 {
+			log.WithField("call", path).WithField("cut short", len(files)).Warn("several calls of this kind were cut short: none is replayed (they cannot be told apart)")
+		}
+		return nil, nil
+	}
+	if at, _, ok := parseInflightName(filepath.Base(files[0])); !ok || time.Since(at) > replayWindow {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(files[0])
+	if err != nil || len(raw) == 0 {
+		return nil, nil
+	}
+	if i := strings.Index(string(raw), "\n\x00"); i >= 0 {
+		return raw[:i], raw[i+2:]
+	}
+	return raw, nil
 }

@@ -160,6 +160,9 @@ func run() error {
 	if verdict.Fresh {
 		drv.RemoveUnknownAtRestore()
 	}
+	if verdict.Recovered != "" {
+		drv.KeepUnknownAtRestore()
+	}
 	// nftables bridge family: works whatever iptables backend the host uses.
 	spoof := antispoof.New()
 	drv.SetAntiSpoof(spoof)

@@ -48,10 +48,23 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 		if len(bytes.TrimSpace(body)) == 0 && !emptyOK[path] {
 			// dockerd retries a call whose connection broke (the plugin
 			// died) with the body already consumed: an empty request.
-			// The call the dead plugin was handling is replayed instead.
-			if body = replays.take(path); body == nil {
+			// The call the dead plugin was handling is replayed instead,
+			// or, if it had done its work, its reply sent again.
+			var reply []byte
+			if body, reply = replays.take(path); body == nil {
 				msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
 				writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
+				return
+			}
+			if reply != nil {
+				log.WithField("call", path).Info("answering again a call the plugin had done when it stopped (the engine retried it with an empty body)")
+				w.Header().Set("Content-Type", contentType)
+				w.WriteHeader(http.StatusOK)
+				_, _ = w.Write(reply)
+				req := new(Req)
+				if err := http.NewResponseController(w).Flush(); err == nil && answered != nil && json.Unmarshal(body, req) == nil {
+					answered(req)
+				}
 				return
 			}
 			log.WithField("call", path).Info("replaying a call the plugin was handling when it stopped (the engine retried it with an empty body)")
@@ -63,29 +76,31 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 				return
 			}
 		}
-		done := replays.begin(path, body)
-		defer done()
+		c := replays.begin(path, body)
+		defer c.done()
 		res, err := fn(req)
 		fields := log.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)}
 		if err != nil {
 			log.WithFields(fields).WithError(err).Warn("call failed")
 			writeJSON(w, http.StatusInternalServerError, errorBody{Err: err.Error(), Error: err.Error()})
-			flush(w)
 			return
 		}
 		log.WithFields(fields).Debug("call done")
-		writeJSON(w, http.StatusOK, res)
-		flush(w)
-		if answered != nil {
+		raw, err := json.Marshal(res)
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, errorBody{Err: "ournet: encoding the reply: " + err.Error()})
+			return
+		}
+		c.answered(raw)
+		w.Header().Set("Content-Type", contentType)
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(append(raw, '\n'))
+		// Answered only once dockerd's socket has the reply: a failed
+		// flush means dockerd may never have it.
+		if err := http.NewResponseController(w).Flush(); err == nil && answered != nil {
 			answered(req)
 		}
 	})
-}
-
-func flush(w http.ResponseWriter) {
-	if f, ok := w.(http.Flusher); ok {
-		f.Flush()
-	}
 }
 
 // replays keeps the calls in flight (inflight.go); without a directory for
@@ -95,16 +110,16 @@ var replays = &inflightSet{}
 // inflightSet is an optional *inflight.
 type inflightSet struct{ f *inflight }
 
-func (s *inflightSet) begin(path string, body []byte) func() {
+func (s *inflightSet) begin(path string, body []byte) *inflightCall {
 	if s.f == nil || emptyOK[path] {
-		return func() {}
+		return nil
 	}
 	return s.f.begin(path, body)
 }
 
-func (s *inflightSet) take(path string) []byte {
+func (s *inflightSet) take(path string) (body, reply []byte) {
 	if s.f == nil {
-		return nil
+		return nil, nil
 	}
 	return s.f.take(path)
 }

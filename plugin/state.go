@@ -45,6 +45,12 @@ type stateVerdict struct {
 // applies STATE_RECOVER where the file needs it.
 func checkState(path, recover string, holds kernelHolds) stateVerdict {
 	h := store.Inspect(path)
+	// STATE_RECOVER acts once: the setting stays set after it was used, and
+	// must not wipe a state file damaged months later without asking.
+	used := path + ".recover-used"
+	if recover == recoverNone {
+		os.Remove(used)
+	}
 	if h.Usable() && !(h.Missing && holds()) {
 		if recover != recoverNone {
 			log.WithField("STATE_RECOVER", recover).Warn("the state file is good, so STATE_RECOVER does nothing; unset it (docker plugin set <plugin> STATE_RECOVER=)")
@@ -52,6 +58,13 @@ func checkState(path, recover string, holds kernelHolds) stateVerdict {
 		return stateVerdict{}
 	}
 	backups := store.Backups(path)
+	if recover != recoverNone {
+		if _, err := os.Stat(used); err == nil {
+			v := stateVerdict{Problem: damagedMessage(path, h, backups, recoverNone)}
+			v.Problem += fmt.Sprintf(" (STATE_RECOVER=%s is still set from an earlier recovery and acts only once: set it to empty, enable and disable the plugin, then set it again.)", recover)
+			return v
+		}
+	}
 	switch recover {
 	case recoverBackup:
 		if len(backups) == 0 {
@@ -64,6 +77,7 @@ func checkState(path, recover string, holds kernelHolds) stateVerdict {
 		if err != nil {
 			return stateVerdict{Problem: fmt.Sprintf("ournet: the state file %s %s, and restoring %s failed: %v", path, h.Problem(), backups[0], err)}
 		}
+		_ = os.WriteFile(used, []byte(recover+"\n"), 0o600)
 		log.WithFields(log.Fields{"state": path, "from": backups[0], "damaged": aside}).
 			Warn("state file " + h.Problem() + ": restored the newest good backup (STATE_RECOVER=backup); objects newer than it are left alone, see `ournet status`")
 		return stateVerdict{Recovered: backups[0]}
@@ -72,6 +86,7 @@ func checkState(path, recover string, holds kernelHolds) stateVerdict {
 		if err != nil {
 			return stateVerdict{Problem: fmt.Sprintf("ournet: the state file %s %s, and moving it aside failed: %v", path, h.Problem(), err)}
 		}
+		_ = os.WriteFile(used, []byte(recover+"\n"), 0o600)
 		log.WithFields(log.Fields{"state": path, "damaged": aside}).
 			Warn("state file " + h.Problem() + ": starting from an empty state (STATE_RECOVER=fresh); removing ournet's bridges and rules")
 		return stateVerdict{Fresh: true}

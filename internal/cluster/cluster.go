@@ -62,6 +62,9 @@ type Store struct {
 	mu    sync.Mutex
 	lease clientv3.LeaseID
 	stop  context.CancelFunc
+	// OnRegistered, if set, is called after the host registered again
+	// because its lease was lost: its endpoints must be published again.
+	OnRegistered func()
 }
 
 // ErrUnavailable wraps every failure to reach the store or to get an
@@ -207,10 +210,7 @@ func (s *Store) Register(ctx context.Context) error {
 			stop()
 			return err
 		}
-		go func() {
-			for range ch {
-			}
-		}()
+		go s.renew(kctx, ch)
 		s.mu.Lock()
 		if s.stop != nil {
 			s.stop()
@@ -219,6 +219,31 @@ func (s *Store) Register(ctx context.Context) error {
 		s.mu.Unlock()
 		return nil
 	})
+}
+
+// renew drains the lease's keepalive answers. When they stop while the
+// store is still wanted (a partition longer than the lease: the host, and
+// its endpoints, are gone from the store), the host registers again, with
+// backoff, and calls OnRegistered so that its endpoints are published anew.
+func (s *Store) renew(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveResponse) {
+	for range ch {
+	}
+	for wait := time.Second; ctx.Err() == nil; wait = min(2*wait, 30*time.Second) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		if err := s.Register(context.Background()); err == nil {
+			s.mu.Lock()
+			fn := s.OnRegistered
+			s.mu.Unlock()
+			if fn != nil {
+				fn()
+			}
+			return
+		}
+	}
 }
 
 // Hosts lists the live hosts.

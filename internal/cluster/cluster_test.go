@@ -296,6 +296,19 @@ func TestClusterStore(t *testing.T) {
 		if e := <-events; e.Gone || e.Addr != ep.Addr || e.Host != "host-4" || e.VTEP.String() != "198.51.100.14" {
 			t.Fatalf("first event %+v", e)
 		}
+		if _, err := short.Define(ctx, "bad/name", Spec{}); err == nil {
+			t.Fatal("a network name with a slash was accepted")
+		}
+		// Another host can neither take that address nor remove it.
+		if err := b.PutEndpoint(ctx, "par", Endpoint{Addr: ep.Addr, MAC: "02:00:00:00:00:01"}); err == nil || !strings.Contains(err.Error(), "is held by host host-4") {
+			t.Fatalf("another host publishing the same address: %v", err)
+		}
+		if err := b.DeleteEndpoint(ctx, "par", ep.Addr); err != nil {
+			t.Fatal(err)
+		}
+		if eps, _, err := b.Endpoints(ctx, "par"); err != nil || eps[ep.Addr].Host != "host-4" {
+			t.Fatalf("after another host's delete: %+v %v", eps, err)
+		}
 		short.Close() // stops renewing, as a host that dies
 		start := time.Now()
 		select {

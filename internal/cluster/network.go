@@ -40,6 +40,9 @@ func netKey(name string) string { return prefix + "networks/" + name + "/" }
 // both cases this host becomes a member. A different spec is refused with
 // what differs.
 func (s *Store) Define(ctx context.Context, name string, spec Spec) (Network, error) {
+	if name == "" || strings.ContainsAny(name, "/ ") {
+		return Network{}, userErr("ournet: cluster network name %q is not valid; use letters, digits, '-', '_' or '.'", name)
+	}
 	spec.Subnets = slices.Sorted(slices.Values(spec.Subnets))
 	n := Network{Name: name, Spec: spec}
 	err := s.call(ctx, "defining cluster network "+name, func(ctx context.Context) error {
@@ -57,8 +60,17 @@ func (s *Store) Define(ctx context.Context, name string, spec Spec) (Network, er
 					return userErr("ournet: cluster network %s exists with other settings: %s; run the same `docker network create` as on the host that created it", name, d)
 				}
 				n.VNI = have.VNI
-				_, err := s.cli.Put(ctx, netKey(name)+"members/"+s.cfg.Host, "")
-				return err
+				// Only if the definition read is still there: a last member
+				// leaving meanwhile removes it, and then this host defines
+				// it anew.
+				t, err := s.cli.Txn(ctx).
+					If(clientv3.Compare(clientv3.ModRevision(netKey(name)+"spec"), "=", r.Kvs[0].ModRevision)).
+					Then(clientv3.OpPut(netKey(name)+"members/"+s.cfg.Host, "")).
+					Commit()
+				if err != nil || t.Succeeded {
+					return err
+				}
+				continue
 			}
 			vni, err := s.freeVNI(ctx)
 			if err != nil {
@@ -293,6 +305,19 @@ func (s *Store) RetireHost(ctx context.Context, host string) error {
 				return err
 			}
 		}
+		for name := range names {
+			eps, err := s.cli.Get(ctx, netKey(name)+"endpoints/", clientv3.WithPrefix())
+			if err != nil {
+				return err
+			}
+			for _, kv := range eps.Kvs {
+				if ep, ok := decodeEndpoint(name, kv.Key, kv.Value); ok && ep.Host == host {
+					if _, err := s.cli.Delete(ctx, string(kv.Key)); err != nil {
+						return err
+					}
+				}
+			}
+		}
 		_, err = s.cli.Delete(ctx, prefix+"hosts/"+host)
 		return err
 	})
@@ -318,15 +343,43 @@ func (s *Store) PutEndpoint(ctx context.Context, name string, ep Endpoint) error
 		if lease == 0 {
 			return fmt.Errorf("this host is not registered")
 		}
-		_, err := s.cli.Put(ctx, epKey(name, ep.Addr), string(raw), clientv3.WithLease(lease))
-		return err
+		key := epKey(name, ep.Addr)
+		// New, or already this host's (same lease): never over another
+		// host's endpoint of the same address.
+		t, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Version(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil || t.Succeeded {
+			return err
+		}
+		t, err = s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.LeaseValue(key), "=", int64(lease))).
+			Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil || t.Succeeded {
+			return err
+		}
+		holder := "another host"
+		if rs := t.Responses[0].GetResponseRange(); rs != nil && len(rs.Kvs) == 1 {
+			if other, ok := decodeEndpoint(name, rs.Kvs[0].Key, rs.Kvs[0].Value); ok {
+				holder = "host " + other.Host
+			}
+		}
+		return userErr("ournet: address %s of cluster network %s is held by %s; choose another address", ep.Addr, name, holder)
 	})
 }
 
 // DeleteEndpoint removes an endpoint; one already gone is success.
 func (s *Store) DeleteEndpoint(ctx context.Context, name string, a netip.Addr) error {
 	return s.call(ctx, "removing endpoint "+a.String(), func(ctx context.Context) error {
-		_, err := s.cli.Delete(ctx, epKey(name, a))
+		// Only this host's: the address may belong to another host by now.
+		_, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.LeaseValue(epKey(name, a)), "=", int64(s.leaseID()))).
+			Then(clientv3.OpDelete(epKey(name, a))).
+			Commit()
 		return err
 	})
 }

@@ -167,7 +167,7 @@ func (m *Manager) Replumb(key string, p Plumb) (retErr error) {
 				continue
 			}
 			r := &netlink.Route{LinkIndex: in.Attrs().Index, Gw: net.IP(gw.AsSlice()), Dst: nil}
-			if err := h.RouteReplace(r); err != nil {
+			if err := h.RouteAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
 				return fmt.Errorf("default route via %s: %w", gw, err)
 			}
 		}

@@ -24,8 +24,17 @@ import (
 const Port = 4789
 
 // Overhead is what VXLAN over IPv4 adds to every frame: outer IPv4 (20),
-// UDP (8), VXLAN (8) and the inner Ethernet header (14).
+// UDP (8), VXLAN (8) and the inner Ethernet header (14); over IPv6 the outer
+// header is 40, so 70 (OverheadFor).
 const Overhead = 50
+
+// OverheadFor is the encapsulation's cost over an underlay of local's family.
+func OverheadFor(local netip.Addr) int {
+	if local.Is6() {
+		return 70
+	}
+	return Overhead
+}
 
 // Device is one cluster network's VXLAN device.
 type Device struct {
