@@ -30,6 +30,9 @@ type inflight struct {
 
 	mu    sync.Mutex
 	saved map[string][]string // path -> files of an earlier run, oldest first
+	// flushed: delete-kind calls whose cut-short bodies were all replayed
+	// at the first retry; later retries of the same kind are answered done.
+	flushed map[string]bool
 }
 
 // replayWindow bounds how old a cut-short call may be to be replayed:
@@ -40,7 +43,7 @@ func newInflight(dir string) (*inflight, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
-	f := &inflight{dir: dir, saved: map[string][]string{}}
+	f := &inflight{dir: dir, saved: map[string][]string{}, flushed: map[string]bool{}}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -121,6 +124,33 @@ func (c *inflightCall) done() {
 	if c != nil && c.full != "" {
 		os.Remove(c.full)
 	}
+}
+
+// takeAll returns the bodies of every call to path an earlier run had cut
+// short, for the delete-kind calls: each may be done again, in any order,
+// so the first empty retry replays them all, and later retries of that
+// kind (reported by takeAll as done) are answered as done.
+func (f *inflight) takeAll(path string) (bodies [][]byte, done bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	files := f.saved[path]
+	delete(f.saved, path)
+	if len(files) == 0 {
+		return nil, f.flushed[path]
+	}
+	f.flushed[path] = true
+	for _, full := range files {
+		if at, _, ok := parseInflightName(filepath.Base(full)); ok && time.Since(at) <= replayWindow {
+			if raw, err := os.ReadFile(full); err == nil && len(raw) > 0 {
+				if i := strings.Index(string(raw), "\n\x00"); i >= 0 {
+					raw = raw[:i]
+				}
+				bodies = append(bodies, raw)
+			}
+		}
+		os.Remove(full)
+	}
+	return bodies, false
 }
 
 // take returns what an earlier run of the plugin kept of a call to path

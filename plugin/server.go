@@ -50,6 +50,10 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 			// died) with the body already consumed: an empty request.
 			// The call the dead plugin was handling is replayed instead,
 			// or, if it had done its work, its reply sent again.
+			if deleteKind[path] {
+				replayDeletes(w, path, fn)
+				return
+			}
 			var reply []byte
 			if body, reply = replays.take(path); body == nil {
 				msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
@@ -117,11 +121,55 @@ func (s *inflightSet) begin(path string, body []byte) *inflightCall {
 	return s.f.begin(path, body)
 }
 
+func (s *inflightSet) takeAll(path string) ([][]byte, bool) {
+	if s.f == nil {
+		return nil, false
+	}
+	return s.f.takeAll(path)
+}
+
 func (s *inflightSet) take(path string) (body, reply []byte) {
 	if s.f == nil {
 		return nil, nil
 	}
 	return s.f.take(path)
+}
+
+// deleteKind lists the calls that may be done again in any order: a
+// retry of one of them with an empty body replays every one cut short.
+// dockerd forgets what it deletes even when the call fails, so a delete
+// not replayed would leave a network or endpoint behind in ournet.
+var deleteKind = map[string]bool{
+	"/NetworkDriver.DeleteNetwork": true, "/NetworkDriver.DeleteEndpoint": true, "/NetworkDriver.Leave": true,
+	"/NetworkDriver.RevokeExternalConnectivity": true, "/IpamDriver.ReleaseAddress": true, "/IpamDriver.ReleasePool": true,
+}
+
+func replayDeletes[Req any, Res any](w http.ResponseWriter, path string, fn func(*Req) (Res, error)) {
+	bodies, done := replays.takeAll(path)
+	if len(bodies) == 0 && !done {
+		msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
+		writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
+		return
+	}
+	var first error
+	for _, b := range bodies {
+		req := new(Req)
+		if err := json.Unmarshal(b, req); err != nil {
+			continue
+		}
+		c := replays.begin(path, b)
+		_, err := fn(req)
+		c.done()
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	log.WithFields(log.Fields{"call": path, "replayed": len(bodies)}).Info("replayed the deletes the plugin was doing when it stopped (the engine retried them with empty bodies)")
+	if first != nil {
+		writeJSON(w, http.StatusInternalServerError, errorBody{Err: first.Error(), Error: first.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, empty{})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
