@@ -70,9 +70,9 @@ type Driver struct {
 	// ports: published ports (ports.go); nil publishes none.
 	ports Ports
 
-	// unsaved are deletions (bucket, key) a full disk kept from the state
+	// unsaved are deletions a full disk kept from the state
 	// file; the repair loop writes them (journal.go).
-	unsaved [][2]string
+	unsaved []unsavedDelete
 	// strays are kernel objects marked as ournet's whose IDs neither the
 	// state nor the journal knows: left alone, reported by Status.
 	strays []string

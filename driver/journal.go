@@ -54,16 +54,27 @@ func (d *Driver) saveCreated(bucket, id string, rec any) error {
 // repair loop once there is room: a delete always goes on to remove the
 // kernel objects.
 func (d *Driver) forget(kind, bucket, id string) {
-	err := d.st.UpdateReserved(func(tx *store.Tx) error {
-		if err := tx.Delete(bucket, id); err != nil {
+	u := unsavedDelete{kind: kind, bucket: bucket, id: id}
+	if err := d.saveForget(u); err != nil {
+		logNet(id).WithError(err).Errorf("cannot save that the %s is deleted; removing it from the kernel anyway, and saving it once the state file can be written", kind)
+		d.unsaved = append(d.unsaved, u)
+	}
+}
+
+// unsavedDelete is a deletion the state file could not take yet.
+type unsavedDelete struct{ kind, bucket, id string }
+
+// saveForget deletes the record and opens its delete entry, in one
+// transaction that may use the space reserved for deletes. The entry is
+// closed once the kernel objects are gone, or by the next start's orphan
+// check, which also removes whatever the kernel still holds of it.
+func (d *Driver) saveForget(u unsavedDelete) error {
+	return d.st.UpdateReserved(func(tx *store.Tx) error {
+		if err := tx.Delete(u.bucket, u.id); err != nil {
 			return err
 		}
-		return tx.Put(bucketJournal, id, journalEntry{Op: "delete", Kind: kind, At: time.Now().UTC()})
+		return tx.Put(bucketJournal, u.id, journalEntry{Op: "delete", Kind: u.kind, At: time.Now().UTC()})
 	})
-	if err != nil {
-		logNet(id).WithError(err).Errorf("cannot save that the %s is deleted; removing it from the kernel anyway, and saving it once the state file can be written", kind)
-		d.unsaved = append(d.unsaved, [2]string{bucket, id})
-	}
 }
 
 // journalDone closes id's entry once its kernel objects are made or gone.
@@ -87,20 +98,13 @@ func (d *Driver) flushUnsaved() {
 	if err := d.st.EnsureReserve(); err != nil {
 		logNet("").WithError(err).Debug("state store: reserve for deletes not (yet) restored")
 	}
-	var left [][2]string
+	var left []unsavedDelete
 	for _, u := range d.unsaved {
-		if err := d.st.UpdateReserved(func(tx *store.Tx) error {
-			if err := tx.Delete(u[0], u[1]); err != nil {
-				return err
-			}
-			// Closed by the next start's orphan check, which also removes
-			// whatever the kernel still holds of it.
-			return tx.Put(bucketJournal, u[1], journalEntry{Op: "delete", Kind: u[0], At: time.Now().UTC()})
-		}); err != nil {
+		if err := d.saveForget(u); err != nil {
 			left = append(left, u)
 			continue
 		}
-		logNet(u[1]).Info("state store writable again: saved a deletion kept in memory")
+		logNet(u.id).Info("state store writable again: saved a deletion kept in memory")
 	}
 	d.unsaved = left
 }
