@@ -64,7 +64,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	}
 	crash.Point("create-network:after-save")
 	d.networks[n.ID] = n
-	d.ensureBridges(nil)
+	d.ensureBridges()
 	log.WithField("bridge", n.Bridge).Info("network created")
 	return nil
 }
@@ -234,7 +234,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	// record that resurrects a deleted network.
 	d.forget("network", bucketNetworks, n.ID)
 	delete(d.networks, n.ID)
-	d.ensureBridges(nil)
+	d.ensureBridges()
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {
 		return fmt.Errorf("ournet: removing network %s: %w", short12(n.ID), err)

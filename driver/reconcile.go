@@ -138,6 +138,7 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 // ensureForeign makes OURNET-FOREIGN, every network's way out, list the
 // host's bridges that are not ournet's. Called with d.mu held.
 func (d *Driver) ensureForeign() {
+	d.ensureBridges()
 	foreign, err := d.links.ForeignBridges()
 	if err != nil {
 		logNet("").WithError(err).Warn("drift: listing bridges")
@@ -146,7 +147,6 @@ func (d *Driver) ensureForeign() {
 	if err := d.fw.EnsureForeignBridges(foreign); err != nil {
 		logNet("").WithError(err).Warn("drift: foreign bridges")
 	}
-	d.ensureBridges(foreign)
 }
 
 // ensureBridges makes OURNET-BRIDGES list the container bridges: ournet's
@@ -155,7 +155,7 @@ func (d *Driver) ensureForeign() {
 // LAN uplink such as br0 or virbr0), whose traffic is "the outside". With
 // no such network it is left alone, so that creating a network costs no
 // more rules. Called with d.mu held.
-func (d *Driver) ensureBridges(_ []string) {
+func (d *Driver) ensureBridges() {
 	all := []string{}
 	unprotected := false
 	for _, n := range d.networks {

@@ -139,7 +139,7 @@ func (d *Driver) Restore() error {
 			}
 		}
 	}
-	d.ensureBridges(nil)
+	d.ensureBridges()
 	for _, n := range nets {
 		d.reattachEndpoints(n)
 	}
