@@ -187,8 +187,9 @@ func (d *Driver) reattachEndpoints(n *Network) {
 	}
 }
 
-// Watch runs Reconcile every interval until stop is closed.
-func (d *Driver) Watch(interval time.Duration, stop <-chan struct{}) {
+// Watch runs Reconcile, then each of also, every interval until stop is
+// closed (the plugin adds the IPAM's flush of releases kept in memory).
+func (d *Driver) Watch(interval time.Duration, stop <-chan struct{}, also ...func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -197,6 +198,9 @@ func (d *Driver) Watch(interval time.Duration, stop <-chan struct{}) {
 			return
 		case <-t.C:
 			d.Reconcile()
+			for _, fn := range also {
+				fn()
+			}
 		}
 	}
 }

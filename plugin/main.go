@@ -204,8 +204,7 @@ func run() error {
 	backup(st, drv, alloc)
 	stop := make(chan struct{})
 	defer close(stop)
-	go drv.Watch(cfg.ReconcileEvery, stop)
-	go flushEvery(alloc, cfg.ReconcileEvery, stop)
+	go drv.Watch(cfg.ReconcileEvery, stop, alloc.Flush)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
@@ -236,20 +235,6 @@ func run() error {
 		log.Info("no network left: removed ournet's chains and tables")
 	}
 	return nil
-}
-
-// flushEvery writes the IPAM releases a full disk kept in memory.
-func flushEvery(a *ipam.Allocator, every time.Duration, stop <-chan struct{}) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			a.Flush()
-		}
-	}
 }
 
 // serveDamaged runs the plugin without its state: it listens (so the
