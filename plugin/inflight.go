@@ -112,7 +112,7 @@ func (c *inflightCall) answered(reply []byte) {
 		return
 	}
 	tmp := c.full + ".tmp"
-	if os.WriteFile(tmp, append(append(body, '\n', 0), reply...), 0o600) == nil {
+	if os.WriteFile(tmp, append(append(body, replySep...), reply...), 0o600) == nil {
 		_ = os.Rename(tmp, c.full)
 	} else {
 		os.Remove(tmp)
@@ -124,6 +124,26 @@ func (c *inflightCall) done() {
 	if c != nil && c.full != "" {
 		os.Remove(c.full)
 	}
+}
+
+// replySep separates a kept call's body from its reply in its file.
+const replySep = "\n\x00"
+
+// readKept reads, and removes, the file of a call an earlier run kept:
+// its body, and its reply if it had one; nil for a file too old or empty.
+func readKept(full string) (body, reply []byte) {
+	defer os.Remove(full)
+	if at, _, ok := parseInflightName(filepath.Base(full)); !ok || time.Since(at) > replayWindow {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(full)
+	if err != nil || len(raw) == 0 {
+		return nil, nil
+	}
+	if i := strings.Index(string(raw), replySep); i >= 0 {
+		return raw[:i], raw[i+len(replySep):]
+	}
+	return raw, nil
 }
 
 // takeAll returns the bodies of every call to path an earlier run had cut
@@ -140,15 +160,9 @@ func (f *inflight) takeAll(path string) (bodies [][]byte, done bool) {
 	}
 	f.flushed[path] = true
 	for _, full := range files {
-		if at, _, ok := parseInflightName(filepath.Base(full)); ok && time.Since(at) <= replayWindow {
-			if raw, err := os.ReadFile(full); err == nil && len(raw) > 0 {
-				if i := strings.Index(string(raw), "\n\x00"); i >= 0 {
-					raw = raw[:i]
-				}
-				bodies = append(bodies, raw)
-			}
+		if body, _ := readKept(full); body != nil {
+			bodies = append(bodies, body)
 		}
-		os.Remove(full)
 	}
 	return bodies, false
 }
@@ -164,24 +178,14 @@ func (f *inflight) take(path string) (body, reply []byte) {
 	defer f.mu.Unlock()
 	files := f.saved[path]
 	delete(f.saved, path)
-	for _, full := range files {
-		defer os.Remove(full)
-	}
 	if len(files) != 1 {
+		for _, full := range files {
+			os.Remove(full)
+		}
 		if len(files) > 1 {
 			log.WithField("call", path).WithField("cut short", len(files)).Warn("several calls of this kind were cut short: none is replayed (they cannot be told apart)")
 		}
 		return nil, nil
 	}
-	if at, _, ok := parseInflightName(filepath.Base(files[0])); !ok || time.Since(at) > replayWindow {
-		return nil, nil
-	}
-	raw, err := os.ReadFile(files[0])
-	if err != nil || len(raw) == 0 {
-		return nil, nil
-	}
-	if i := strings.Index(string(raw), "\n\x00"); i >= 0 {
-		return raw[:i], raw[i+2:]
-	}
-	return raw, nil
+	return readKept(files[0])
 }
