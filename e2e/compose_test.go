@@ -191,11 +191,3 @@ func assertNetworksGone(t *testing.T, e *Engine, ids []string, hostPorts ...stri
 		}
 	}
 }
-
-// ournetStatus runs scripts/ournet-status against e's plugin.
-func (e *Engine) ournetStatus(args ...string) (string, error) {
-	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "ournet-status"), args...)
-	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host, "OURNET_SOCKET="+filepath.Join(e.Dir, "plugins", "ournet.sock"))
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}

@@ -137,13 +137,7 @@ func TestStatusReportsDrift(t *testing.T) {
 	e.Run(t, "plugin", "enable", PluginName)
 	Net(t, e, "st", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.48.0/24")
 	Container(t, e, "st-a", "--network", "st")
-	status := func() (string, error) {
-		cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "ournet-status"))
-		cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host, "OURNET_SOCKET="+filepath.Join(e.Dir, "plugins", "ournet.sock"))
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
-	out, err := status()
+	out, err := e.ournetStatus()
 	if err != nil || !strings.Contains(out, "198.18.48.0/24") || !strings.Contains(out, "no drift") {
 		t.Fatalf("status on a healthy network: %v\n%s", err, out)
 	}
@@ -151,8 +145,16 @@ func TestStatusReportsDrift(t *testing.T) {
 	if _, err := e.Sh("iptables", "-F", "OURNET-I-"+id[:12]); err != nil {
 		t.Fatal(err)
 	}
-	out, err = status()
+	out, err = e.ournetStatus()
 	if err == nil || !strings.Contains(out, "PROBLEM: firewall rules differ") {
 		t.Fatalf("status after a flushed chain: %v\n%s", err, out)
 	}
+}
+
+// ournetStatus runs scripts/ournet-status against e's plugin.
+func (e *Engine) ournetStatus(args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "ournet-status"), args...)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host, "OURNET_SOCKET="+filepath.Join(e.Dir, "plugins", "ournet.sock"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
