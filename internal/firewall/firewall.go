@@ -413,19 +413,25 @@ func (fw *Firewall) SetForeignBridges(names []string) error {
 // concurrent writer); the plugin calls it at start, and the repair loop
 // every round.
 func (fw *Firewall) EnsureForeignBridges(names []string) error {
+	return fw.ensureChain(ForeignChain, ForeignScript(names), "listing foreign bridges")
+}
+
+// ensureChain rewrites one filter chain with script where, in a family,
+// its rules differ from what script writes.
+func (fw *Firewall) ensureChain(chain, script, what string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	want := ParseSave(ForeignScript(names))[ForeignChain]
+	want := ParseSave(script)[chain]
 	for _, f := range fw.families {
 		dump, err := fw.run.Save(f, "filter")
 		if err != nil {
 			return err
 		}
-		if slices.Equal(ParseSave(dump)[ForeignChain], want) {
+		if slices.Equal(ParseSave(dump)[chain], want) {
 			continue
 		}
-		if err := fw.run.Restore(f, ForeignScript(names)); err != nil {
-			return fmt.Errorf("%s: listing foreign bridges: %w", f, err)
+		if err := fw.run.Restore(f, script); err != nil {
+			return fmt.Errorf("%s: %s: %w", f, what, err)
 		}
 	}
 	return nil
@@ -434,23 +440,7 @@ func (fw *Firewall) EnsureForeignBridges(names []string) error {
 // EnsureBridges rewrites OURNET-BRIDGES, where it differs, to list the
 // given container bridges (the engine's docker0 and br-+ always).
 func (fw *Firewall) EnsureBridges(names []string) error {
-	fw.mu.Lock()
-	defer fw.mu.Unlock()
-	script := BridgesScript(names)
-	want := ParseSave(script)[BridgesChain]
-	for _, f := range fw.families {
-		dump, err := fw.run.Save(f, "filter")
-		if err != nil {
-			return err
-		}
-		if slices.Equal(ParseSave(dump)[BridgesChain], want) {
-			continue
-		}
-		if err := fw.run.Restore(f, script); err != nil {
-			return fmt.Errorf("%s: listing container bridges: %w", f, err)
-		}
-	}
-	return nil
+	return fw.ensureChain(BridgesChain, BridgesScript(names), "listing container bridges")
 }
 
 // BridgesScript is the iptables-restore input that rewrites OURNET-BRIDGES.
