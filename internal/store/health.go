@@ -129,7 +129,8 @@ func (s *Store) Backup() (string, error) {
 func Backups(path string) []string {
 	var out []string
 	for i := 1; i <= keepBackups; i++ {
-		if b := backupName(path, i); Inspect(b).Usable() && !Inspect(b).Missing {
+		b := backupName(path, i)
+		if h := Inspect(b); h.Usable() && !h.Missing {
 			out = append(out, b)
 		}
 	}
