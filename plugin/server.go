@@ -204,9 +204,7 @@ func noErr[Req any](fn func(*Req) error) func(*Req) (empty, error) {
 // a private mux with its own /Plugin.Activate.
 func newMux(d network.Driver, a ipamapi.Ipam, extra func(*http.ServeMux)) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
-	})
+	mux.HandleFunc("/Plugin.Activate", activate)
 
 	if c, ok := d.(gwAllocChecker); ok {
 		// Engine 28+ asks before reserving gateway addresses; older ones
@@ -244,6 +242,11 @@ func newMux(d network.Driver, a ipamapi.Ipam, extra func(*http.ServeMux)) *http.
 		extra(mux)
 	}
 	return mux
+}
+
+// activate answers /Plugin.Activate: both APIs on the one socket.
+func activate(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
 }
 
 // listenUnix listens on path, replacing a stale socket left by a crash.

@@ -124,9 +124,7 @@ func damagedMessage(path string, h store.Health, backups []string, recover strin
 // show it. It touches nothing in the kernel.
 func damagedMux(problem string) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
-	})
+	mux.HandleFunc("/Plugin.Activate", activate)
 	route(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*network.CapabilitiesResponse, error) {
 		return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
 	})
