@@ -283,7 +283,7 @@ func (d *Driver) reclaimOverlapping(n *Network) error {
 		if overlap == "" {
 			continue
 		}
-		if !other.Unanswered || other.Used || other.Boot == d.boot {
+		if !other.Unanswered || other.Boot == d.boot {
 			return fmt.Errorf("ournet: subnet %s overlaps subnet %s of ournet network %s (bridge %s); choose another subnet or remove that network", mine, overlap, short12(other.ID), other.Bridge)
 		}
 		logNet(other.ID).WithField("subnet", overlap).Warn("removing a network dockerd never learnt of (the plugin stopped before answering its creation)")
