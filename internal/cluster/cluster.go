@@ -62,8 +62,8 @@ type Store struct {
 	mu    sync.Mutex
 	lease clientv3.LeaseID
 	stop  context.CancelFunc
-	// OnRegistered, if set, is called after the host registered again
-	// because its lease was lost: its endpoints must be published again.
+	// OnRegistered, if set, is called after the host registered (again:
+	// its lease was lost): its endpoints must be published again.
 	OnRegistered func()
 }
 
@@ -133,6 +133,18 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 	}
 	return c, nil
 }
+
+// Host is this host's identity in the store.
+func (s *Store) Host() string { return s.cfg.Host }
+
+// Advertise is the address other hosts reach this one at.
+func (s *Store) Advertise() netip.Addr { return s.cfg.Advertise }
+
+// Endpoints names the store, for messages.
+func (s *Store) Where() string { return "etcd at " + strings.Join(s.cfg.Endpoints, ",") }
+
+// Registered says whether this host holds a lease now.
+func (s *Store) Registered() bool { return s.leaseID() != 0 }
 
 // Close stops renewing this host's lease (the others see it gone when it
 // expires) and closes the client.
@@ -223,17 +235,24 @@ func (s *Store) Register(ctx context.Context) error {
 
 // renew drains the lease's keepalive answers. When they stop while the
 // store is still wanted (a partition longer than the lease: the host, and
-// its endpoints, are gone from the store), the host registers again, with
-// backoff, and calls OnRegistered so that its endpoints are published anew.
+// its endpoints, are gone from the store), the host registers again, every
+// two seconds at most, and calls OnRegistered so that its endpoints are
+// published anew.
 func (s *Store) renew(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveResponse) {
 	for range ch {
 	}
-	for wait := time.Second; ctx.Err() == nil; wait = min(2*wait, 30*time.Second) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
+	if ctx.Err() != nil {
+		return
+	}
+	s.mu.Lock()
+	s.lease = 0
+	s.mu.Unlock()
+	s.registerLoop(ctx)
+}
+
+// registerLoop registers until it succeeds or ctx ends.
+func (s *Store) registerLoop(ctx context.Context) {
+	for wait := 500 * time.Millisecond; ctx.Err() == nil; wait = min(2*wait, 2*time.Second) {
 		if err := s.Register(context.Background()); err == nil {
 			s.mu.Lock()
 			fn := s.OnRegistered
@@ -243,7 +262,23 @@ func (s *Store) renew(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveRes
 			}
 			return
 		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
 	}
+}
+
+// Start registers this host in the background, retrying while the store
+// cannot be reached, then calls OnRegistered; until Close it registers
+// again whenever the lease is lost.
+func (s *Store) Start() {
+	ctx, stop := context.WithCancel(context.Background())
+	s.mu.Lock()
+	s.stop = stop
+	s.mu.Unlock()
+	go s.registerLoop(ctx)
 }
 
 // Hosts lists the live hosts.

@@ -24,6 +24,10 @@ const (
 type Spec struct {
 	Subnets []string          // sorted
 	Options map[string]string // the options that shape the network, normalised
+	// MTU is the network's MTU on every host: the defining host's proposal
+	// (its underlay's MTU less the encapsulation, or the user's); joining
+	// hosts take the cluster's. Not compared.
+	MTU int `json:",omitempty"`
 }
 
 // Network is a cluster network as the store holds it.
@@ -59,7 +63,7 @@ func (s *Store) Define(ctx context.Context, name string, spec Spec) (Network, er
 				if d := differs(have.Spec, spec); d != "" {
 					return userErr("ournet: cluster network %s exists with other settings: %s; run the same `docker network create` as on the host that created it", name, d)
 				}
-				n.VNI = have.VNI
+				n.VNI, n.MTU = have.VNI, have.MTU
 				// Only if the definition read is still there: a last member
 				// leaving meanwhile removes it, and then this host defines
 				// it anew.
@@ -254,6 +258,70 @@ func (s *Store) ClaimBlock(ctx context.Context, name string, subnet netip.Prefix
 	return got, err
 }
 
+// ClaimBlockFor claims for this host the block of subnet that holds addr
+// (a container's --ip), unless another host holds it: then the refusal
+// names that host. A block this host holds already is returned as it is.
+func (s *Store) ClaimBlockFor(ctx context.Context, name string, subnet netip.Prefix, addr netip.Addr) (netip.Prefix, error) {
+	b, err := netip.PrefixFrom(addr, blockBits(subnet)).Masked(), error(nil)
+	if !subnet.Contains(addr) {
+		return netip.Prefix{}, userErr("ournet: address %s is not in cluster network %s's subnet %s", addr, name, subnet)
+	}
+	err = s.call(ctx, "claiming the address block of "+addr.String(), func(ctx context.Context) error {
+		key := blockKey(name, b)
+		t, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Version(key), "=", 0)).
+			Then(clientv3.OpPut(key, s.cfg.Host)).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil || t.Succeeded {
+			return err
+		}
+		holder := ""
+		if rs := t.Responses[0].GetResponseRange(); rs != nil && len(rs.Kvs) == 1 {
+			holder = string(rs.Kvs[0].Value)
+		}
+		if holder == s.cfg.Host {
+			return nil
+		}
+		return userErr("ournet: address %s of cluster network %s is in address block %s, which host %s holds; "+
+			"run the container on that host, or choose an address no other host's block holds", addr, name, b, holder)
+	})
+	return b, err
+}
+
+// HeldBlocks lists the blocks of name this host holds.
+func (s *Store) HeldBlocks(ctx context.Context, name string) ([]netip.Prefix, error) {
+	all, err := s.Blocks(ctx, name)
+	var out []netip.Prefix
+	for b, h := range all {
+		if h == s.cfg.Host {
+			out = append(out, b)
+		}
+	}
+	slices.SortFunc(out, func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
+	return out, err
+}
+
+// Memberships lists the cluster networks this host is a member of.
+func (s *Store) Memberships(ctx context.Context) ([]string, error) {
+	var out []string
+	err := s.call(ctx, "listing this host's cluster networks", func(ctx context.Context) error {
+		r, err := s.cli.Get(ctx, prefix+"networks/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return err
+		}
+		for _, kv := range r.Kvs {
+			rest := strings.TrimPrefix(string(kv.Key), prefix+"networks/")
+			name, member, ok := strings.Cut(rest, "/members/")
+			if ok && member == s.cfg.Host {
+				out = append(out, name)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 func nextBlock(b netip.Prefix) netip.Prefix {
 	a := b.Addr()
 	for i := 0; i < 1<<(a.BitLen()-b.Bits()); i++ {
@@ -334,51 +402,67 @@ type Endpoint struct {
 func epKey(name string, a netip.Addr) string { return netKey(name) + "endpoints/" + a.String() }
 
 // PutEndpoint publishes an endpoint of this host under its lease: it
-// vanishes from every other host when this host's lease expires.
+// vanishes from every other host when this host's lease expires. An
+// address another host holds is refused, naming the host; one this host
+// published before (under an older lease too) is written again.
 func (s *Store) PutEndpoint(ctx context.Context, name string, ep Endpoint) error {
 	ep.Host, ep.VTEP = s.cfg.Host, s.cfg.Advertise
 	raw, _ := json.Marshal(ep)
 	return s.call(ctx, "publishing endpoint "+ep.Addr.String(), func(ctx context.Context) error {
 		lease := s.leaseID()
 		if lease == 0 {
-			return fmt.Errorf("this host is not registered")
+			return fmt.Errorf("this host is not registered (%w)", ErrUnavailable)
 		}
 		key := epKey(name, ep.Addr)
-		// New, or already this host's (same lease): never over another
-		// host's endpoint of the same address.
-		t, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.Version(key), "=", 0)).
-			Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		if err != nil || t.Succeeded {
-			return err
-		}
-		t, err = s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.LeaseValue(key), "=", int64(lease))).
-			Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		if err != nil || t.Succeeded {
-			return err
-		}
-		holder := "another host"
-		if rs := t.Responses[0].GetResponseRange(); rs != nil && len(rs.Kvs) == 1 {
-			if other, ok := decodeEndpoint(name, rs.Kvs[0].Key, rs.Kvs[0].Value); ok {
-				holder = "host " + other.Host
+		for try := 0; try < 8; try++ {
+			t, err := s.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.Version(key), "=", 0)).
+				Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).
+				Else(clientv3.OpGet(key)).
+				Commit()
+			if err != nil || t.Succeeded {
+				return err
+			}
+			rs := t.Responses[0].GetResponseRange()
+			if rs == nil || len(rs.Kvs) != 1 {
+				continue
+			}
+			kv := rs.Kvs[0]
+			other, _ := decodeEndpoint(name, kv.Key, kv.Value)
+			if other.Host != s.cfg.Host {
+				return userErr("ournet: address %s of cluster network %s is held by host %s; choose another address", ep.Addr, name, other.Host)
+			}
+			if kv.Lease == int64(lease) && string(kv.Value) == string(raw) {
+				return nil
+			}
+			t, err = s.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+				Then(clientv3.OpPut(key, string(raw), clientv3.WithLease(lease))).
+				Commit()
+			if err != nil || t.Succeeded {
+				return err
 			}
 		}
-		return userErr("ournet: address %s of cluster network %s is held by %s; choose another address", ep.Addr, name, holder)
+		return fmt.Errorf("publishing %s kept conflicting with other writers", ep.Addr)
 	})
 }
 
-// DeleteEndpoint removes an endpoint; one already gone is success.
+// DeleteEndpoint removes an endpoint of this host; one already gone, or
+// another host's by now, is success.
 func (s *Store) DeleteEndpoint(ctx context.Context, name string, a netip.Addr) error {
 	return s.call(ctx, "removing endpoint "+a.String(), func(ctx context.Context) error {
-		// Only this host's: the address may belong to another host by now.
-		_, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.LeaseValue(epKey(name, a)), "=", int64(s.leaseID()))).
-			Then(clientv3.OpDelete(epKey(name, a))).
+		key := epKey(name, a)
+		r, err := s.cli.Get(ctx, key)
+		if err != nil || len(r.Kvs) == 0 {
+			return err
+		}
+		kv := r.Kvs[0]
+		if ep, _ := decodeEndpoint(name, kv.Key, kv.Value); ep.Host != s.cfg.Host {
+			return nil
+		}
+		_, err = s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(key)).
 			Commit()
 		return err
 	})
@@ -456,4 +540,34 @@ func (s *Store) WatchEndpoints(ctx context.Context, name string, rev int64) <-ch
 		}
 	}()
 	return out
+}
+
+// KnownHosts lists every host that is a member of a cluster network or
+// holds address blocks, and whether it is alive (holds a lease): a host
+// that is gone but still listed keeps its addresses until RetireHost.
+func (s *Store) KnownHosts(ctx context.Context) (map[string]bool, error) {
+	out := map[string]bool{}
+	err := s.call(ctx, "listing hosts", func(ctx context.Context) error {
+		r, err := s.cli.Get(ctx, prefix+"networks/", clientv3.WithPrefix())
+		if err != nil {
+			return err
+		}
+		for _, kv := range r.Kvs {
+			rest := strings.TrimPrefix(string(kv.Key), prefix+"networks/")
+			if _, member, ok := strings.Cut(rest, "/members/"); ok {
+				out[member] = false
+			} else if _, _, ok := strings.Cut(rest, "/blocks/"); ok {
+				out[string(kv.Value)] = false
+			}
+		}
+		live, err := s.cli.Get(ctx, prefix+"hosts/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return err
+		}
+		for _, kv := range live.Kvs {
+			out[strings.TrimPrefix(string(kv.Key), prefix+"hosts/")] = true
+		}
+		return nil
+	})
+	return out, err
 }
