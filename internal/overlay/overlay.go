@@ -44,6 +44,10 @@ type Device struct {
 	Bridge string     // the network's bridge, which the device joins
 	MTU    int        // the underlay's MTU minus Overhead
 	Owner  string     // the network ID, in the device's alias
+	// Isolated makes the device an isolated bridge port (icc=false): then
+	// frames from remote containers reach no local container, only the
+	// bridge (the gateway), as between local containers.
+	Isolated bool
 }
 
 // Peer is one remote endpoint.
@@ -113,6 +117,9 @@ func (m *Manager) Ensure(d Device) error {
 		if err := m.h.LinkSetMaster(l, br); err != nil {
 			return fmt.Errorf("attaching %s to %s: %w", d.Name, d.Bridge, err)
 		}
+	}
+	if err := m.h.LinkSetIsolated(l, d.Isolated); err != nil {
+		return fmt.Errorf("setting port isolation on %s: %w", d.Name, err)
 	}
 	// The tunnel is one bridge port for every remote container: frames
 	// between two remote containers never come back through it.
