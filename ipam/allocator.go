@@ -73,6 +73,7 @@ type Allocator struct {
 	hostNetworks           func() ([]netip.Prefix, error)
 	serial                 bool
 	st                     *store.Store // nil: memory only
+	blocks                 Blocks       // the cluster store; nil: none
 
 	mu    sync.Mutex
 	pools map[string]*pool

@@ -40,6 +40,14 @@ type pool struct {
 	// a plugin that crashed before dockerd could use it: dockerd never
 	// learnt its ID and would never release it. New drops such pools.
 	Pending bool `json:"pending,omitempty"`
+	// Picked: ournet chose the subnet (no --subnet was given).
+	Picked bool `json:"picked,omitempty"`
+	// Cluster names the cluster network whose addresses this pool hands
+	// out on this host (cluster.go): then dynamic addresses and --ip come
+	// only from Blocks, the blocks of the subnet this host holds in the
+	// cluster store.
+	Cluster string         `json:"cluster,omitempty"`
+	Blocks  []netip.Prefix `json:"blocks,omitempty"`
 }
 
 func (p *pool) v6() bool { return p.Prefix.Addr().Is6() }
@@ -49,6 +57,7 @@ func (p *pool) v6() bool { return p.Prefix.Addr().Is6() }
 func (p *pool) clone() *pool {
 	c := *p
 	c.Addrs = slices.Clone(p.Addrs)
+	c.Blocks = slices.Clone(p.Blocks)
 	return &c
 }
 

@@ -38,7 +38,13 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 		kind = KindGateway
 	}
 
-	if want.IsValid() {
+	if p.Cluster != "" && kind != KindGateway {
+		addr, err := a.clusterAddress(p, want)
+		if err != nil {
+			return nil, err
+		}
+		want = addr
+	} else if want.IsValid() {
 		if kind == KindDynamic {
 			kind = KindStatic
 		}

@@ -38,7 +38,8 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !pfx.IsValid() {
+	picked := !pfx.IsValid()
+	if picked {
 		if pfx, err = a.pickDefault(req.V6, host); err != nil {
 			return nil, err
 		}
@@ -54,7 +55,7 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 		}
 	}
 
-	p := &pool{ID: poolID(space, pfx, sub), AddressSpace: space, Prefix: pfx, Sub: sub, Options: copyOptions(req.Options), Pending: true}
+	p := &pool{ID: poolID(space, pfx, sub), AddressSpace: space, Prefix: pfx, Sub: sub, Options: copyOptions(req.Options), Pending: true, Picked: picked}
 	if err := a.save(p); err != nil {
 		return nil, err
 	}
