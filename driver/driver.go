@@ -69,6 +69,9 @@ type Driver struct {
 	spoof AntiSpoof
 	// ports: published ports (ports.go); nil publishes none.
 	ports Ports
+	// cl: cluster networks (cluster.go); nil refuses them.
+	cl    *clusterState
+	clOff string // why cl is nil though ETCD_ENDPOINTS is set
 
 	// unsaved are deletions a full disk kept from the state
 	// file; the repair loop writes them (journal.go).
@@ -121,9 +124,15 @@ func (d *Driver) lock() func() {
 	return d.mu.Unlock
 }
 
-// GetCapabilities: networks and their connectivity are local to this host.
+// GetCapabilities: networks are local to this host.
 func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
-	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+	// With a cluster store, connectivity spans hosts (as macvlan's does):
+	// each engine still has a network of its own, linked by its cluster name.
+	conn := network.LocalScope
+	if d.cl != nil {
+		conn = network.GlobalScope
+	}
+	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: conn}, nil
 }
 
 // AllocateNetwork and FreeNetwork are swarm-only (global scope) calls.

@@ -74,6 +74,12 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 	if err := d.addSpoofChecks(n, ep); err != nil {
 		return nil, err
 	}
+	if n.Cluster != nil && d.cl != nil {
+		if err := d.publish(n, ep); err != nil {
+			return nil, err
+		}
+		ep.published = true
+	}
 	if !n.Used || n.Unanswered {
 		n.Used, n.Unanswered = true, false
 		if err := d.st.Put(bucketNetworks, n.ID, n); err != nil {
@@ -115,6 +121,9 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 func (d *Driver) deleteEndpoint(n *Network, ep *Endpoint) error {
 	d.forget("endpoint", bucketEndpoints, ep.ID)
 	crash.Point("delete-endpoint:after-forget")
+	if ep.published || d.endpoints[ep.ID] != nil {
+		d.unpublish(n, ep)
+	}
 	if err := d.unmapPorts(ep); err != nil {
 		return err
 	}

@@ -47,6 +47,17 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 		return fmt.Errorf("ournet: a network device named %s already exists on this host; choose another %s or remove that device", n.Bridge, optBridgeName)
 	}
 
+	if n.Options.Cluster != "" {
+		undo, err := d.defineCluster(n, req)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if retErr != nil {
+				undo()
+			}
+		}()
+	}
 	if err := d.journalCreate("network", n.ID); err != nil {
 		return err
 	}
@@ -65,6 +76,11 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	crash.Point("create-network:after-save")
 	d.networks[n.ID] = n
 	d.ensureBridges()
+	if n.Cluster != nil {
+		d.startAgent(n)
+		d.kickSync()
+		log = log.WithField("cluster", n.Cluster.Name).WithField("vni", n.Cluster.VNI)
+	}
 	log.WithField("bridge", n.Bridge).Info("network created")
 	return nil
 }
@@ -167,6 +183,14 @@ func (d *Driver) prepareNetwork(n *Network) error {
 		}
 		return fmt.Errorf("ournet: setting up bridge %s: %w", n.Bridge, err)
 	}
+	if n.Cluster != nil {
+		if d.cl == nil {
+			return fmt.Errorf("ournet: network %s is part of cluster network %s, but ETCD_ENDPOINTS is not set any more; set it again", short12(n.ID), n.Cluster.Name)
+		}
+		if err := d.cl.cfg.Overlay.Ensure(d.device(n)); err != nil {
+			return fmt.Errorf("ournet: setting up the VXLAN device of cluster network %s: %w", n.Cluster.Name, err)
+		}
+	}
 	return d.setSysctls(n)
 }
 
@@ -205,6 +229,12 @@ func (d *Driver) unprogramNetwork(n *Network) error {
 		logNet(n.ID).WithError(err).Warn("removing firewall rules")
 		first = err
 	}
+	if n.Cluster != nil && d.cl != nil {
+		if err := d.cl.cfg.Overlay.Delete(n.Cluster.Device, n.ID); err != nil {
+			logNet(n.ID).WithError(err).Warn("removing the VXLAN device")
+			first = err
+		}
+	}
 	if err := d.links.DeleteBridge(n.Bridge, n.ID); err != nil && !errors.Is(err, netdev.ErrNotOurs) {
 		logNet(n.ID).WithError(err).Warn("removing bridge")
 		first = cmpErr(first, err)
@@ -235,6 +265,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	d.forget("network", bucketNetworks, n.ID)
 	delete(d.networks, n.ID)
 	d.ensureBridges()
+	d.leaveCluster(n)
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {
 		return fmt.Errorf("ournet: removing network %s: %w", short12(n.ID), err)

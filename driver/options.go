@@ -27,6 +27,7 @@ const (
 	optMTU           = "com.docker.network.driver.mtu"
 	optIfacePrefix   = "com.docker.network.container_iface_prefix"
 	optAntiSpoofing  = "ournet.anti_spoofing"
+	optCluster       = "ournet.cluster"
 
 	bridgeOptPrefix = "com.docker.network.bridge."
 	ournetOptPrefix = "ournet."
@@ -67,6 +68,9 @@ type NetworkOptions struct {
 	// the zero value, and a record saved before the option existed, keeps
 	// the checks on.
 	AntiSpoofingOff bool
+	// Cluster is the cluster network this network is this host's part of
+	// (ournet.cluster, cluster.go); "" for a network of this host alone.
+	Cluster string `json:",omitempty"`
 }
 
 // knownOptions lists every -o key ournet accepts in the namespaces it owns.
@@ -74,7 +78,7 @@ var knownOptions = map[string]bool{
 	optBridgeName: true, optICC: true, optMasquerade: true, optHostBindingV4: true,
 	optInhibitIPv4: true, optGwModeV4: true, optGwModeV6: true, optDefaultBridge: true,
 	optMTU: true, optIfacePrefix: true, optEnableIPv4: true, optEnableIPv6: true, optInternal: true,
-	optAntiSpoofing: true,
+	optAntiSpoofing: true, optCluster: true,
 }
 
 // ParseOptions reads CreateNetwork's options. It refuses unknown keys in
@@ -120,6 +124,11 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 			o.BridgeName = s
 		case optICC:
 			o.ICC, err = boolOf(v, k, true)
+		case optCluster:
+			if s == "" || len(s) > 64 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != "" {
+				err = fmt.Errorf("ournet: option %s=%q is not a valid cluster network name; use up to 64 letters, digits, '-', '_' or '.'", k, s)
+			}
+			o.Cluster = s
 		case optAntiSpoofing:
 			var on bool
 			on, err = boolOf(v, k, true)

@@ -128,6 +128,15 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 			}
 			d.reattachEndpoints(n)
 		}
+		if n.Cluster != nil && d.cl != nil {
+			if ok, err := d.links.Exists(n.Cluster.Device); err == nil && !ok {
+				logNet(n.ID).WithField("device", n.Cluster.Device).Warn("drift: VXLAN device is gone, recreating it")
+				if err := d.prepareNetwork(n); err != nil {
+					logNet(n.ID).WithError(err).Error("drift: recreating the VXLAN device")
+				}
+				d.kickAgent(n.ID)
+			}
+		}
 		nets = append(nets, n.fwNetwork())
 	}
 	d.healEndpoints(true)

@@ -37,9 +37,11 @@ type Network struct {
 	// unanswered is one dockerd never learnt of (the plugin died in that
 	// call): the only kind reclaimOverlapping may remove. Used says an
 	// endpoint was ever created on it (and so dockerd knows it).
-	Boot       string `json:",omitempty"`
-	Unanswered bool   `json:",omitempty"`
-	Used       bool   `json:",omitempty"`
+	// Cluster: the cluster network this is this host's part of (cluster.go).
+	Cluster    *ClusterNet `json:",omitempty"`
+	Boot       string      `json:",omitempty"`
+	Unanswered bool        `json:",omitempty"`
+	Used       bool        `json:",omitempty"`
 }
 
 // Endpoint is one ournet endpoint as persisted.
@@ -65,6 +67,9 @@ type Endpoint struct {
 	// (ProgramExternalConnectivity, until Revoke): only then does healing
 	// give the container its default routes through it.
 	Gateway bool `json:",omitempty"`
+	// published: this call put the endpoint in the cluster store (an
+	// endpoint being created is not yet in d.endpoints).
+	published bool
 	// healed is when ournet last plumbed the endpoint again, and healErr
 	// why it could not; shown by Status.
 	healed      time.Time
@@ -145,6 +150,9 @@ func (d *Driver) Restore() error {
 	}
 	d.restorePorts()
 	d.healEndpoints(false)
+	for _, n := range nets {
+		d.startAgent(n)
+	}
 	if err := d.syncSpoofChecks(); err != nil {
 		logNet("").WithError(err).Error("restoring anti-spoofing checks")
 		firstErr = cmpErr(firstErr, err)

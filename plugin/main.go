@@ -19,6 +19,7 @@ import (
 
 	"github.com/ournet/ournet/driver"
 	"github.com/ournet/ournet/internal/antispoof"
+	"github.com/ournet/ournet/internal/cluster"
 	"github.com/ournet/ournet/internal/crash"
 	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/netdev"
@@ -96,6 +97,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "status" {
 		os.Exit(runStatus(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "retire-host" {
+		os.Exit(runRetire(os.Args[2:]))
+	}
 	log.SetFormatter(&log.TextFormatter{FullTimestamp: true, DisableColors: true})
 	if err := run(); err != nil {
 		log.WithError(err).Error("ournet stopped")
@@ -169,10 +173,25 @@ func run() error {
 	// Published ports: host ports held by sockets here, DNAT rules (issue #5).
 	ports := portmap.New(portmap.Config{Runner: runner, Families: families})
 	drv.SetPorts(ports)
+	// Cluster networks (issue #13), only with ETCD_ENDPOINTS set.
+	var cs *cluster.Store
+	if cc := loadClusterSettings(); len(cc.Endpoints) > 0 {
+		if cs, err = setupCluster(cc, st, fw, drv, alloc); err != nil {
+			log.WithError(err).Error("cluster store: cluster networks are refused until this is fixed")
+			drv.ClusterOff(err.Error())
+		} else {
+			// Stops renewing the lease, not revoking it: after a restart
+			// within the lease, the other hosts never lose this one.
+			defer cs.Close()
+		}
+	}
 
 	// Listen first: dockerd gives a starting plugin only seconds to open its
 	// socket, and calls wait inside the driver until the restore is done.
-	srv := &http.Server{Handler: newMux(drv, alloc, statusRoute(drv, alloc)), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: newMux(drv, alloc, func(mux *http.ServeMux) {
+		statusRoute(drv, alloc)(mux)
+		retireRoute(cs)(mux)
+	}), ReadHeaderTimeout: 10 * time.Second}
 	var listeners []net.Listener
 	for _, path := range append([]string{cfg.Socket}, cfg.AliasSockets...) {
 		l, err := listenUnix(path)
@@ -205,6 +224,7 @@ func run() error {
 	stop := make(chan struct{})
 	defer close(stop)
 	go drv.Watch(cfg.ReconcileEvery, stop, alloc.Flush)
+	go drv.RunCluster(stop)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)

@@ -1,0 +1,635 @@
+package driver
+
+// Cluster networks (issue #13): one ournet network spanning many Docker
+// hosts. Each host has a network of its own in its engine (its own ID,
+// bridge, rules), linked to the others by the cluster name of
+// `-o ournet.cluster=NAME`. What the hosts share is in the cluster store
+// (internal/cluster): the network's definition and VXLAN network
+// identifier, the address blocks each host holds, and every endpoint with
+// the host it lives on. The data path is one VXLAN device per network on
+// its bridge (internal/overlay), with a permanent neighbour and forwarding
+// entry per remote endpoint, kept equal to the store by a watch per
+// network and a periodic comparison.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/ournet/ournet/internal/cluster"
+	"github.com/ournet/ournet/internal/overlay"
+)
+
+// ClusterStore is the part of internal/cluster the driver uses.
+type ClusterStore interface {
+	Host() string
+	Advertise() netip.Addr
+	Define(ctx context.Context, name string, spec cluster.Spec) (cluster.Network, error)
+	Leave(ctx context.Context, name string) error
+	Memberships(ctx context.Context) ([]string, error)
+	PutEndpoint(ctx context.Context, name string, ep cluster.Endpoint) error
+	DeleteEndpoint(ctx context.Context, name string, a netip.Addr) error
+	Endpoints(ctx context.Context, name string) (map[netip.Addr]cluster.Endpoint, int64, error)
+	WatchEndpoints(ctx context.Context, name string, rev int64) <-chan cluster.EndpointEvent
+	Hosts(ctx context.Context) ([]cluster.Host, error)
+}
+
+// Overlay is the part of internal/overlay the driver uses.
+type Overlay interface {
+	Ensure(overlay.Device) error
+	Delete(name, owner string) error
+	SetPeers(dev string, peers []overlay.Peer) (added, removed int, err error)
+}
+
+// ClusterPools is the IPAM's side of a cluster network: its pool takes its
+// addresses from this host's blocks once attached.
+type ClusterPools interface {
+	Attach(subnet netip.Prefix, name string) error
+}
+
+// Guard is the firewall's VXLAN guard (internal/firewall/vxlan.go).
+type Guard interface {
+	EnsureVXLAN(port int, iface string, hosts []netip.Addr) error
+	DelVXLAN() error
+}
+
+// Cluster is what the driver needs for cluster networks; without it (no
+// ETCD_ENDPOINTS) a cluster network is refused, saying what to set.
+type Cluster struct {
+	Store   ClusterStore
+	Overlay Overlay
+	Pools   ClusterPools
+	Guard   Guard
+	// Underlay is the interface holding the advertised address, and
+	// UnderlayMTU its MTU.
+	Underlay    string
+	UnderlayMTU int
+	// SyncEvery is how often the host's endpoints and memberships are
+	// compared with the store (default 5 s).
+	SyncEvery time.Duration
+}
+
+// ClusterNet is what a network record keeps of its cluster network.
+type ClusterNet struct {
+	Name   string
+	VNI    int
+	MTU    int
+	Device string
+}
+
+// clusterState is the driver's running part of the cluster.
+type clusterState struct {
+	cfg    *Cluster
+	mu     sync.Mutex
+	agents map[string]*agent // network ID -> its data path's watcher
+	hosts  []netip.Addr      // live hosts' addresses, as last listed
+	down   time.Time         // when the store last failed to answer
+	kick   chan struct{}
+}
+
+// SetCluster enables cluster networks; call before Restore.
+func (d *Driver) SetCluster(c *Cluster) {
+	if c.SyncEvery == 0 {
+		c.SyncEvery = 5 * time.Second
+	}
+	d.cl = &clusterState{cfg: c, agents: map[string]*agent{}, kick: make(chan struct{}, 1)}
+}
+
+// ClusterOff records why the cluster store could not be set up (a bad
+// setting): cluster networks are refused with it.
+func (d *Driver) ClusterOff(reason string) { d.clOff = reason }
+
+// storeCtx bounds a driver-side call to the store (each call has its own
+// deadline too, inside dockerd's 30 s).
+func storeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 8*time.Second)
+}
+
+// clusterSpec is what every host's `docker network create` must agree on:
+// the subnets and gateways, and the options that shape behaviour (not the
+// bridge's name, the interface prefix or the host binding: those are each
+// host's own).
+func clusterSpec(n *Network, mtu int) cluster.Spec {
+	o := n.Options
+	spec := cluster.Spec{MTU: mtu, Options: map[string]string{
+		optICC:          strconv.FormatBool(o.ICC),
+		optMasquerade:   strconv.FormatBool(o.Masquerade),
+		optInternal:     strconv.FormatBool(o.Internal),
+		optEnableIPv6:   strconv.FormatBool(o.EnableIPv6),
+		optEnableIPv4:   strconv.FormatBool(!o.IPv4Off),
+		optInhibitIPv4:  strconv.FormatBool(o.InhibitIPv4),
+		optGwModeV4:     o.GwModeV4,
+		optGwModeV6:     o.GwModeV6,
+		optAntiSpoofing: strconv.FormatBool(!o.AntiSpoofingOff),
+	}}
+	if o.MTU != 0 {
+		spec.Options[optMTU] = strconv.Itoa(o.MTU)
+	}
+	for _, s := range append(slices.Clone(n.IPv4), n.IPv6...) {
+		spec.Subnets = append(spec.Subnets, s.Pool.String())
+		if s.Gateway.IsValid() {
+			spec.Options["gateway of "+s.Pool.String()] = s.Gateway.Addr().String()
+		}
+	}
+	return spec
+}
+
+// defineCluster defines or joins n's cluster network in the store and
+// attaches its pools; on failure nothing of it stays in the store. Called
+// with d.mu held, before anything of n is in the kernel.
+func (d *Driver) defineCluster(n *Network, req *network.CreateNetworkRequest) (undo func(), err error) {
+	name := n.Options.Cluster
+	if d.cl == nil && d.clOff != "" {
+		return nil, fmt.Errorf("ournet: cluster network %s: the cluster store is not set up: %s", name, d.clOff)
+	}
+	if d.cl == nil {
+		return nil, fmt.Errorf("ournet: option %s needs the cluster store: set it on every host with `docker plugin set ournet/ournet ETCD_ENDPOINTS=http://HOST:2379,...` (see README.md, Across hosts)", optCluster)
+	}
+	for _, other := range d.networks {
+		if other.Cluster != nil && other.Cluster.Name == name {
+			return nil, fmt.Errorf("ournet: cluster network %s already exists on this host (ournet network %s, bridge %s)", name, short12(other.ID), other.Bridge)
+		}
+	}
+	for _, data := range append(slices.Clone(req.IPv4Data), req.IPv6Data...) {
+		if data != nil && data.Pool != "" && !strings.HasPrefix(data.AddressSpace, "ournet-") {
+			return nil, fmt.Errorf("ournet: cluster network %s needs ournet's IPAM, which hands out each address once in the whole cluster (the default IPAM would give two hosts the same addresses): add --ipam-driver ournet", name)
+		}
+	}
+	cfg := d.cl.cfg
+	over := overlay.OverheadFor(cfg.Store.Advertise())
+	room := cfg.UnderlayMTU - over
+	mtu := n.Options.MTU
+	if mtu == 0 {
+		mtu = room
+	} else if mtu > room {
+		return nil, fmt.Errorf("ournet: MTU %d is too large for cluster network %s: the underlay (%s, MTU %d) carries at most %d after VXLAN's %d bytes; give %s=%d or less, or leave it out",
+			mtu, name, cfg.Underlay, cfg.UnderlayMTU, room, over, optMTU, room)
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	cn, err := cfg.Store.Define(ctx, name, clusterSpec(n, mtu))
+	if err != nil {
+		d.noteStore(err)
+		return nil, err
+	}
+	undo = func() {
+		ctx, cancel := storeCtx()
+		defer cancel()
+		if err := cfg.Store.Leave(ctx, name); err != nil {
+			logNet(n.ID).WithError(err).Warn("cluster: leaving after a failed create (the sync does it later)")
+		}
+	}
+	if cn.MTU > room {
+		undo()
+		return nil, fmt.Errorf("ournet: cluster network %s has MTU %d, more than this host's underlay (%s, MTU %d) carries after VXLAN (%d); raise the underlay's MTU",
+			name, cn.MTU, cfg.Underlay, cfg.UnderlayMTU, room)
+	}
+	for _, s := range append(slices.Clone(n.IPv4), n.IPv6...) {
+		if err := cfg.Pools.Attach(s.Pool, name); err != nil {
+			undo()
+			return nil, err
+		}
+	}
+	n.Cluster = &ClusterNet{Name: name, VNI: cn.VNI, MTU: cn.MTU, Device: "ovx" + strconv.Itoa(cn.VNI)}
+	n.Options.MTU = cn.MTU
+	return undo, nil
+}
+
+// device is n's VXLAN device.
+func (d *Driver) device(n *Network) overlay.Device {
+	return overlay.Device{Name: n.Cluster.Device, VNI: n.Cluster.VNI, Local: d.cl.cfg.Store.Advertise(),
+		Bridge: n.Bridge, MTU: n.Cluster.MTU, Owner: n.ID, Isolated: !n.Options.ICC}
+}
+
+// noteStore remembers that the store did not answer, so that deletes do
+// not wait on it for a while (the sync catches up).
+func (d *Driver) noteStore(err error) {
+	if d.cl != nil && errors.Is(err, cluster.ErrUnavailable) {
+		d.cl.mu.Lock()
+		d.cl.down = time.Now()
+		d.cl.mu.Unlock()
+	}
+}
+
+func (d *Driver) storeDown() bool {
+	d.cl.mu.Lock()
+	defer d.cl.mu.Unlock()
+	return time.Since(d.cl.down) < 10*time.Second
+}
+
+// publish puts ep's addresses in the store; on failure none stays.
+func (d *Driver) publish(n *Network, ep *Endpoint) error {
+	mac, _ := net.ParseMAC(ep.MAC)
+	var done []netip.Addr
+	for _, p := range []netip.Prefix{ep.Addr, ep.AddrV6} {
+		if !p.IsValid() {
+			continue
+		}
+		ctx, cancel := storeCtx()
+		err := d.cl.cfg.Store.PutEndpoint(ctx, n.Cluster.Name, cluster.Endpoint{Addr: p.Addr(), MAC: mac.String()})
+		cancel()
+		if err != nil {
+			d.noteStore(err)
+			for _, a := range done {
+				d.unpublishAddr(n, a)
+			}
+			return err
+		}
+		done = append(done, p.Addr())
+	}
+	return nil
+}
+
+// unpublish removes ep's addresses from the store. It never fails the
+// caller: `docker rm` must work while the store is down; what is left is
+// removed by the sync once the store answers.
+func (d *Driver) unpublish(n *Network, ep *Endpoint) {
+	if n == nil || n.Cluster == nil || d.cl == nil {
+		return
+	}
+	if d.storeDown() {
+		logEp(n.ID, ep.ID).Info("cluster: store down, the endpoint leaves it at the next sync")
+		return
+	}
+	for _, p := range []netip.Prefix{ep.Addr, ep.AddrV6} {
+		if p.IsValid() {
+			d.unpublishAddr(n, p.Addr())
+		}
+	}
+}
+
+func (d *Driver) unpublishAddr(n *Network, a netip.Addr) {
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if err := d.cl.cfg.Store.DeleteEndpoint(ctx, n.Cluster.Name, a); err != nil {
+		d.noteStore(err)
+		logNet(n.ID).WithError(err).WithField("addr", a).Warn("cluster: removing an endpoint from the store (the sync does it later)")
+	}
+}
+
+// leaveCluster is DeleteNetwork's part: this host is no longer a member
+// (the last member removes the network's keys). Never fails the caller.
+func (d *Driver) leaveCluster(n *Network) {
+	if n.Cluster == nil || d.cl == nil {
+		return
+	}
+	d.stopAgent(n.ID)
+	if err := d.cl.cfg.Overlay.Delete(n.Cluster.Device, n.ID); err != nil {
+		logNet(n.ID).WithError(err).Warn("cluster: removing the VXLAN device")
+	}
+	if !d.storeDown() {
+		ctx, cancel := storeCtx()
+		err := d.cl.cfg.Store.Leave(ctx, n.Cluster.Name)
+		cancel()
+		if err != nil {
+			d.noteStore(err)
+			logNet(n.ID).WithError(err).Warn("cluster: leaving the cluster network (the sync does it later)")
+		}
+	}
+	d.kickSync()
+}
+
+// clusterNets lists the local cluster networks. Called with d.mu held.
+func (d *Driver) clusterNets() []*Network {
+	var out []*Network
+	for _, n := range d.networks {
+		if n.Cluster != nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// agent follows one cluster network's endpoints in the store and keeps the
+// kernel's entries equal to the remote ones.
+type agent struct {
+	stop  context.CancelFunc
+	kick  chan struct{}
+	vteps []netip.Addr
+}
+
+// startAgent starts n's agent if it has none. Called with d.mu held.
+func (d *Driver) startAgent(n *Network) {
+	if d.cl == nil || n.Cluster == nil {
+		return
+	}
+	d.cl.mu.Lock()
+	defer d.cl.mu.Unlock()
+	if _, ok := d.cl.agents[n.ID]; ok {
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	a := &agent{stop: stop, kick: make(chan struct{}, 1)}
+	d.cl.agents[n.ID] = a
+	go d.runAgent(ctx, a, n.ID, n.Cluster.Name, n.Cluster.Device)
+}
+
+func (d *Driver) stopAgent(id string) {
+	d.cl.mu.Lock()
+	defer d.cl.mu.Unlock()
+	if a, ok := d.cl.agents[id]; ok {
+		a.stop()
+		delete(d.cl.agents, id)
+	}
+}
+
+// kickAgent makes n's agent list and program again (its device was made
+// again).
+func (d *Driver) kickAgent(id string) {
+	d.cl.mu.Lock()
+	defer d.cl.mu.Unlock()
+	if a, ok := d.cl.agents[id]; ok {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// runAgent lists the network's endpoints, programs the remote ones, then
+// follows the watch; it lists again when the watch breaks (the store lost
+// its leader, a compaction), when kicked, and every 30 s. While the store
+// cannot be reached the kernel keeps what it has: established traffic
+// flows on.
+func (d *Driver) runAgent(ctx context.Context, a *agent, id, name, dev string) {
+	store := d.cl.cfg.Store
+	me := store.Host()
+	wait := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		lctx, cancel := context.WithTimeout(ctx, 8*time.Second)
+		eps, rev, err := store.Endpoints(lctx, name)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				logNet(id).WithError(err).Debug("cluster: listing endpoints")
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-a.kick:
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 2*time.Second)
+			continue
+		}
+		wait = 200 * time.Millisecond
+		remote := map[netip.Addr]cluster.Endpoint{}
+		for addr, ep := range eps {
+			if ep.Host != me {
+				remote[addr] = ep
+			}
+		}
+		d.program(id, dev, a, remote)
+		wctx, wstop := context.WithCancel(ctx)
+		events := store.WatchEndpoints(wctx, name, rev)
+		resync := time.NewTimer(30 * time.Second)
+	watch:
+		for {
+			select {
+			case <-ctx.Done():
+				break watch
+			case <-a.kick:
+				break watch
+			case <-resync.C:
+				break watch
+			case ev, ok := <-events:
+				if !ok {
+					break watch
+				}
+				if ev.Host == me {
+					continue
+				}
+				if ev.Gone {
+					if cur, ok := remote[ev.Addr]; ok && cur.Host == ev.Host {
+						delete(remote, ev.Addr)
+					}
+				} else {
+					remote[ev.Addr] = ev.Endpoint
+				}
+				// A burst (a host's lease expiring takes all its endpoints
+				// at once) is programmed once.
+				drain(events, remote, me)
+				d.program(id, dev, a, remote)
+			}
+		}
+		resync.Stop()
+		wstop()
+	}
+}
+
+// drain applies the events already waiting, without blocking.
+func drain(events <-chan cluster.EndpointEvent, remote map[netip.Addr]cluster.Endpoint, me string) {
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if ev.Host == me {
+				continue
+			}
+			if ev.Gone {
+				if cur, ok := remote[ev.Addr]; ok && cur.Host == ev.Host {
+					delete(remote, ev.Addr)
+				}
+			} else {
+				remote[ev.Addr] = ev.Endpoint
+			}
+		case <-time.After(20 * time.Millisecond):
+			return
+		}
+	}
+}
+
+// program makes the device's entries exactly the remote endpoints, and
+// the VXLAN guard admit their hosts.
+func (d *Driver) program(id, dev string, a *agent, remote map[netip.Addr]cluster.Endpoint) {
+	var peers []overlay.Peer
+	var vteps []netip.Addr
+	for _, addr := range slices.SortedFunc(maps.Keys(remote), netip.Addr.Compare) {
+		ep := remote[addr]
+		mac, err := net.ParseMAC(ep.MAC)
+		if err != nil || !ep.VTEP.IsValid() {
+			continue
+		}
+		peers = append(peers, overlay.Peer{Addr: addr, MAC: mac, VTEP: ep.VTEP})
+		vteps = append(vteps, ep.VTEP)
+	}
+	added, removed, err := d.cl.cfg.Overlay.SetPeers(dev, peers)
+	if err != nil {
+		logNet(id).WithError(err).Warn("cluster: programming remote endpoints")
+	} else if added+removed > 0 {
+		logNet(id).WithFields(map[string]any{"added": added, "removed": removed, "peers": len(peers)}).Debug("cluster: remote endpoints programmed")
+	}
+	slices.SortFunc(vteps, netip.Addr.Compare)
+	vteps = slices.Compact(vteps)
+	d.cl.mu.Lock()
+	changed := !slices.Equal(a.vteps, vteps)
+	a.vteps = vteps
+	d.cl.mu.Unlock()
+	if changed {
+		d.updateGuard()
+	}
+}
+
+// updateGuard makes the VXLAN guard admit the live hosts and every host
+// an endpoint is programmed for; with no cluster network here, there is
+// no guard.
+func (d *Driver) updateGuard() {
+	d.cl.mu.Lock()
+	any := len(d.cl.agents) > 0
+	hosts := slices.Clone(d.cl.hosts)
+	for _, a := range d.cl.agents {
+		hosts = append(hosts, a.vteps...)
+	}
+	d.cl.mu.Unlock()
+	g := d.cl.cfg.Guard
+	if !any {
+		if err := g.DelVXLAN(); err != nil {
+			logNet("").WithError(err).Warn("cluster: removing the VXLAN guard")
+		}
+		return
+	}
+	if err := g.EnsureVXLAN(overlay.Port, d.cl.cfg.Underlay, hosts); err != nil {
+		logNet("").WithError(err).Warn("cluster: guarding the VXLAN port")
+	}
+}
+
+func (d *Driver) kickSync() {
+	select {
+	case d.cl.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Resync makes the sync run now (the host registered again: its
+// endpoints must be published anew).
+func (d *Driver) Resync() {
+	if d.cl != nil {
+		d.kickSync()
+	}
+}
+
+// RunCluster compares, every SyncEvery and when kicked, this host's part
+// of the store with the host: endpoints and memberships the host no longer
+// has leave the store (removed while it was down), endpoints missing from
+// it are published (after the host's lease was lost), and the guard is
+// kept. It returns when stop is closed.
+func (d *Driver) RunCluster(stop <-chan struct{}) {
+	if d.cl == nil {
+		return
+	}
+	<-d.ready
+	t := time.NewTicker(d.cl.cfg.SyncEvery)
+	defer t.Stop()
+	for {
+		d.syncCluster()
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		case <-d.cl.kick:
+		}
+	}
+}
+
+func (d *Driver) syncCluster() {
+	store := d.cl.cfg.Store
+	ctx, cancel := storeCtx()
+	defer cancel()
+	hosts, err := store.Hosts(ctx)
+	if err != nil {
+		d.noteStore(err)
+		logNet("").WithError(err).Debug("cluster: sync: store not answering")
+		d.updateGuard()
+		return
+	}
+	var addrs []netip.Addr
+	for _, h := range hosts {
+		if h.Advertise.IsValid() {
+			addrs = append(addrs, h.Advertise)
+		}
+	}
+	d.cl.mu.Lock()
+	d.cl.hosts = addrs
+	d.cl.down = time.Time{}
+	d.cl.mu.Unlock()
+	d.updateGuard()
+
+	// Read the store first, then the host under the lock: a network or
+	// endpoint being created holds the lock from before its store write
+	// until it is in memory, so it is never taken for a leftover.
+	member, err := store.Memberships(ctx)
+	if err != nil {
+		return
+	}
+	inStore := map[string]map[netip.Addr]cluster.Endpoint{}
+	for _, name := range member {
+		eps, _, err := store.Endpoints(ctx, name)
+		if err != nil {
+			return
+		}
+		inStore[name] = eps
+	}
+	defer d.lock()()
+	local := map[string]*Network{}
+	for _, n := range d.clusterNets() {
+		local[n.Cluster.Name] = n
+		d.startAgent(n)
+	}
+	for _, name := range member {
+		if _, ok := local[name]; !ok {
+			logNet("").WithField("cluster", name).Info("cluster: sync: leaving a cluster network this host no longer has")
+			if err := store.Leave(ctx, name); err != nil {
+				return
+			}
+		}
+	}
+	for name, n := range local {
+		if _, ok := inStore[name]; !ok {
+			continue // not a member (any more): nothing to publish into
+		}
+		mine := map[netip.Addr]string{}
+		for _, ep := range d.endpoints {
+			if ep.NetworkID != n.ID {
+				continue
+			}
+			for _, p := range []netip.Prefix{ep.Addr, ep.AddrV6} {
+				if p.IsValid() {
+					mine[p.Addr()] = ep.MAC
+				}
+			}
+		}
+		for addr, ep := range inStore[name] {
+			if ep.Host != store.Host() {
+				continue
+			}
+			if mac, ok := mine[addr]; ok && mac == ep.MAC && ep.VTEP == store.Advertise() {
+				delete(mine, addr)
+				continue
+			}
+			if _, ok := mine[addr]; !ok {
+				logNet(n.ID).WithField("addr", addr).Info("cluster: sync: removing an endpoint this host no longer has from the store")
+				if err := store.DeleteEndpoint(ctx, name, addr); err != nil {
+					return
+				}
+			}
+		}
+		for addr, mac := range mine {
+			logNet(n.ID).WithField("addr", addr).Info("cluster: sync: publishing an endpoint the store lacks")
+			if err := store.PutEndpoint(ctx, name, cluster.Endpoint{Addr: addr, MAC: mac}); err != nil {
+				logNet(n.ID).WithError(err).WithField("addr", addr).Warn("cluster: sync: publishing")
+			}
+		}
+	}
+}
