@@ -35,6 +35,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 const prefix = "/ournet/v1/"
@@ -93,8 +95,10 @@ func Connect(cfg Config) (*Store, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            cfg.Endpoints,
 		DialTimeout:          cfg.CallTimeout,
-		DialKeepAliveTime:    5 * time.Second,
-		DialKeepAliveTimeout: 3 * time.Second,
+		// A member that went away silently (a cut link) is noticed within
+		// 3 s, and its calls go to the others.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: time.Second,
 		TLS:                  tlsCfg,
 		Logger:               zap.NewNop(),
 		AutoSyncInterval:     time.Minute,
@@ -162,6 +166,18 @@ func (s *Store) call(ctx context.Context, what string, fn func(context.Context) 
 	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.cfg.CallTimeout)
 	defer cancel()
 	err := fn(ctx)
+	// The client spreads calls over the members; a write that was on the
+	// wire to a member that just went away fails (the client retries only
+	// reads). It is tried again, on another member, within the deadline:
+	// every fn is safe to repeat (its writes are compare-and-swap). A store
+	// without a leader is not waited for: that answer is final.
+	for try := 0; try < 4 && err != nil && lostConnection(err) && ctx.Err() == nil; try++ {
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(50*(try+1)) * time.Millisecond):
+			err = fn(ctx)
+		}
+	}
 	if err == nil {
 		return nil
 	}
@@ -173,6 +189,12 @@ func (s *Store) call(ctx context.Context, what string, fn func(context.Context) 
 		return fmt.Errorf("ournet: %s: cluster store (etcd at %s): %w (%v)", what, strings.Join(s.cfg.Endpoints, ","), ErrUnavailable, err)
 	}
 	return fmt.Errorf("ournet: %s: cluster store (etcd at %s): %w", what, strings.Join(s.cfg.Endpoints, ","), err)
+}
+
+// lostConnection is a call cut by its connection (a member gone), not an
+// answer of the store.
+func lostConnection(err error) bool {
+	return status.Code(err) == codes.Unavailable && !strings.Contains(err.Error(), "no leader")
 }
 
 func isUnavailable(err error) bool {
