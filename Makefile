@@ -33,6 +33,8 @@ vet:
 	  if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags chaos ./e2e/
+	$(GO) vet -tags cluster ./e2e/
+	$(GO) vet -tags bench ./e2e/
 
 # Unit tests and kernel tests (in throwaway network namespaces; need root).
 unit:
@@ -45,7 +47,9 @@ unit:
 # shims, docker-init, docker-proxy and docker-compose (and the system's runc).
 # E2E_FLAGS: more go test flags for every run, e.g. E2E_FLAGS='-run TestTwoContainersTalk'.
 # The chaos test (random kills under load, e2e/chaos_test.go) runs on the
-# oldest and the newest engine: -tags chaos.
+# oldest and the newest engine: -tags chaos. The cluster tests (three hosts
+# in namespaces, a three-member etcd, e2e/cluster_test.go) run on trixie's
+# engine: -tags cluster.
 E2E_RUN = $(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) $(E2E_TAGS) $(E2E_FLAGS) ./e2e/
 CHAOS = -tags chaos
 
@@ -58,6 +62,7 @@ e2e-bookworm: plugin engines
 	E2E_ENGINE_PATH=/usr/sbin:/usr/bin E2E_COMPOSE=$(abspath $(ENGINES_DIR))/trixie/usr/libexec/docker/cli-plugins/docker-compose $(E2E_RUN)
 
 e2e-bookworm e2e-forky: E2E_TAGS = $(CHAOS)
+e2e-trixie: E2E_TAGS = -tags cluster
 
 # e2e-SUITE: the engine of Debian's SUITE, fetched and unpacked on first use.
 e2e-%: plugin engines

@@ -12,7 +12,7 @@ package e2e
 //	go test -tags bench -run TestBench -v -timeout 15m ./e2e/
 //
 // BENCH_ONLY=phase,... runs only some phases (createrm, run, rules,
-// throughput, ports, growth, restore); BENCH_OUT=dir writes the report there
+// throughput, ports, growth, restore, cluster); BENCH_OUT=dir writes the report there
 // instead of docs/ (and leaves README.md alone).
 //
 // Addresses: 198.18.128.0/17 only.
@@ -113,6 +113,7 @@ func TestBench(t *testing.T) {
 		{"ports", b.ports},
 		{"growth", b.growthPhase},
 		{"restore", b.restore},
+		{"cluster", b.cluster},
 	} {
 		if b.only != nil && !b.only[p.name] {
 			continue
@@ -861,7 +862,10 @@ func iperfGbits(out []byte) (float64, error) {
 
 // importBenchImage imports BenchImage: busybox plus this host's iperf3 and
 // the shared libraries it loads, at their own paths.
-func (b *bench) importBenchImage() error {
+func (b *bench) importBenchImage() error { return importBenchImageOn(b.e) }
+
+// importBenchImageOn imports BenchImage on engine e.
+func importBenchImageOn(e *Engine) error {
 	ip3, err := exec.LookPath("iperf3")
 	if err != nil {
 		return fmt.Errorf("iperf3 not found: run scripts/deps.sh iperf3=iperf3")
@@ -880,7 +884,7 @@ func (b *bench) importBenchImage() error {
 			copies[f[0]] = f[0]
 		}
 	}
-	return b.e.importImage(BenchImage, []string{"sh", "sleep", "true"}, func(root string) error {
+	return e.importImage(BenchImage, []string{"sh", "sleep", "true"}, func(root string) error {
 		for src, dst := range copies {
 			raw, err := os.ReadFile(src)
 			if err != nil {

@@ -283,9 +283,17 @@ const TestSettings = "LOG_LEVEL=debug DEFAULT_POOLS=base=198.19.0.0/16,size=24 D
 const PluginName = "ournet/ournet"
 
 // InstallPlugin installs build/plugin on this engine with TestSettings.
-func (e *Engine) InstallPlugin() error {
+func (e *Engine) InstallPlugin() error { return e.InstallPluginWith("") }
+
+// InstallPluginWith is InstallPlugin with more settings ("KEY=VALUE ...")
+// after TestSettings.
+func (e *Engine) InstallPluginWith(settings string) error {
+	all := TestSettings
+	if settings != "" {
+		all += " " + settings
+	}
 	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "install-plugin.sh"), pluginDir())
-	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host, "OURNET_SETTINGS="+TestSettings)
+	cmd.Env = append(os.Environ(), "DOCKER_HOST="+e.Host, "OURNET_SETTINGS="+all)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("installing the plugin: %w: %s", err, out)
 	}

@@ -162,20 +162,39 @@ func (s *Store) Close() error {
 }
 
 // call runs fn with the call deadline, and names the store in its error.
+//
+// Within the deadline fn is tried again (every fn is safe to repeat: its
+// writes are compare-and-swap) when the answer is not final: a call cut by
+// its connection (the client spreads calls over the members and retries
+// only reads; a member that went away silently is noticed by keepalive),
+// an attempt that hung (on a member whose leader just went away; each
+// attempt has 2 s), and "no leader" for as long as an election takes
+// (electionWait). A store without quorum is thus refused in about
+// electionWait, well inside dockerd's 30 s.
 func (s *Store) call(ctx context.Context, what string, fn func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.cfg.CallTimeout)
+	start := time.Now()
+	octx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.cfg.CallTimeout)
 	defer cancel()
-	err := fn(ctx)
-	// The client spreads calls over the members; a write that was on the
-	// wire to a member that just went away fails (the client retries only
-	// reads). It is tried again, on another member, within the deadline:
-	// every fn is safe to repeat (its writes are compare-and-swap). A store
-	// without a leader is not waited for: that answer is final.
-	for try := 0; try < 4 && err != nil && lostConnection(err) && ctx.Err() == nil; try++ {
+	var err error
+	for try := 0; ; try++ {
+		actx, acancel := context.WithTimeout(octx, attemptTimeout)
+		err = fn(actx)
+		acancel()
+		if err == nil || octx.Err() != nil || try == 8 {
+			break
+		}
+		var user *UserError
+		if errors.As(err, &user) {
+			return err
+		}
+		noLeader := strings.Contains(err.Error(), "no leader")
+		hung := errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded
+		if !(lostConnection(err) || hung || noLeader && time.Since(start) < electionWait) {
+			break
+		}
 		select {
-		case <-ctx.Done():
-		case <-time.After(time.Duration(50*(try+1)) * time.Millisecond):
-			err = fn(ctx)
+		case <-octx.Done():
+		case <-time.After(time.Duration(100*(try+1)) * time.Millisecond):
 		}
 	}
 	if err == nil {
@@ -185,11 +204,20 @@ func (s *Store) call(ctx context.Context, what string, fn func(context.Context) 
 	if errors.As(err, &user) {
 		return err
 	}
-	if ctx.Err() != nil || isUnavailable(err) {
+	if octx.Err() != nil || isUnavailable(err) {
 		return fmt.Errorf("ournet: %s: cluster store (etcd at %s): %w (%v)", what, strings.Join(s.cfg.Endpoints, ","), ErrUnavailable, err)
 	}
 	return fmt.Errorf("ournet: %s: cluster store (etcd at %s): %w", what, strings.Join(s.cfg.Endpoints, ","), err)
 }
+
+// attemptTimeout bounds one try of a call; electionWait is how long "no
+// leader" is waited out (a new leader is elected in about a second after
+// one is lost, with etcd's default timings; a store without quorum is
+// refused after it).
+const (
+	attemptTimeout = 2 * time.Second
+	electionWait   = 2500 * time.Millisecond
+)
 
 // lostConnection is a call cut by its connection (a member gone), not an
 // answer of the store.
