@@ -227,7 +227,7 @@ func lostConnection(err error) bool {
 
 func isUnavailable(err error) bool {
 	msg := err.Error()
-	for _, s := range []string{"no leader", "Unavailable", "deadline", "connection refused", "context canceled"} {
+	for _, s := range []string{"no leader", "Unavailable", "deadline", "connection refused", "context canceled", "request timed out"} {
 		if strings.Contains(msg, s) {
 			return true
 		}
