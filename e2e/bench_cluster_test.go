@@ -1,0 +1,181 @@
+//go:build bench
+
+package e2e
+
+// Issue #13's rows of `make bench`, on the e2e cluster rig (three hosts in
+// namespaces on an underlay bridge, a three-member etcd): TCP between
+// containers on two hosts against TCP between the two hosts themselves over
+// the same underlay, the time from `docker run` returning on one host until
+// the container answers from another, and 18 parallel runs over the
+// cluster against the same runs on each host's own (single-host) network.
+//
+// Addresses: 198.18.232.0/21 inside the rig's namespaces only.
+
+import (
+	"bufio"
+	"fmt"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	benchReach    = 10 // reachability samples
+	benchParRuns  = 18 // parallel runs, spread over the hosts
+	benchClusterN = 3
+)
+
+func (b *bench) cluster() error {
+	c := NewCluster(b.t, benchClusterN)
+	for _, h := range c.Hosts {
+		if err := importBenchImageOn(h.Engine); err != nil {
+			return err
+		}
+	}
+	for _, h := range c.Hosts {
+		if _, err := h.Docker(time.Minute, "network", "create", "-d", "ournet", "--ipam-driver", "ournet",
+			"--subnet", "198.18.232.0/22", "-o", "ournet.cluster=bc", "bc"); err != nil {
+			return err
+		}
+	}
+	h1, h2 := c.H(1), c.H(2)
+
+	// 1. Throughput: container on host 1 -> container on host 2, against
+	// host 1's namespace -> host 2's over the underlay.
+	if _, err := h2.Docker(time.Minute, "run", "-d", "--name", "bcs", "--network", "bc", BenchImage, "iperf3", "-s"); err != nil {
+		return err
+	}
+	if _, err := h1.Docker(time.Minute, "run", "-d", "--name", "bcc", "--network", "bc", BenchImage, "sleep", "600"); err != nil {
+		return err
+	}
+	srvIP, err := h2.Docker(time.Minute, "inspect", "-f", "{{.NetworkSettings.Networks.bc.IPAddress}}", "bcs")
+	if err != nil {
+		return err
+	}
+	floor := exec.Command("nsenter", "--net=/run/netns/"+h2.NetNS, "iperf3", "-s", "-B", h2.Addr)
+	if err := floor.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = floor.Process.Kill(); _ = floor.Wait() }()
+	time.Sleep(500 * time.Millisecond)
+	secs := strconv.Itoa(benchTputSecs)
+	gbits := map[string][]float64{}
+	for i := 0; i < benchTputReps; i++ {
+		for j, target := range []string{"overlay", "hosts"} {
+			if i%2 == 1 {
+				target = []string{"hosts", "overlay"}[j]
+			}
+			var out []byte
+			var err error
+			if target == "hosts" {
+				out, err = exec.Command("nsenter", "--net=/run/netns/"+h1.NetNS, "iperf3", "-c", h2.Addr, "-t", secs, "-J").CombinedOutput()
+			} else {
+				var s string
+				s, err = h1.Docker(time.Minute, "exec", "bcc", "iperf3", "-c", srvIP, "-t", secs, "-J")
+				out = []byte(s)
+			}
+			if err != nil {
+				return fmt.Errorf("iperf3 (%s): %w: %s", target, err, out)
+			}
+			g, err := iperfGbits(out)
+			if err != nil {
+				return err
+			}
+			gbits[target] = append(gbits[target], g)
+		}
+	}
+	b.t.Logf("cluster throughput Gbit/s: %v", gbits)
+	b.add(&result{
+		Key: "cluster/tput", Name: fmt.Sprintf("TCP container → container on two hosts (VXLAN), iperf3 (median of %d × %d s)", benchTputReps, benchTputSecs),
+		BaseName: "host → host", Ournet: median(gbits["overlay"]), Base: median(gbits["hosts"]), Unit: "Gbit/s", Goal: 0.95,
+		Note: "the two host namespaces over the same underlay (MTU 1500; the overlay's 1450); swarm's overlay measured 0.86–0.89 on this rig",
+	})
+
+	// 2. Reachability: `docker run` returns on host 1; a container on host
+	// 2 pings the new address every 20 ms from that moment.
+	if _, err := h2.Docker(time.Minute, "run", "-d", "--name", "bcp", "--network", "bc", Image, "sleep", "600"); err != nil {
+		return err
+	}
+	var reach []float64
+	for i := 0; i < benchReach; i++ {
+		ip := fmt.Sprintf("198.18.235.%d", 10+i) // a block of host 1's, claimed by --ip
+		name := fmt.Sprintf("bcr%d", i)
+		if _, err := h1.Docker(time.Minute, "run", "-d", "--name", name, "--network", "bc", "--ip", ip, Image, "sleep", "600"); err != nil {
+			return err
+		}
+		d, err := firstReply(h2.Engine, "bcp", ip, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("reachability of %s: %w", ip, err)
+		}
+		reach = append(reach, d.Seconds())
+	}
+	sorted := append([]float64(nil), reach...)
+	sort.Float64s(sorted)
+	b.t.Logf("cluster reachability (s): %v", reach)
+	b.add(&result{
+		Key: "cluster/reach", Name: fmt.Sprintf("`docker run` returns on host 1 → the container answers a ping from host 2 (p50 of %d)", benchReach),
+		Ournet: median(reach), Unit: "s", Self: true, NoBase: true, Goal: 1.0, Upper: true, NoChart: true,
+		Note: fmt.Sprintf("p90 %.3f s, max %.3f s; the prober's ping runs every 20 ms from the moment `docker run` returns", sorted[len(sorted)*9/10], sorted[len(sorted)-1]),
+	})
+
+	// 3. Parallel runs: 18 at once, 6 on each host, on the cluster network;
+	// against the same on each host's own ournet network.
+	for _, h := range c.Hosts {
+		if _, err := h.Docker(time.Minute, "network", "create", "-d", "ournet", "--ipam-driver", "ournet",
+			"--subnet", fmt.Sprintf("198.18.%d.0/24", 236+h.I), "bl"); err != nil {
+			return err
+		}
+	}
+	wall := map[string][]float64{}
+	for rep := 0; rep < 3; rep++ {
+		for _, net := range []string{"bc", "bl"} {
+			start := time.Now()
+			err := parallel(benchParRuns, benchParRuns, func(i int) error {
+				h := c.Hosts[i%benchClusterN]
+				_, err := h.Docker(2*time.Minute, "run", "-d", "--name", fmt.Sprintf("bpar-%s-%d", net, i), "--network", net, Image, "sleep", "600")
+				return err
+			})
+			took := time.Since(start)
+			if err != nil {
+				return err
+			}
+			wall[net] = append(wall[net], took.Seconds())
+			_ = parallel(benchParRuns, benchParallel, func(i int) error {
+				_, err := c.Hosts[i%benchClusterN].Docker(2*time.Minute, "rm", "-f", fmt.Sprintf("bpar-%s-%d", net, i))
+				return err
+			})
+		}
+	}
+	b.t.Logf("parallel runs (s): %v", wall)
+	b.add(&result{
+		Key: "cluster/parallel", Name: fmt.Sprintf("%d parallel `docker run -d`, %d on each of %d hosts (median of 3)", benchParRuns, benchParRuns/benchClusterN, benchClusterN),
+		BaseName: "own networks", Ournet: median(wall["bc"]), Base: median(wall["bl"]), Unit: "s", Goal: 1.2, Upper: true,
+		Note: "baseline: the same runs on a single-host ournet network on each host",
+	})
+	return nil
+}
+
+// firstReply pings addr from container every 20 ms until a reply, and
+// returns how long that took from the call.
+func firstReply(e *Engine, container, addr string, limit time.Duration) (time.Duration, error) {
+	start := time.Now()
+	n := strconv.Itoa(int(limit / (20 * time.Millisecond)))
+	cmd := exec.Command("docker", "-H", e.Host, "exec", container, "ping", "-i", "0.02", "-c", n, "-W", "1", addr)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "bytes from") {
+			return time.Since(start), nil
+		}
+	}
+	return 0, fmt.Errorf("no reply within %s", limit)
+}
