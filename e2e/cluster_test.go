@@ -1216,8 +1216,18 @@ func (s *clusterSuite) nothingLeft(t *testing.T) {
 		}
 		assertNetworksGone(t, h.Engine, ids[h.I])
 		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-			if dump, _ := h.Sh(tool); strings.Contains(dump, "OURNET-I-") {
+			dump, _ := h.Sh(tool)
+			if strings.Contains(dump, "OURNET-I-") {
 				t.Errorf("host %d: %s keeps a network's chain:\n%s", h.I, tool, dump)
+			}
+			// The VXLAN guard goes with the last cluster network.
+			if _, err := poll(10*time.Second, func() error {
+				if d, _ := h.Sh(tool); strings.Contains(d, "OURNET-VXLAN") {
+					return fmt.Errorf("%s keeps the VXLAN guard", tool)
+				}
+				return nil
+			}); err != nil {
+				t.Errorf("host %d: %v", h.I, err)
 			}
 		}
 	}
