@@ -93,8 +93,8 @@ func Connect(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            cfg.Endpoints,
-		DialTimeout:          cfg.CallTimeout,
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.CallTimeout,
 		// A member that went away silently (a cut link) is noticed within
 		// 3 s, and its calls go to the others.
 		DialKeepAliveTime:    2 * time.Second,
