@@ -33,6 +33,7 @@ import (
 // ClusterStore is the part of internal/cluster the driver uses.
 type ClusterStore interface {
 	Host() string
+	Lease() int64
 	Advertise() netip.Addr
 	Define(ctx context.Context, name string, spec cluster.Spec) (cluster.Network, error)
 	Leave(ctx context.Context, name string) error
@@ -54,12 +55,13 @@ type Overlay interface {
 // ClusterPools is the IPAM's side of a cluster network: its pool takes its
 // addresses from this host's blocks once attached.
 type ClusterPools interface {
+	CheckAttach(subnet netip.Prefix, name string) error
 	Attach(subnet netip.Prefix, name string) error
 }
 
 // Guard is the firewall's VXLAN guard (internal/firewall/vxlan.go).
 type Guard interface {
-	EnsureVXLAN(port int, iface string, hosts []netip.Addr) error
+	EnsureVXLAN(port int, iface string, local netip.Addr, hosts []netip.Addr, keep bool) error
 	DelVXLAN() error
 }
 
@@ -92,9 +94,11 @@ type clusterState struct {
 	cfg    *Cluster
 	mu     sync.Mutex
 	agents map[string]*agent // network ID -> its data path's watcher
-	hosts  []netip.Addr      // live hosts' addresses, as last listed
 	down   time.Time         // when the store last failed to answer
 	kick   chan struct{}
+	// guardMu orders the guard's updates (each writes what it read of the
+	// agents under mu): the last one written is the newest.
+	guardMu sync.Mutex
 }
 
 // SetCluster enables cluster networks; call before Restore.
@@ -175,6 +179,12 @@ func (d *Driver) defineCluster(n *Network, req *network.CreateNetworkRequest) (u
 		return nil, fmt.Errorf("ournet: MTU %d is too large for cluster network %s: the underlay (%s, MTU %d) carries at most %d after VXLAN's %d bytes; give %s=%d or less, or leave it out",
 			mtu, name, cfg.Underlay, cfg.UnderlayMTU, room, over, optMTU, room)
 	}
+	// What the IPAM would refuse, it refuses before anything is written.
+	for _, s := range append(slices.Clone(n.IPv4), n.IPv6...) {
+		if err := cfg.Pools.CheckAttach(s.Pool, name); err != nil {
+			return nil, err
+		}
+	}
 	ctx, cancel := storeCtx()
 	defer cancel()
 	cn, err := cfg.Store.Define(ctx, name, clusterSpec(n, mtu))
@@ -227,8 +237,14 @@ func (d *Driver) storeDown() bool {
 	return time.Since(d.cl.down) < 10*time.Second
 }
 
-// publish puts ep's addresses in the store; on failure none stays.
+// publish puts ep's addresses in the store; on failure none stays. A
+// store that did not answer moments ago is not waited for again: calls
+// wait under the driver's lock, and parallel runs would queue past
+// dockerd's timeout.
 func (d *Driver) publish(n *Network, ep *Endpoint) error {
+	if d.storeDown() {
+		return fmt.Errorf("ournet: publishing endpoint %s: cluster store: %w (it did not answer moments ago; check etcd's health: `docker rm` and `docker network rm` still work meanwhile)", ep.Addr.Addr(), cluster.ErrUnavailable)
+	}
 	mac, _ := net.ParseMAC(ep.MAC)
 	var done []netip.Addr
 	for _, p := range []netip.Prefix{ep.Addr, ep.AddrV6} {
@@ -313,9 +329,10 @@ func (d *Driver) clusterNets() []*Network {
 // agent follows one cluster network's endpoints in the store and keeps the
 // kernel's entries equal to the remote ones.
 type agent struct {
-	stop  context.CancelFunc
-	kick  chan struct{}
-	vteps []netip.Addr
+	stop   context.CancelFunc
+	kick   chan struct{}
+	vteps  []netip.Addr
+	listed bool // vteps come from the store (not yet after a start)
 }
 
 // startAgent starts n's agent if it has none. Called with d.mu held.
@@ -474,35 +491,55 @@ func (d *Driver) program(id, dev string, a *agent, remote map[netip.Addr]cluster
 	slices.SortFunc(vteps, netip.Addr.Compare)
 	vteps = slices.Compact(vteps)
 	d.cl.mu.Lock()
-	changed := !slices.Equal(a.vteps, vteps)
-	a.vteps = vteps
+	changed := !slices.Equal(a.vteps, vteps) || !a.listed
+	a.vteps, a.listed = vteps, true
 	d.cl.mu.Unlock()
 	if changed {
 		d.updateGuard()
 	}
 }
 
-// updateGuard makes the VXLAN guard admit the live hosts and every host
-// an endpoint is programmed for; with no cluster network here, there is
-// no guard.
+// updateGuard makes the VXLAN guard admit the hosts that remote
+// endpoints of this host's cluster networks live on, and no one else: not
+// every host registered in the store (one with no cluster network has no
+// guard of its own, so its containers could send VXLAN masqueraded to its
+// address). While an agent has not listed its network yet (a start with
+// the store down) a guard that exists is kept as it is; with no cluster
+// network here there is none.
 func (d *Driver) updateGuard() {
+	d.cl.guardMu.Lock()
+	defer d.cl.guardMu.Unlock()
 	d.cl.mu.Lock()
-	any := len(d.cl.agents) > 0
-	hosts := slices.Clone(d.cl.hosts)
+	nets := len(d.cl.agents)
+	var hosts []netip.Addr
+	keep := false
 	for _, a := range d.cl.agents {
 		hosts = append(hosts, a.vteps...)
+		keep = keep || !a.listed
 	}
 	d.cl.mu.Unlock()
 	g := d.cl.cfg.Guard
-	if !any {
+	if nets == 0 {
 		if err := g.DelVXLAN(); err != nil {
 			logNet("").WithError(err).Warn("cluster: removing the VXLAN guard")
 		}
 		return
 	}
-	if err := g.EnsureVXLAN(overlay.Port, d.cl.cfg.Underlay, hosts); err != nil {
+	if err := g.EnsureVXLAN(overlay.Port, d.cl.cfg.Underlay, d.cl.cfg.Store.Advertise(), hosts, keep); err != nil {
 		logNet("").WithError(err).Warn("cluster: guarding the VXLAN port")
 	}
+}
+
+// guardFirst makes sure a guard exists before a VXLAN device does
+// (admitting no one until the network's agent has listed its peers).
+// Called with d.mu held.
+func (d *Driver) guardFirst() error {
+	d.cl.guardMu.Lock()
+	defer d.cl.guardMu.Unlock()
+	if err := d.cl.cfg.Guard.EnsureVXLAN(overlay.Port, d.cl.cfg.Underlay, d.cl.cfg.Store.Advertise(), nil, true); err != nil {
+		return fmt.Errorf("ournet: guarding the VXLAN port (UDP %d) before making the VXLAN device: %w", overlay.Port, err)
+	}
+	return nil
 }
 
 func (d *Driver) kickSync() {
@@ -547,32 +584,20 @@ func (d *Driver) syncCluster() {
 	store := d.cl.cfg.Store
 	ctx, cancel := storeCtx()
 	defer cancel()
-	hosts, err := store.Hosts(ctx)
+	d.updateGuard()
+	member, err := store.Memberships(ctx)
 	if err != nil {
 		d.noteStore(err)
 		logNet("").WithError(err).Debug("cluster: sync: store not answering")
-		d.updateGuard()
 		return
 	}
-	var addrs []netip.Addr
-	for _, h := range hosts {
-		if h.Advertise.IsValid() {
-			addrs = append(addrs, h.Advertise)
-		}
-	}
 	d.cl.mu.Lock()
-	d.cl.hosts = addrs
 	d.cl.down = time.Time{}
 	d.cl.mu.Unlock()
-	d.updateGuard()
 
 	// Read the store first, then the host under the lock: a network or
 	// endpoint being created holds the lock from before its store write
 	// until it is in memory, so it is never taken for a leftover.
-	member, err := store.Memberships(ctx)
-	if err != nil {
-		return
-	}
 	inStore := map[string]map[netip.Addr]cluster.Endpoint{}
 	for _, name := range member {
 		eps, _, err := store.Endpoints(ctx, name)
@@ -586,6 +611,17 @@ func (d *Driver) syncCluster() {
 	for _, n := range d.clusterNets() {
 		local[n.Cluster.Name] = n
 		d.startAgent(n)
+	}
+	d.cl.mu.Lock()
+	var stray []string
+	for id := range d.cl.agents {
+		if _, ok := d.networks[id]; !ok {
+			stray = append(stray, id)
+		}
+	}
+	d.cl.mu.Unlock()
+	for _, id := range stray {
+		d.stopAgent(id)
 	}
 	for _, name := range member {
 		if _, ok := local[name]; !ok {
@@ -614,7 +650,9 @@ func (d *Driver) syncCluster() {
 			if ep.Host != store.Host() {
 				continue
 			}
-			if mac, ok := mine[addr]; ok && mac == ep.MAC && ep.VTEP == store.Advertise() {
+			// Ours, the same, and under this host's lease now (after a
+			// restart it hangs on the old one until it is written again).
+			if mac, ok := mine[addr]; ok && mac == ep.MAC && ep.VTEP == store.Advertise() && ep.Lease == store.Lease() {
 				delete(mine, addr)
 				continue
 			}

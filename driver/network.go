@@ -184,8 +184,14 @@ func (d *Driver) prepareNetwork(n *Network) error {
 		return fmt.Errorf("ournet: setting up bridge %s: %w", n.Bridge, err)
 	}
 	if n.Cluster != nil {
+		if d.cl == nil && d.clOff != "" {
+			return fmt.Errorf("ournet: network %s is part of cluster network %s, but the cluster store is not set up: %s", short12(n.ID), n.Cluster.Name, d.clOff)
+		}
 		if d.cl == nil {
 			return fmt.Errorf("ournet: network %s is part of cluster network %s, but ETCD_ENDPOINTS is not set any more; set it again", short12(n.ID), n.Cluster.Name)
+		}
+		if err := d.guardFirst(); err != nil {
+			return err
 		}
 		if err := d.cl.cfg.Overlay.Ensure(d.device(n)); err != nil {
 			return fmt.Errorf("ournet: setting up the VXLAN device of cluster network %s: %w", n.Cluster.Name, err)
@@ -320,6 +326,7 @@ func (d *Driver) reclaimOverlapping(n *Network) error {
 		logNet(other.ID).WithField("subnet", overlap).Warn("removing a network dockerd never learnt of (the plugin stopped before answering its creation)")
 		d.forget("network", bucketNetworks, other.ID)
 		delete(d.networks, other.ID)
+		d.leaveCluster(other)
 		if err := d.unprogramNetwork(other); err != nil {
 			return fmt.Errorf("ournet: removing leftover network %s: %w", short12(other.ID), err)
 		}

@@ -12,8 +12,9 @@ import (
 // hand out the same address, not even while they cannot reach each other.
 // The allocation inside a block stays here, pure and local.
 type Blocks interface {
-	// Claim gives this host one more free block of subnet.
-	Claim(cluster string, subnet netip.Prefix) (netip.Prefix, error)
+	// Claim gives this host one more block of subnet: one it holds but
+	// have does not list (a claim whose answer was lost), else a free one.
+	Claim(cluster string, subnet netip.Prefix, have []netip.Prefix) (netip.Prefix, error)
 	// ClaimFor gives this host the block holding addr (a container's
 	// --ip), or refuses, naming the host that holds it.
 	ClaimFor(cluster string, subnet netip.Prefix, addr netip.Addr) (netip.Prefix, error)
@@ -32,6 +33,16 @@ func (a *Allocator) SetBlocks(b Blocks) {
 // The gateway, asked for before, is the same address on every host and
 // stays as it is. Attaching again to the same name is a no-op.
 func (a *Allocator) Attach(subnet netip.Prefix, name string) error {
+	return a.attach(subnet, name, true)
+}
+
+// CheckAttach says whether Attach would refuse, and why, changing
+// nothing: the driver asks before it writes to the cluster store.
+func (a *Allocator) CheckAttach(subnet netip.Prefix, name string) error {
+	return a.attach(subnet, name, false)
+}
+
+func (a *Allocator) attach(subnet netip.Prefix, name string, do bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var cur *pool
@@ -49,7 +60,7 @@ func (a *Allocator) Attach(subnet netip.Prefix, name string) error {
 		return newErr(ErrInvalid, "cluster network %s needs a --subnet, the same on every host (ournet's IPAM chose %s on this host alone)", name, subnet)
 	case cur.Sub.IsValid():
 		return newErr(ErrInvalid, "cluster network %s: --ip-range is not supported on cluster networks (hosts take blocks of the whole subnet); remove it", name)
-	case cur.Cluster == name:
+	case cur.Cluster == name || !do:
 		return nil
 	case cur.Cluster != "":
 		return newErr(ErrInvalid, "subnet %s already belongs to cluster network %s on this host", subnet, cur.Cluster)
@@ -74,6 +85,12 @@ func (a *Allocator) clusterAddress(p *pool, want netip.Addr) (netip.Addr, error)
 		if !p.Prefix.Contains(want) {
 			return netip.Addr{}, newErr(ErrOutOfRange, "address %s is not in this network's subnet %s; choose an address inside %s", want, p.Prefix, p.Prefix)
 		}
+		if role := p.reserved(want); role != "" {
+			return netip.Addr{}, newErr(ErrReserved, "address %s is %s of %s and cannot be assigned; choose another address", want, role, p.Prefix)
+		}
+		if _, held := p.find(want); held {
+			return netip.Addr{}, p.claim(want, KindStatic) // its refusal names the holder
+		}
 		if !p.inBlocks(want) {
 			b, err := a.blocks.ClaimFor(p.Cluster, p.Prefix, want)
 			if err != nil {
@@ -93,7 +110,7 @@ func (a *Allocator) clusterAddress(p *pool, want netip.Addr) (netip.Addr, error)
 		if try == 4 {
 			return netip.Addr{}, newErr(ErrPoolFull, "no free address is left in this host's blocks of cluster network %s", p.Cluster)
 		}
-		b, err := a.blocks.Claim(p.Cluster, p.Prefix)
+		b, err := a.blocks.Claim(p.Cluster, p.Prefix, p.Blocks)
 		if err != nil {
 			return netip.Addr{}, err
 		}

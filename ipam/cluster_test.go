@@ -20,7 +20,7 @@ type hostBlocks struct {
 	host string
 }
 
-func (h hostBlocks) Claim(_ string, subnet netip.Prefix) (netip.Prefix, error) {
+func (h hostBlocks) Claim(_ string, subnet netip.Prefix, _ []netip.Prefix) (netip.Prefix, error) {
 	h.f.mu.Lock()
 	defer h.f.mu.Unlock()
 	for a := subnet.Addr(); subnet.Contains(a); {

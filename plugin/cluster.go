@@ -132,10 +132,10 @@ func advertise(h *netlink.Handle, c clusterSettings) (netip.Addr, netlink.Link, 
 // blocks adapts the cluster store to the IPAM's second backend.
 type blocks struct{ s *cluster.Store }
 
-func (b blocks) Claim(name string, subnet netip.Prefix) (netip.Prefix, error) {
+func (b blocks) Claim(name string, subnet netip.Prefix, have []netip.Prefix) (netip.Prefix, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
-	return b.s.ClaimBlock(ctx, name, subnet)
+	return b.s.ClaimBlock(ctx, name, subnet, have...)
 }
 
 func (b blocks) ClaimFor(name string, subnet netip.Prefix, a netip.Addr) (netip.Prefix, error) {

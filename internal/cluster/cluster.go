@@ -59,11 +59,12 @@ type Config struct {
 
 // Store is one host's connection to the cluster store.
 type Store struct {
-	cfg   Config
-	cli   *clientv3.Client
-	mu    sync.Mutex
-	lease clientv3.LeaseID
-	stop  context.CancelFunc
+	cfg    Config
+	cli    *clientv3.Client
+	mu     sync.Mutex
+	lease  clientv3.LeaseID
+	stop   context.CancelFunc
+	closed bool
 	// OnRegistered, if set, is called after the host registered (again:
 	// its lease was lost): its endpoints must be published again.
 	OnRegistered func()
@@ -150,10 +151,14 @@ func (s *Store) Where() string { return "etcd at " + strings.Join(s.cfg.Endpoint
 // Registered says whether this host holds a lease now.
 func (s *Store) Registered() bool { return s.leaseID() != 0 }
 
+// Lease is this host's lease now (0: not registered).
+func (s *Store) Lease() int64 { return int64(s.leaseID()) }
+
 // Close stops renewing this host's lease (the others see it gone when it
 // expires) and closes the client.
 func (s *Store) Close() error {
 	s.mu.Lock()
+	s.closed = true
 	if s.stop != nil {
 		s.stop()
 	}
@@ -272,8 +277,13 @@ func (s *Store) Register(ctx context.Context) error {
 			stop()
 			return err
 		}
-		go s.renew(kctx, ch)
 		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			stop()
+			return errors.New("the store was closed")
+		}
+		go s.renew(kctx, ch)
 		if s.stop != nil {
 			s.stop()
 		}

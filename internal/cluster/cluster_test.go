@@ -226,22 +226,28 @@ func TestClusterStore(t *testing.T) {
 		got := map[netip.Prefix]string{}
 		var wg sync.WaitGroup
 		errs := make(chan error, 18)
-		for i := 0; i < 18; i++ {
+		// Three hosts at once, six claims each (a host's claims come one
+		// after the other, as its IPAM makes them, each listing what it has).
+		for _, s := range []*Store{a, b, h3} {
 			wg.Add(1)
-			go func(s *Store) {
+			go func() {
 				defer wg.Done()
-				blk, err := s.ClaimBlock(ctx, "par", subnet)
-				if err != nil {
-					errs <- err
-					return
+				var have []netip.Prefix
+				for i := 0; i < 6; i++ {
+					blk, err := s.ClaimBlock(ctx, "par", subnet, have...)
+					if err != nil {
+						errs <- err
+						return
+					}
+					have = append(have, blk)
+					mu.Lock()
+					if prev, dup := got[blk]; dup {
+						errs <- fmt.Errorf("block %s given to %s and %s", blk, prev, s.cfg.Host)
+					}
+					got[blk] = s.cfg.Host
+					mu.Unlock()
 				}
-				mu.Lock()
-				defer mu.Unlock()
-				if prev, dup := got[blk]; dup {
-					errs <- fmt.Errorf("block %s given to %s and %s", blk, prev, s.cfg.Host)
-				}
-				got[blk] = s.cfg.Host
-			}([]*Store{a, b, h3}[i%3])
+			}()
 		}
 		wg.Wait()
 		close(errs)
@@ -260,10 +266,17 @@ func TestClusterStore(t *testing.T) {
 		if _, err := a.Define(ctx, "small", Spec{Subnets: []string{small.String()}}); err != nil {
 			t.Fatal(err)
 		}
+		var have []netip.Prefix
 		for i := 0; i < 4; i++ {
-			if _, err := a.ClaimBlock(ctx, "small", small); err != nil {
+			blk, err := a.ClaimBlock(ctx, "small", small, have...)
+			if err != nil {
 				t.Fatal(err)
 			}
+			have = append(have, blk)
+		}
+		// A claim whose answer was lost: the block comes back, not a new one.
+		if blk, err := a.ClaimBlock(ctx, "small", small, have[:3]...); err != nil || blk != have[3] {
+			t.Fatalf("claim again without the last block: %s %v, want %s", blk, err, have[3])
 		}
 		if _, err := b.ClaimBlock(ctx, "small", small); err == nil || !strings.Contains(err.Error(), "every address block of cluster network small") {
 			t.Fatalf("claim on a full subnet: %v", err)

@@ -159,18 +159,23 @@ func (s *Store) Leave(ctx context.Context, name string) error {
 		if err := s.releaseBlocks(ctx, name, s.cfg.Host); err != nil {
 			return err
 		}
-		r, err := s.cli.Get(ctx, netKey(name)+"spec")
-		if err != nil || len(r.Kvs) == 0 {
-			return err
-		}
-		var n Network
-		_ = json.Unmarshal(r.Kvs[0].Value, &n)
-		_, err = s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.Version(netKey(name)+"members/").WithPrefix(), "=", 0)).
-			Then(clientv3.OpDelete(netKey(name), clientv3.WithPrefix()), clientv3.OpDelete(prefix+"vni/"+strconv.Itoa(n.VNI))).
-			Commit()
-		return err
+		return s.dropIfEmpty(ctx, name)
 	})
+}
+
+// dropIfEmpty removes every key of network name if it has no member left.
+func (s *Store) dropIfEmpty(ctx context.Context, name string) error {
+	r, err := s.cli.Get(ctx, netKey(name)+"spec")
+	if err != nil || len(r.Kvs) == 0 {
+		return err
+	}
+	var n Network
+	_ = json.Unmarshal(r.Kvs[0].Value, &n)
+	_, err = s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Version(netKey(name)+"members/").WithPrefix(), "=", 0)).
+		Then(clientv3.OpDelete(netKey(name), clientv3.WithPrefix()), clientv3.OpDelete(prefix+"vni/"+strconv.Itoa(n.VNI))).
+		Commit()
+	return err
 }
 
 // blockBits is the prefix length of the address blocks a subnet is split
@@ -215,7 +220,11 @@ func blockKey(name string, b netip.Prefix) string {
 // holds, by compare-and-swap: two hosts never get the same block, however
 // many claim at once. Blocks outlive their host's lease: a host cut off
 // and back still owns its addresses; RetireHost frees them.
-func (s *Store) ClaimBlock(ctx context.Context, name string, subnet netip.Prefix) (netip.Prefix, error) {
+//
+// A block this host holds already that have does not list (its claim was
+// answered to a call cut short, or never recorded) is returned first: a
+// host never holds a block it does not use.
+func (s *Store) ClaimBlock(ctx context.Context, name string, subnet netip.Prefix, have ...netip.Prefix) (netip.Prefix, error) {
 	var got netip.Prefix
 	err := s.call(ctx, "claiming an address block of "+name, func(ctx context.Context) error {
 		bits := blockBits(subnet)
@@ -227,6 +236,14 @@ func (s *Store) ClaimBlock(ctx context.Context, name string, subnet netip.Prefix
 			held := map[string]bool{}
 			for _, kv := range r.Kvs {
 				held[string(kv.Key)] = true
+				if string(kv.Value) != s.cfg.Host {
+					continue
+				}
+				b, err := netip.ParsePrefix(strings.ReplaceAll(strings.TrimPrefix(string(kv.Key), netKey(name)+"blocks/"), "_", "/"))
+				if err == nil && subnet.Contains(b.Addr()) && !slices.Contains(have, b) {
+					got = b
+					return nil
+				}
 			}
 			var free netip.Prefix
 			for b := netip.PrefixFrom(subnet.Masked().Addr(), bits); subnet.Contains(b.Addr()); b = nextBlock(b) {
@@ -284,7 +301,7 @@ func (s *Store) ClaimBlockFor(ctx context.Context, name string, subnet netip.Pre
 			return nil
 		}
 		return userErr("ournet: address %s of cluster network %s is in address block %s, which host %s holds; "+
-			"run the container on that host, or choose an address no other host's block holds", addr, name, b, holder)
+			"run the container on that host, or choose an address no other host's block holds", addr, name, b, s.describeHost(ctx, holder))
 	})
 	return b, err
 }
@@ -386,6 +403,12 @@ func (s *Store) RetireHost(ctx context.Context, host string) error {
 				}
 			}
 		}
+		// A network whose last member was host goes, as Leave does it.
+		for name := range names {
+			if err := s.dropIfEmpty(ctx, name); err != nil {
+				return err
+			}
+		}
 		_, err = s.cli.Delete(ctx, prefix+"hosts/"+host)
 		return err
 	})
@@ -397,6 +420,10 @@ type Endpoint struct {
 	Host string
 	MAC  string
 	VTEP netip.Addr // the host's advertised address
+	// Lease is the lease the key is under (as listed), so that a host
+	// that registered again sees which of its endpoints still hang on the
+	// old one.
+	Lease int64 `json:"-"`
 }
 
 func epKey(name string, a netip.Addr) string { return netKey(name) + "endpoints/" + a.String() }
@@ -430,7 +457,7 @@ func (s *Store) PutEndpoint(ctx context.Context, name string, ep Endpoint) error
 			kv := rs.Kvs[0]
 			other, _ := decodeEndpoint(name, kv.Key, kv.Value)
 			if other.Host != s.cfg.Host {
-				return userErr("ournet: address %s of cluster network %s is held by host %s; choose another address", ep.Addr, name, other.Host)
+				return userErr("ournet: address %s of cluster network %s is held by host %s; choose another address", ep.Addr, name, s.describeHost(ctx, other.Host))
 			}
 			if kv.Lease == int64(lease) && string(kv.Value) == string(raw) {
 				return nil
@@ -480,6 +507,7 @@ func (s *Store) Endpoints(ctx context.Context, name string) (map[netip.Addr]Endp
 		rev = r.Header.Revision
 		for _, kv := range r.Kvs {
 			if ep, ok := decodeEndpoint(name, kv.Key, kv.Value); ok {
+				ep.Lease = kv.Lease
 				out[ep.Addr] = ep
 			}
 		}
@@ -570,4 +598,18 @@ func (s *Store) KnownHosts(ctx context.Context) (map[string]bool, error) {
 		return nil
 	})
 	return out, err
+}
+
+// describeHost names a host for a person: its ID, with its hostname and
+// address while it is alive.
+func (s *Store) describeHost(ctx context.Context, id string) string {
+	r, err := s.cli.Get(ctx, prefix+"hosts/"+id)
+	if err != nil || len(r.Kvs) == 0 {
+		return id + " (not alive now)"
+	}
+	var h Host
+	if json.Unmarshal(r.Kvs[0].Value, &h) != nil {
+		return id
+	}
+	return fmt.Sprintf("%s (%s, %s)", id, h.Hostname, h.Advertise)
 }

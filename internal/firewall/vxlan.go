@@ -33,12 +33,15 @@ func VXLANRules(iface string, hosts []netip.Addr) []string {
 	return append(out, fmt.Sprintf("-A %s -j DROP", VXLANChain))
 }
 
-// EnsureVXLAN makes the guard admit exactly hosts (one family: the
-// underlay's) on iface, rewriting the chain and its jump only where they
-// differ from that.
-func (fw *Firewall) EnsureVXLAN(port int, iface string, hosts []netip.Addr) error {
+// EnsureVXLAN makes the guard admit exactly hosts on iface, in the family
+// of local (this host's address on the underlay), rewriting the chain and
+// its jump only where they differ from that. With keep, a guard that
+// exists is left as it is (the host list is not known yet: a plugin
+// starting while the store is down keeps what it had); one that does not
+// is made with hosts.
+func (fw *Firewall) EnsureVXLAN(port int, iface string, local netip.Addr, hosts []netip.Addr, keep bool) error {
 	f := IPv4
-	if len(hosts) > 0 && hosts[0].Is6() {
+	if local.Is6() {
 		f = IPv6
 	}
 	if !slices.Contains(fw.families, f) {
@@ -54,6 +57,9 @@ func (fw *Firewall) EnsureVXLAN(port int, iface string, hosts []netip.Addr) erro
 	want := VXLANRules(iface, hosts)
 	jumps := referencing(chains["PREROUTING"], VXLANChain)
 	_, declared := chains[VXLANChain]
+	if keep && declared && len(jumps) == 1 {
+		return nil
+	}
 	if declared && slices.Equal(chains[VXLANChain], want) && len(jumps) == 1 && jumps[0] == vxlanJump(port) {
 		return nil
 	}

@@ -28,7 +28,7 @@ func TestVXLANGuardInNetns(t *testing.T) {
 		}
 		hosts := []netip.Addr{netip.MustParseAddr("203.0.113.12"), netip.MustParseAddr("203.0.113.11")}
 		for i := 0; i < 2; i++ {
-			if err := fw.EnsureVXLAN(4789, "under0", hosts); err != nil {
+			if err := fw.EnsureVXLAN(4789, "under0", hosts[0], hosts, false); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -44,11 +44,18 @@ func TestVXLANGuardInNetns(t *testing.T) {
 		if !slices.Equal(got[VXLANChain], want) {
 			t.Fatalf("chain:\n%s", strings.Join(got[VXLANChain], "\n"))
 		}
-		if err := fw.EnsureVXLAN(4789, "under0", hosts[:1]); err != nil {
+		if err := fw.EnsureVXLAN(4789, "under0", hosts[0], hosts[:1], false); err != nil {
 			t.Fatal(err)
 		}
 		if got := raw(); len(got[VXLANChain]) != 2 || len(referencing(got["PREROUTING"], VXLANChain)) != 1 {
 			t.Fatalf("after removing a host: %q %q", got[VXLANChain], got["PREROUTING"])
+		}
+		// keep: an existing guard stays as it is, whatever the list.
+		if err := fw.EnsureVXLAN(4789, "under0", hosts[0], nil, true); err != nil {
+			t.Fatal(err)
+		}
+		if got := raw(); len(got[VXLANChain]) != 2 {
+			t.Fatalf("keep rewrote the guard: %q", got[VXLANChain])
 		}
 		if err := fw.DelVXLAN(); err != nil {
 			t.Fatal(err)
@@ -61,7 +68,7 @@ func TestVXLANGuardInNetns(t *testing.T) {
 		} else if _, ok := got[VXLANChain]; ok {
 			t.Fatal("chain left")
 		}
-		if err := fw.EnsureVXLAN(4789, "under0", hosts); err != nil {
+		if err := fw.EnsureVXLAN(4789, "under0", hosts[0], hosts, false); err != nil {
 			t.Fatal(err)
 		}
 		if err := fw.Teardown(); err != nil {
