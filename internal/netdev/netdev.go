@@ -117,7 +117,7 @@ func (m *Manager) DeleteLink(name, owner string) error {
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", name, err)
 	}
-	if link.Attrs().Alias != AliasPrefix+owner {
+	if link.Attrs().Alias != AliasPrefix+owner && !(unmarkedVeth(link) && strings.HasPrefix(owner, link.Attrs().Name[2:])) {
 		return fmt.Errorf("%w: %s", ErrNotOurs, name)
 	}
 	if err := m.h.LinkDel(link); err != nil && !isNotFound(err) {
@@ -170,6 +170,12 @@ func (m *Manager) EnsureVeth(v Veth) error {
 		}
 	} else if err != nil {
 		return fmt.Errorf("looking up %s: %w", v.Host, err)
+	} else if unmarkedVeth(host) && strings.HasPrefix(v.Owner, v.Host[2:]) {
+		// Made by a call cut between creating the pair and marking it
+		// (the kernel takes no alias at creation): ours, marked now.
+		if err := m.h.LinkSetAlias(host, AliasPrefix+v.Owner); err != nil {
+			return fmt.Errorf("marking veth %s: %w", v.Host, err)
+		}
 	} else if host.Type() != "veth" || host.Attrs().Alias != AliasPrefix+v.Owner {
 		return fmt.Errorf("%w: %s", ErrNotOurs, v.Host)
 	}
@@ -209,9 +215,28 @@ func (m *Manager) Owned() (map[string]string, error) {
 	for _, l := range links {
 		if id, ok := strings.CutPrefix(l.Attrs().Alias, AliasPrefix); ok {
 			out[l.Attrs().Name] = id
+		} else if unmarkedVeth(l) {
+			out[l.Attrs().Name] = l.Attrs().Name[2:] // the endpoint ID's first 12
 		}
 	}
 	return out, nil
+}
+
+// unmarkedVeth is a host end ournet made whose marking was cut short (a
+// crash between creating the pair and setting its alias): a veth with no
+// alias named as ournet names them, "ov" and 12 hex digits of an endpoint
+// ID. The name is specific enough to be nobody else's.
+func unmarkedVeth(l netlink.Link) bool {
+	name := l.Attrs().Name
+	if l.Type() != "veth" || l.Attrs().Alias != "" || len(name) != 14 || !strings.HasPrefix(name, "ov") {
+		return false
+	}
+	for _, c := range name[2:] {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return false
+		}
+	}
+	return true
 }
 
 // ForeignBridges lists the bridges on the host that are not ournet's.

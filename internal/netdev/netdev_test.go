@@ -108,3 +108,53 @@ func TestBridgeAndVethInNetns(t *testing.T) {
 		}
 	})
 }
+
+// A crash between creating a pair and marking it leaves a veth without an
+// alias: ournet recognises it by its name (Owned), adopts it when the call
+// is made again (EnsureVeth) and removes it as an orphan (DeleteLink); a
+// veth of another name without an alias stays someone else's.
+func TestUnmarkedVethInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		m, err := New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.EnsureBridge(Bridge{Name: "ournet-unm", Owner: "net1"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, pair := range [][2]string{{"ov0123456789ab", "oc0123456789ab"}, {"ovfedcba987654", "ocfedcba987654"}, {"vethforeign", "vethforeign1"}} {
+			attrs := netlink.NewLinkAttrs()
+			attrs.Name = pair[0]
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: pair[1]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		owned, err := m.Owned()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if owned["ov0123456789ab"] != "0123456789ab" || owned["ovfedcba987654"] != "fedcba987654" {
+			t.Fatalf("Owned = %v", owned)
+		}
+		if _, ok := owned["vethforeign"]; ok {
+			t.Fatal("a foreign veth without an alias counted as ournet's")
+		}
+		ep := "0123456789abcdef0123"
+		if err := m.EnsureVeth(Veth{Host: "ov0123456789ab", Peer: "oc0123456789ab", Owner: ep, Bridge: "ournet-unm"}); err != nil {
+			t.Fatalf("adopting the unmarked veth: %v", err)
+		}
+		if l, _ := netlink.LinkByName("ov0123456789ab"); l == nil || l.Attrs().Alias != AliasPrefix+ep {
+			t.Fatalf("not marked after adoption: %+v", l)
+		}
+		if err := m.EnsureVeth(Veth{Host: "ovfedcba987654", Peer: "ocfedcba987654", Owner: "aaaaaaaaaaaa0000", Bridge: "ournet-unm"}); !errors.Is(err, ErrNotOurs) {
+			t.Fatalf("another endpoint's unmarked veth: %v, want ErrNotOurs", err)
+		}
+		if err := m.DeleteLink("ovfedcba987654", "fedcba987654"); err != nil {
+			t.Fatalf("removing the orphan: %v", err)
+		}
+		if err := m.DeleteLink("vethforeign", "vethforeign"); !errors.Is(err, ErrNotOurs) {
+			t.Fatalf("removing a foreign veth: %v, want ErrNotOurs", err)
+		}
+	})
+}
