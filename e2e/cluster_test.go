@@ -71,6 +71,7 @@ func TestCluster(t *testing.T) {
 		{"plugin-kill", s.pluginKill},
 		{"quorum-lost", s.quorumLost},
 		{"host-cut-off", s.hostCutOff},
+		{"retire-host", s.retireHost},
 		{"nothing-left", s.nothingLeft},
 	} {
 		start := time.Now()
@@ -1323,4 +1324,106 @@ func (s *clusterSuite) pluginKill(t *testing.T) {
 // dev is host i's VXLAN device of cluster network name.
 func (s *clusterSuite) dev(t *testing.T, i int, name string) string {
 	return "ovx" + strconv.Itoa(s.vni(t, name))
+}
+
+// hostID is host i's ID in the cluster store (its hosts/ key names it).
+func (s *clusterSuite) hostID(t *testing.T, i int) string {
+	t.Helper()
+	kv, err := s.EtcdGet(EtcdPrefix + "hosts/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range kv {
+		var h struct{ Advertise string }
+		if json.Unmarshal([]byte(v), &h) == nil && h.Advertise == s.H(i).Addr {
+			return path.Base(k)
+		}
+	}
+	t.Fatalf("host %d is not registered: %v", i, kv)
+	return ""
+}
+
+// retireHost: a host that is gone keeps its addresses until an operator
+// retires it. Host 3's plugin stops (its lease expires); on host 1
+// scripts/ournet-retire-host lists it as gone, refuses to retire a live
+// host, then retires host 3: its blocks and membership leave etcd. When
+// host 3 comes back, its part of the network refuses new containers,
+// saying to create it again, and can be removed.
+func (s *clusterSuite) retireHost(t *testing.T) {
+	s.needApp(t)
+	id2, id3 := s.hostID(t, 2), s.hostID(t, 3)
+	h1, h3 := s.H(1), s.H(3)
+	retire := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "ournet-retire-host"), args...)
+		cmd.Env = append(os.Environ(), "DOCKER_HOST="+h1.Host, "OURNET_SOCKET="+filepath.Join(h1.Dir, "plugins", "ournet.sock"))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	blocksOf := func(id string) []string {
+		kv, err := s.EtcdGet(EtcdPrefix + "networks/" + appNet + "/blocks/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for k, v := range kv {
+			if v == id {
+				out = append(out, path.Base(k))
+			}
+		}
+		return out
+	}
+	if len(blocksOf(id3)) == 0 {
+		t.Fatal("host 3 holds no block of app before the test")
+	}
+	h3.Run(t, "plugin", "disable", "-f", PluginName)
+	enabled := false
+	defer func() {
+		if !enabled {
+			_, _ = h3.Docker(time.Minute, "plugin", "enable", PluginName)
+		}
+	}()
+	if _, err := poll(20*time.Second, func() error {
+		if kv, _ := s.EtcdGet(EtcdPrefix + "hosts/" + id3); len(kv) > 0 {
+			return fmt.Errorf("host 3 is still registered")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Gone, but its addresses are still its own.
+	if len(blocksOf(id3)) == 0 {
+		t.Fatal("host 3's blocks were freed when its lease expired")
+	}
+	out, err := retire()
+	if err != nil || !strings.Contains(out, id3+"  gone") || !strings.Contains(out, id2+"  alive") {
+		t.Fatalf("listing: %v\n%s", err, out)
+	}
+	if out, err := retire(id2); err == nil || !strings.Contains(out, "is alive") {
+		t.Fatalf("retiring a live host: %v\n%s", err, out)
+	}
+	if out, err := retire(id3); err != nil || !strings.Contains(out, "retired host "+id3) {
+		t.Fatalf("retiring host 3: %v\n%s", err, out)
+	}
+	if b := blocksOf(id3); len(b) > 0 {
+		t.Fatalf("host 3 still holds blocks after it was retired: %v", b)
+	}
+	if kv, _ := s.EtcdGet(EtcdPrefix + "networks/" + appNet + "/members/" + id3); len(kv) > 0 {
+		t.Fatal("host 3 is still a member after it was retired")
+	}
+	// Back: refused, by name, until the network is made again there.
+	h3.Run(t, "plugin", "enable", PluginName)
+	enabled = true
+	name := "back3"
+	t.Cleanup(func() { _, _ = h3.Docker(time.Minute, "rm", "-f", name) })
+	out, err = h3.Docker(time.Minute, "run", "-d", "--name", name, "--network", appNet, Image, "sleep", "600")
+	if err == nil || !strings.Contains(out+err.Error(), "not a member of cluster network "+appNet) {
+		t.Fatalf("a run on the retired host: %v\n%s", err, out)
+	}
+	if ps, _ := h3.Docker(time.Minute, "ps", "-aq"); ps != "" {
+		_, _ = h3.Docker(2*time.Minute, append([]string{"rm", "-f"}, strings.Fields(ps)...)...)
+	}
+	if _, err := h3.Docker(time.Minute, "network", "rm", appNet); err != nil {
+		t.Fatalf("removing the retired host's network: %v", err)
+	}
+	s.appReady = false
 }

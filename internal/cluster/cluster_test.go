@@ -278,6 +278,12 @@ func TestClusterStore(t *testing.T) {
 		if blk, err := a.ClaimBlock(ctx, "small", small, have[:3]...); err != nil || blk != have[3] {
 			t.Fatalf("claim again without the last block: %s %v, want %s", blk, err, have[3])
 		}
+		if _, err := b.ClaimBlock(ctx, "small", small); err == nil || !strings.Contains(err.Error(), "is not a member of cluster network small") {
+			t.Fatalf("claim by a host that is not a member: %v", err)
+		}
+		if _, err := b.Define(ctx, "small", Spec{Subnets: []string{small.String()}}); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := b.ClaimBlock(ctx, "small", small); err == nil || !strings.Contains(err.Error(), "every address block of cluster network small") {
 			t.Fatalf("claim on a full subnet: %v", err)
 		}

@@ -227,6 +227,9 @@ func blockKey(name string, b netip.Prefix) string {
 func (s *Store) ClaimBlock(ctx context.Context, name string, subnet netip.Prefix, have ...netip.Prefix) (netip.Prefix, error) {
 	var got netip.Prefix
 	err := s.call(ctx, "claiming an address block of "+name, func(ctx context.Context) error {
+		if err := s.member(ctx, name); err != nil {
+			return err
+		}
 		bits := blockBits(subnet)
 		for try := 0; try < 64; try++ {
 			r, err := s.cli.Get(ctx, netKey(name)+"blocks/", clientv3.WithPrefix())
@@ -284,6 +287,9 @@ func (s *Store) ClaimBlockFor(ctx context.Context, name string, subnet netip.Pre
 		return netip.Prefix{}, userErr("ournet: address %s is not in cluster network %s's subnet %s", addr, name, subnet)
 	}
 	err = s.call(ctx, "claiming the address block of "+addr.String(), func(ctx context.Context) error {
+		if err := s.member(ctx, name); err != nil {
+			return err
+		}
 		key := blockKey(name, b)
 		t, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.Version(key), "=", 0)).
@@ -439,6 +445,9 @@ func (s *Store) PutEndpoint(ctx context.Context, name string, ep Endpoint) error
 		lease := s.leaseID()
 		if lease == 0 {
 			return fmt.Errorf("this host is not registered (%w)", ErrUnavailable)
+		}
+		if err := s.member(ctx, name); err != nil {
+			return err
 		}
 		key := epKey(name, ep.Addr)
 		for try := 0; try < 8; try++ {
@@ -612,4 +621,19 @@ func (s *Store) describeHost(ctx context.Context, id string) string {
 		return id
 	}
 	return fmt.Sprintf("%s (%s, %s)", id, h.Hostname, h.Advertise)
+}
+
+// member refuses, for a person, a host that is no longer a member of
+// network name: it was retired (scripts/ournet-retire-host) while it was
+// away, so its blocks may be another host's by now.
+func (s *Store) member(ctx context.Context, name string) error {
+	r, err := s.cli.Get(ctx, netKey(name)+"members/"+s.cfg.Host, clientv3.WithKeysOnly())
+	if err != nil {
+		return err
+	}
+	if len(r.Kvs) == 0 {
+		return userErr("ournet: this host (%s) is not a member of cluster network %s any more (it was retired while it was away, or the network's keys were removed from etcd); "+
+			"remove the network on this host (docker network rm) and create it again", s.cfg.Host, name)
+	}
+	return nil
 }
