@@ -47,7 +47,8 @@ unit:
 # shims, docker-init, docker-proxy and docker-compose (and the system's runc).
 # E2E_FLAGS: more go test flags for every run, e.g. E2E_FLAGS='-run TestTwoContainersTalk'.
 # The chaos test (random kills under load, e2e/chaos_test.go) runs on the
-# oldest and the newest engine: -tags chaos. The cluster tests (three hosts
+# newest engine: -tags chaos (make e2e-bookworm E2E_TAGS='-tags chaos' runs
+# it on the oldest too). The cluster tests (three hosts
 # in namespaces, a three-member etcd, e2e/cluster_test.go) run on trixie's
 # engine: -tags cluster.
 E2E_RUN = $(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) $(E2E_TAGS) $(E2E_FLAGS) ./e2e/
@@ -61,7 +62,7 @@ e2e-bookworm: plugin engines
 	@echo "== e2e on the system's engine: $$(PATH=/usr/sbin:/usr/bin:$$PATH dockerd --version)"
 	E2E_ENGINE_PATH=/usr/sbin:/usr/bin E2E_COMPOSE=$(abspath $(ENGINES_DIR))/trixie/usr/libexec/docker/cli-plugins/docker-compose $(E2E_RUN)
 
-e2e-bookworm e2e-forky: E2E_TAGS = $(CHAOS)
+e2e-forky: E2E_TAGS = $(CHAOS)
 e2e-trixie: E2E_TAGS = -tags cluster
 
 # e2e-SUITE: the engine of Debian's SUITE, fetched and unpacked on first use.
