@@ -12,7 +12,7 @@ package e2e
 //	go test -tags bench -run TestBench -v -timeout 15m ./e2e/
 //
 // BENCH_ONLY=phase,... runs only some phases (createrm, run, rules,
-// throughput, ports, growth, restore, cluster); BENCH_OUT=dir writes the report there
+// throughput, ports, growth, restore, idle, cluster); BENCH_OUT=dir writes the report there
 // instead of docs/ (and leaves README.md alone).
 //
 // Addresses: 198.18.128.0/17 only.
@@ -113,6 +113,7 @@ func TestBench(t *testing.T) {
 		{"ports", b.ports},
 		{"growth", b.growthPhase},
 		{"restore", b.restore},
+		{"idle", b.idle},
 		{"cluster", b.cluster},
 	} {
 		if b.only != nil && !b.only[p.name] {
