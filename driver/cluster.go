@@ -42,7 +42,6 @@ type ClusterStore interface {
 	DeleteEndpoint(ctx context.Context, name string, a netip.Addr) error
 	Endpoints(ctx context.Context, name string) (map[netip.Addr]cluster.Endpoint, int64, error)
 	WatchEndpoints(ctx context.Context, name string, rev int64) <-chan cluster.EndpointEvent
-	Hosts(ctx context.Context) ([]cluster.Host, error)
 }
 
 // Overlay is the part of internal/overlay the driver uses.
@@ -300,9 +299,8 @@ func (d *Driver) leaveCluster(n *Network) {
 		return
 	}
 	d.stopAgent(n.ID)
-	if err := d.cl.cfg.Overlay.Delete(n.Cluster.Device, n.ID); err != nil {
-		logNet(n.ID).WithError(err).Warn("cluster: removing the VXLAN device")
-	}
+	// The VXLAN device goes with the bridge (unprogramNetwork, which both
+	// callers run next).
 	if !d.storeDown() {
 		ctx, cancel := storeCtx()
 		err := d.cl.cfg.Store.Leave(ctx, n.Cluster.Name)
@@ -423,16 +421,7 @@ func (d *Driver) runAgent(ctx context.Context, a *agent, id, name, dev string) {
 				if !ok {
 					break watch
 				}
-				if ev.Host == me {
-					continue
-				}
-				if ev.Gone {
-					if cur, ok := remote[ev.Addr]; ok && cur.Host == ev.Host {
-						delete(remote, ev.Addr)
-					}
-				} else {
-					remote[ev.Addr] = ev.Endpoint
-				}
+				applyEvent(remote, ev, me)
 				// A burst (a host's lease expiring takes all its endpoints
 				// at once) is programmed once.
 				drain(events, remote, me)
@@ -444,6 +433,18 @@ func (d *Driver) runAgent(ctx context.Context, a *agent, id, name, dev string) {
 	}
 }
 
+// applyEvent makes remote follow one event of another host's endpoint
+// (a delete only of the endpoint that host had: the address may have moved).
+func applyEvent(remote map[netip.Addr]cluster.Endpoint, ev cluster.EndpointEvent, me string) {
+	switch {
+	case ev.Host == me:
+	case !ev.Gone:
+		remote[ev.Addr] = ev.Endpoint
+	case remote[ev.Addr].Host == ev.Host:
+		delete(remote, ev.Addr)
+	}
+}
+
 // drain applies the events already waiting, without blocking.
 func drain(events <-chan cluster.EndpointEvent, remote map[netip.Addr]cluster.Endpoint, me string) {
 	for {
@@ -452,16 +453,7 @@ func drain(events <-chan cluster.EndpointEvent, remote map[netip.Addr]cluster.En
 			if !ok {
 				return
 			}
-			if ev.Host == me {
-				continue
-			}
-			if ev.Gone {
-				if cur, ok := remote[ev.Addr]; ok && cur.Host == ev.Host {
-					delete(remote, ev.Addr)
-				}
-			} else {
-				remote[ev.Addr] = ev.Endpoint
-			}
+			applyEvent(remote, ev, me)
 		case <-time.After(20 * time.Millisecond):
 			return
 		}

@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"sort"
@@ -68,11 +67,7 @@ func runRetire(args []string) int {
 	fs := flag.NewFlagSet("retire-host", flag.ExitOnError)
 	socket := fs.String("socket", "/run/docker/plugins/ournet.sock", "the plugin's socket")
 	_ = fs.Parse(args)
-	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", *socket)
-		},
-	}}
+	client := socketClient(*socket, 15*time.Second)
 	body, _ := json.Marshal(retireRequest{Host: fs.Arg(0)})
 	resp, err := client.Post("http://ournet/ournet.RetireHost", contentType, bytes.NewReader(body))
 	if err != nil {

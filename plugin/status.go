@@ -54,11 +54,7 @@ func runStatus(args []string) int {
 	portsOnly := fs.Bool("ports", false, "list only the published ports, per container")
 	names := fs.String("names", "", "a file of \"ENDPOINT-ID CONTAINER-NAME\" lines (scripts/ournet-status writes it from the engine)")
 	_ = fs.Parse(args)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", *socket)
-		},
-	}}
+	client := socketClient(*socket, 10*time.Second)
 	resp, err := client.Post("http://ournet/ournet.Status", contentType, bytes.NewReader(nil))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ournet status: cannot reach the plugin at %s: %v\nIs it enabled? docker plugin ls\n", *socket, err)
@@ -234,4 +230,14 @@ func nameEndpoints(rep *statusReport, path string) {
 			e.Container = names[e.ID]
 		}
 	}
+}
+
+// socketClient talks HTTP to the plugin over its unix socket, for the
+// plugin's own subcommands (status, retire-host).
+func socketClient(socket string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		},
+	}}
 }

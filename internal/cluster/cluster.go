@@ -145,12 +145,6 @@ func (s *Store) Host() string { return s.cfg.Host }
 // Advertise is the address other hosts reach this one at.
 func (s *Store) Advertise() netip.Addr { return s.cfg.Advertise }
 
-// Endpoints names the store, for messages.
-func (s *Store) Where() string { return "etcd at " + strings.Join(s.cfg.Endpoints, ",") }
-
-// Registered says whether this host holds a lease now.
-func (s *Store) Registered() bool { return s.leaseID() != 0 }
-
 // Lease is this host's lease now (0: not registered).
 func (s *Store) Lease() int64 { return int64(s.leaseID()) }
 

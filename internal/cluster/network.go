@@ -312,19 +312,6 @@ func (s *Store) ClaimBlockFor(ctx context.Context, name string, subnet netip.Pre
 	return b, err
 }
 
-// HeldBlocks lists the blocks of name this host holds.
-func (s *Store) HeldBlocks(ctx context.Context, name string) ([]netip.Prefix, error) {
-	all, err := s.Blocks(ctx, name)
-	var out []netip.Prefix
-	for b, h := range all {
-		if h == s.cfg.Host {
-			out = append(out, b)
-		}
-	}
-	slices.SortFunc(out, func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) })
-	return out, err
-}
-
 // Memberships lists the cluster networks this host is a member of.
 func (s *Store) Memberships(ctx context.Context) ([]string, error) {
 	var out []string
