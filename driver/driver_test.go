@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -507,5 +508,55 @@ func TestDeletesCompleteWithoutTheStore(t *testing.T) {
 	// A create fails cleanly meanwhile.
 	if err := d.CreateNetwork(createReq()); err == nil || len(l.bridges) != 0 {
 		t.Fatalf("create with the store failing: %v, bridges %v", err, l.bridges)
+	}
+}
+
+// DeleteLeftEndpoints (an empty DeleteEndpoint retry whose call is not
+// known) deletes the endpoints the engine left, and only those: one being
+// created, one joined, and one left then joined again stay.
+func TestDeleteLeftEndpoints(t *testing.T) {
+	d, l, _, st := newTestDriver(t)
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"a1" + eid[2:], "b2" + eid[2:], "c3" + eid[2:], "d4" + eid[2:]}
+	for i, id := range ids {
+		if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: id,
+			Interface: &network.EndpointInterface{Address: fmt.Sprintf("198.18.7.%d/24", 10+i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	join := func(id string) {
+		if _, err := d.Join(&network.JoinRequest{NetworkID: nid, EndpointID: id, SandboxKey: "/run/netns/" + id[:2]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leave := func(id string) {
+		if err := d.Leave(&network.LeaveRequest{NetworkID: nid, EndpointID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// ids[0] only created; ids[1] joined; ids[2] joined and left; ids[3]
+	// joined, left and joined again (the engine's sandbox refresh).
+	join(ids[1])
+	join(ids[2])
+	leave(ids[2])
+	join(ids[3])
+	leave(ids[3])
+	join(ids[3])
+	d.DeleteLeftEndpoints()
+	for i, id := range ids {
+		_, has := l.veths["ov"+id[:12]]
+		if want := i != 2; has != want {
+			t.Errorf("endpoint %d: veth kept = %v, want %v", i, has, want)
+		}
+	}
+	eps, _ := store.LoadAll[Endpoint](st, bucketEndpoints)
+	if _, ok := eps[ids[2]]; ok || len(eps) != 3 {
+		t.Fatalf("state after the sweep: %v", eps)
+	}
+	// Its own DeleteEndpoint arriving after: already gone, success.
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: ids[2]}); err != nil {
+		t.Fatal(err)
 	}
 }

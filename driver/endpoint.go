@@ -115,6 +115,28 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	return nil
 }
 
+// DeleteLeftEndpoints deletes every endpoint the engine has left and not
+// joined since: each is waiting for its DeleteEndpoint. The plugin calls it
+// when dockerd retries a DeleteEndpoint with an empty body and the call it
+// repeats cannot be known (the plugin died before it read the request, or
+// in another run): dockerd forgets the endpoint whatever the answer, so
+// without this its veth pair would stay. An endpoint whose own
+// DeleteEndpoint is still on its way finds it done: success.
+func (d *Driver) DeleteLeftEndpoints() {
+	defer d.lock()()
+	for id, ep := range d.endpoints {
+		if !ep.Left {
+			continue
+		}
+		if err := d.deleteEndpoint(d.networks[ep.NetworkID], ep); err != nil {
+			logEp(ep.NetworkID, id).WithError(err).Warn("deleting an endpoint the engine had left")
+		} else {
+			logEp(ep.NetworkID, id).Info("deleted an endpoint the engine had left (its DeleteEndpoint was cut short)")
+		}
+		delete(d.endpoints, id)
+	}
+}
+
 // deleteEndpoint removes ep's record and kernel state; n may be nil. It
 // goes on to the kernel even when the state file cannot be written (a full
 // disk): see forget.

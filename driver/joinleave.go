@@ -28,9 +28,12 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err := d.addSpoofChecks(n, ep); err != nil {
 		return nil, err
 	}
-	if req.SandboxKey != "" && ep.Sandbox != req.SandboxKey {
+	if req.SandboxKey != "" && ep.Sandbox != req.SandboxKey || ep.Left {
 		// Only what healing needs: kept in memory if it cannot be saved.
-		ep.Sandbox, ep.IfName = req.SandboxKey, ""
+		if req.SandboxKey != "" && ep.Sandbox != req.SandboxKey {
+			ep.Sandbox, ep.IfName = req.SandboxKey, ""
+		}
+		ep.Left = false
 		if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
 			logEp(n.ID, ep.ID).WithError(err).Warn("saving the container's sandbox (kept in memory)")
 		}
@@ -54,9 +57,9 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 // removed by DeleteEndpoint.
 func (d *Driver) Leave(req *network.LeaveRequest) error {
 	defer d.lock()()
-	if ep, ok := d.endpoints[req.EndpointID]; ok && ep.Sandbox != "" {
+	if ep, ok := d.endpoints[req.EndpointID]; ok && (ep.Sandbox != "" || !ep.Left) {
 		// Gone with the container: nothing to heal into any more.
-		ep.Sandbox, ep.IfName = "", ""
+		ep.Sandbox, ep.IfName, ep.Left = "", "", true
 		if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
 			logEp(req.NetworkID, req.EndpointID).WithError(err).Warn("saving endpoint state")
 		}

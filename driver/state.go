@@ -63,6 +63,9 @@ type Endpoint struct {
 	// (heal.go).
 	Sandbox string `json:",omitempty"`
 	IfName  string `json:",omitempty"`
+	// Left: the engine called Leave and has not joined the endpoint
+	// since; its DeleteEndpoint is due (see DeleteLeftEndpoints).
+	Left bool `json:",omitempty"`
 	// Gateway: the engine made this endpoint the container's gateway
 	// (ProgramExternalConnectivity, until Revoke): only then does healing
 	// give the container its default routes through it.

@@ -31,13 +31,14 @@ type errorBody struct {
 
 // route registers one typed endpoint: decode Req, call fn, encode Res.
 func route[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res, error)) {
-	routeAfter(mux, path, fn, nil)
+	routeAfter(mux, path, fn, nil, nil)
 }
 
 // routeAfter is route with answered, called once a successful reply has
 // been flushed to the caller's socket (from then on dockerd has it, even
-// if the plugin dies at once).
-func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res, error), answered func(*Req)) {
+// if the plugin dies at once), and sweep, called after an empty retry of a
+// delete (see replayDeletes).
+func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res, error), answered func(*Req), sweep func()) {
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		body, err := io.ReadAll(r.Body)
@@ -51,7 +52,7 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 			// The call the dead plugin was handling is replayed instead,
 			// or, if it had done its work, its reply sent again.
 			if deleteKind[path] {
-				replayDeletes(w, path, fn)
+				replayDeletes(w, path, fn, sweep)
 				return
 			}
 			var reply []byte
@@ -144,9 +145,12 @@ var deleteKind = map[string]bool{
 	"/NetworkDriver.RevokeExternalConnectivity": true, "/IpamDriver.ReleaseAddress": true, "/IpamDriver.ReleasePool": true,
 }
 
-func replayDeletes[Req any, Res any](w http.ResponseWriter, path string, fn func(*Req) (Res, error)) {
+// replayDeletes answers an empty retry of a delete: every kept delete of
+// that kind is done again, then sweep (if any) does what no kept body
+// says: the retried call may be one the plugin never read.
+func replayDeletes[Req any, Res any](w http.ResponseWriter, path string, fn func(*Req) (Res, error), sweep func()) {
 	bodies, done := replays.takeAll(path)
-	if len(bodies) == 0 && !done {
+	if len(bodies) == 0 && !done && sweep == nil {
 		msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
 		writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
 		return
@@ -163,6 +167,9 @@ func replayDeletes[Req any, Res any](w http.ResponseWriter, path string, fn func
 		if err != nil && first == nil {
 			first = err
 		}
+	}
+	if sweep != nil {
+		sweep()
 	}
 	log.WithFields(log.Fields{"call": path, "replayed": len(bodies)}).Info("replayed the deletes the plugin was doing when it stopped (the engine retried them with empty bodies)")
 	if first != nil {
@@ -218,12 +225,16 @@ func newMux(d network.Driver, a ipamapi.Ipam, extra func(*http.ServeMux)) *http.
 	if a, ok := d.(interface{ CreateAnswered(string) }); ok {
 		createAnswered = func(r *network.CreateNetworkRequest) { a.CreateAnswered(r.NetworkID) }
 	}
-	routeAfter(mux, "/NetworkDriver.CreateNetwork", noErr(d.CreateNetwork), createAnswered)
+	routeAfter(mux, "/NetworkDriver.CreateNetwork", noErr(d.CreateNetwork), createAnswered, nil)
 	route(mux, "/NetworkDriver.DeleteNetwork", noErr(d.DeleteNetwork))
 	route(mux, "/NetworkDriver.AllocateNetwork", d.AllocateNetwork)
 	route(mux, "/NetworkDriver.FreeNetwork", noErr(d.FreeNetwork))
 	route(mux, "/NetworkDriver.CreateEndpoint", d.CreateEndpoint)
-	route(mux, "/NetworkDriver.DeleteEndpoint", noErr(d.DeleteEndpoint))
+	var sweepLeft func()
+	if s, ok := d.(interface{ DeleteLeftEndpoints() }); ok {
+		sweepLeft = s.DeleteLeftEndpoints
+	}
+	routeAfter(mux, "/NetworkDriver.DeleteEndpoint", noErr(d.DeleteEndpoint), nil, sweepLeft)
 	route(mux, "/NetworkDriver.EndpointOperInfo", d.EndpointInfo)
 	route(mux, "/NetworkDriver.Join", d.Join)
 	route(mux, "/NetworkDriver.Leave", noErr(d.Leave))

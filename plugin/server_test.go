@@ -198,3 +198,51 @@ func TestEmptyRetryReplaysTheCallInFlight(t *testing.T) {
 		t.Fatalf("files left in %s: %v", dir, entries)
 	}
 }
+
+// sweepDriver records DeleteEndpoint calls and sweeps.
+type sweepDriver struct {
+	stubDriver
+	deleted *[]string
+	sweeps  *int
+}
+
+func (d sweepDriver) DeleteEndpoint(r *network.DeleteEndpointRequest) error {
+	*d.deleted = append(*d.deleted, r.EndpointID)
+	return nil
+}
+func (d sweepDriver) DeleteLeftEndpoints() { *d.sweeps++ }
+
+// An empty DeleteEndpoint retry replays what was kept and then sweeps the
+// endpoints the engine left: the retried call may be one the dead plugin
+// never read (or one of another run). It is answered done, never "run the
+// command again": dockerd forgets the endpoint whatever it hears.
+func TestEmptyDeleteEndpointRetrySweeps(t *testing.T) {
+	dir := t.TempDir()
+	before, err := newInflight(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = before.begin("/NetworkDriver.DeleteEndpoint", []byte(`{"NetworkID":"n1","EndpointID":"e1"}`))
+	after, err := newInflight(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replays.f = after
+	t.Cleanup(func() { replays.f = nil })
+	var deleted []string
+	var sweeps int
+	mux := newMux(sweepDriver{deleted: &deleted, sweeps: &sweeps}, stubIPAM{}, nil)
+	for i := 0; i < 3; i++ {
+		if code, out := call(t, mux, "/NetworkDriver.DeleteEndpoint", ""); code != 200 {
+			t.Fatalf("retry %d = %d %v", i+1, code, out)
+		}
+		if strings.Join(deleted, " ") != "e1" || sweeps != i+1 {
+			t.Fatalf("after retry %d: deleted %v, sweeps %d", i+1, deleted, sweeps)
+		}
+	}
+	// A plugin without a sweep still says what to do.
+	replays.f, _ = newInflight(t.TempDir())
+	if code, out := call(t, newMux(stubDriver{}, stubIPAM{}, nil), "/NetworkDriver.DeleteEndpoint", ""); code != 500 || !strings.Contains(out["Err"].(string), "run the command again") {
+		t.Fatalf("empty retry without a sweep = %d %v", code, out)
+	}
+}
