@@ -17,6 +17,7 @@ import (
 	log "github.com/sirupsen/logrus"
 
 	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/store"
 )
@@ -159,13 +160,13 @@ func logEp(nid, eid string) *log.Entry {
 func (n *Network) fwNetwork() firewall.Network {
 	fn := firewall.Network{
 		ID: n.ID, Bridge: n.Bridge, ICC: n.Options.ICC, Internal: n.Options.Internal,
-		Masquerade: map[firewall.Family]bool{
-			firewall.IPv4: n.Options.Masquerade && natMode(n.Options.GwModeV4),
-			firewall.IPv6: n.Options.Masquerade && natMode(n.Options.GwModeV6),
+		Masquerade: map[iptables.Family]bool{
+			iptables.IPv4: n.Options.Masquerade && natMode(n.Options.GwModeV4),
+			iptables.IPv6: n.Options.Masquerade && natMode(n.Options.GwModeV6),
 		},
-		Unprotected: map[firewall.Family]bool{
-			firewall.IPv4: n.Options.GwModeV4 == gwUnprotected,
-			firewall.IPv6: n.Options.GwModeV6 == gwUnprotected,
+		Unprotected: map[iptables.Family]bool{
+			iptables.IPv4: n.Options.GwModeV4 == gwUnprotected,
+			iptables.IPv6: n.Options.GwModeV6 == gwUnprotected,
 		},
 	}
 	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {

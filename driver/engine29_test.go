@@ -11,6 +11,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/portmap"
 )
@@ -26,8 +27,8 @@ import (
 // nopTables accepts every iptables-restore script; its tables are empty.
 type nopTables struct{}
 
-func (nopTables) Save(firewall.Family, string) (string, error) { return "", nil }
-func (nopTables) Restore(firewall.Family, string) error        { return nil }
+func (nopTables) Save(iptables.Family, string) (string, error) { return "", nil }
+func (nopTables) Restore(iptables.Family, string) error        { return nil }
 
 // hostPorts stands in for the host's sockets.
 type hostPorts struct {
@@ -70,7 +71,7 @@ func (h *hostPorts) list() []string {
 
 func newMapper(h *hostPorts) *portmap.Mapper {
 	return portmap.New(portmap.Config{
-		Runner: nopTables{}, Families: []firewall.Family{firewall.IPv4, firewall.IPv6},
+		Runner: nopTables{}, Families: []iptables.Family{iptables.IPv4, iptables.IPv6},
 		Reserve: h.reserve,
 		Sysctl:  func(string, string) error { return nil },
 		Hairpin: func(string) error { return nil },

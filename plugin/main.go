@@ -22,6 +22,7 @@ import (
 	"github.com/ournet/ournet/internal/cluster"
 	"github.com/ournet/ournet/internal/crash"
 	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/portmap"
 	"github.com/ournet/ournet/internal/store"
@@ -119,8 +120,8 @@ func run() error {
 		return err
 	}
 	defer links.Close()
-	families := []firewall.Family{firewall.IPv4, firewall.IPv6}
-	runner, err := firewall.NewExecRunner(families...)
+	families := []iptables.Family{iptables.IPv4, iptables.IPv6}
+	runner, err := iptables.NewExec(families...)
 	if err != nil {
 		return fmt.Errorf("finding iptables: %w", err)
 	}

@@ -10,12 +10,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/testns"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
-var both = map[Family]bool{IPv4: true, IPv6: true}
+var both = map[iptables.Family]bool{iptables.IPv4: true, iptables.IPv6: true}
 
 var cases = []struct {
 	name string
@@ -31,9 +32,9 @@ var cases = []struct {
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.4.0/24")}}},
 	{"dual-stack", Network{ID: "4123456789abcdef", Bridge: "ournet-41234567", ICC: true, Masquerade: both,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.5.0/24"), netip.MustParsePrefix("fd00:5::/64"), netip.MustParsePrefix("198.18.6.0/24")}}},
-	{"routed-v6", Network{ID: "5123456789abcdef", Bridge: "ournet-51234567", ICC: true, Masquerade: map[Family]bool{IPv4: true},
+	{"routed-v6", Network{ID: "5123456789abcdef", Bridge: "ournet-51234567", ICC: true, Masquerade: map[iptables.Family]bool{iptables.IPv4: true},
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.7.0/24"), netip.MustParsePrefix("fd00:7::/64")}}},
-	{"unprotected-v4", Network{ID: "6123456789abcdef", Bridge: "ournet-61234567", ICC: true, Masquerade: both, Unprotected: map[Family]bool{IPv4: true},
+	{"unprotected-v4", Network{ID: "6123456789abcdef", Bridge: "ournet-61234567", ICC: true, Masquerade: both, Unprotected: map[iptables.Family]bool{iptables.IPv4: true},
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.8.0/24"), netip.MustParsePrefix("fd00:8::/64")}}},
 	{"ipv6-only", Network{ID: "7123456789abcdef", Bridge: "ournet-71234567", ICC: true, Masquerade: both,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("fd00:9::/64")}}},
@@ -63,32 +64,32 @@ func golden(t *testing.T, name, got string) {
 // The scripts for a fresh install and for removal, per option combination.
 func TestScriptsGolden(t *testing.T) {
 	for _, c := range cases {
-		for _, f := range []Family{IPv4, IPv6} {
-			golden(t, c.name+"."+f.String()+".add", AddScript(f, c.n, Saved{}))
+		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+			golden(t, c.name+"."+f.String()+".add", AddScript(f, c.n, iptables.Tables{}))
 		}
-		saved := Saved{}
-		for table, tr := range rules(IPv4, c.n) {
-			saved[table] = map[string][]string{}
+		saved := iptables.Tables{}
+		for table, tr := range rules(iptables.IPv4, c.n) {
+			saved[table] = iptables.Chains{}
 			for _, l := range tr.jumps {
-				saved[table][baseOf(l)] = append(saved[table][baseOf(l)], l)
+				saved[table][iptables.ChainOf(l)] = append(saved[table][iptables.ChainOf(l)], l)
 			}
 		}
 		golden(t, c.name+".del", DelScript(c.n.ID, saved))
-		if s := AddScript(IPv4, c.n, saved); strings.Contains(s, "OURNET-INTO") || strings.Contains(s, "OURNET-OUTOF") || strings.Contains(s, "OURNET-GUARD") || strings.Contains(s, "OURNET-POSTROUTING") {
+		if s := AddScript(iptables.IPv4, c.n, saved); strings.Contains(s, "OURNET-INTO") || strings.Contains(s, "OURNET-OUTOF") || strings.Contains(s, "OURNET-GUARD") || strings.Contains(s, "OURNET-POSTROUTING") {
 			t.Errorf("%s: lines that exist are added again:\n%s", c.name, s)
 		}
 		// An older version's chains and jumps are removed.
-		old := Saved{
-			"filter": {ForwardChain: {"-A OURNET-FORWARD -i " + c.n.Bridge + " -j OURNET-O-" + short(c.n.ID)}, "OURNET-O-" + short(c.n.ID): nil},
-			"nat":    {PostroutingChain: {"-A OURNET-POSTROUTING -j OURNET-N-" + short(c.n.ID)}, "OURNET-N-" + short(c.n.ID): nil},
+		old := iptables.Tables{
+			"filter": {ForwardChain: {"-A OURNET-FORWARD -i " + c.n.Bridge + " -j OURNET-O-" + iptables.Short(c.n.ID)}, "OURNET-O-" + iptables.Short(c.n.ID): nil},
+			"nat":    {PostroutingChain: {"-A OURNET-POSTROUTING -j OURNET-N-" + iptables.Short(c.n.ID)}, "OURNET-N-" + iptables.Short(c.n.ID): nil},
 		}
-		golden(t, c.name+".upgrade", AddScript(IPv4, c.n, old))
+		golden(t, c.name+".upgrade", CleanScript(old))
 	}
 }
 
 var counters = regexp.MustCompile(`\[\d+:\d+\]|^#.*$`)
 
-func save(t *testing.T, r Runner, f Family) string {
+func save(t *testing.T, r iptables.Runner, f iptables.Family) string {
 	t.Helper()
 	var b strings.Builder
 	for _, table := range []string{"filter", "nat"} {
@@ -109,11 +110,11 @@ func save(t *testing.T, r Runner, f Family) string {
 // changes nothing, and removal restores the exact previous ruleset.
 func TestApplyInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		r, err := NewExecRunner(IPv4, IPv6)
+		r, err := iptables.NewExec(iptables.IPv4, iptables.IPv6)
 		if err != nil {
 			t.Fatal(err)
 		}
-		fw := New(r, IPv4, IPv6)
+		fw := New(r, iptables.IPv4, iptables.IPv6)
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
@@ -123,21 +124,21 @@ func TestApplyInNetns(t *testing.T) {
 		if err := fw.EnsureForeignBridges(nil); err != nil {
 			t.Fatal(err)
 		}
-		empty := map[Family]string{IPv4: save(t, r, IPv4), IPv6: save(t, r, IPv6)}
+		empty := map[iptables.Family]string{iptables.IPv4: save(t, r, iptables.IPv4), iptables.IPv6: save(t, r, iptables.IPv6)}
 		for _, c := range cases {
 			if err := fw.AddNetwork(c.n); err != nil {
 				t.Fatalf("%s: %v", c.name, err)
 			}
 		}
-		all := map[Family]string{IPv4: save(t, r, IPv4), IPv6: save(t, r, IPv6)}
-		golden(t, "all.iptables-save", all[IPv4])
-		golden(t, "all.ip6tables-save", all[IPv6])
+		all := map[iptables.Family]string{iptables.IPv4: save(t, r, iptables.IPv4), iptables.IPv6: save(t, r, iptables.IPv6)}
+		golden(t, "all.iptables-save", all[iptables.IPv4])
+		golden(t, "all.ip6tables-save", all[iptables.IPv6])
 		for _, c := range cases {
 			if err := fw.AddNetwork(c.n); err != nil {
 				t.Fatalf("%s again: %v", c.name, err)
 			}
 		}
-		for _, f := range []Family{IPv4, IPv6} {
+		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 			if got := save(t, r, f); got != all[f] {
 				t.Fatalf("%s: adding every network again changed the rules:\n%s\nwant\n%s", f, got, all[f])
 			}
@@ -150,23 +151,26 @@ func TestApplyInNetns(t *testing.T) {
 				t.Fatalf("del %s again: %v", c.name, err)
 			}
 		}
-		for _, f := range []Family{IPv4, IPv6} {
+		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 			if got := save(t, r, f); got != empty[f] {
 				t.Fatalf("%s: after removing every network:\n%s\nwant\n%s", f, got, empty[f])
 			}
 		}
 		// An upgrade from the layout with four chains per network: the
-		// restart's first change reads the tables and removes the old ones.
-		old := short(cases[0].n.ID)
+		// restart's Setup (its cleaner) removes the old ones.
+		old := iptables.Short(cases[0].n.ID)
 		ipt(t, "-N", "OURNET-O-"+old)
 		ipt(t, "-A", ForwardChain, "-i", cases[0].n.Bridge, "-j", "OURNET-O-"+old)
 		ipt(t, "-t", "nat", "-N", "OURNET-N-"+old)
 		ipt(t, "-t", "nat", "-A", PostroutingChain, "-j", "OURNET-N-"+old)
-		fw = New(r, IPv4, IPv6)
+		fw = New(r, iptables.IPv4, iptables.IPv6)
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
 		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
 			t.Fatal(err)
 		}
-		if got := save(t, r, IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") {
+		if got := save(t, r, iptables.IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") {
 			t.Fatalf("old chains left after an upgrade:\n%s", got)
 		}
 		// Teardown leaves no OURNET chain or jump, even with networks left.
@@ -178,7 +182,7 @@ func TestApplyInNetns(t *testing.T) {
 		if err := fw.Teardown(); err != nil {
 			t.Fatal(err)
 		}
-		for _, f := range []Family{IPv4, IPv6} {
+		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 			raw, _ := r.Save(f, "raw")
 			if got := save(t, r, f) + raw; strings.Contains(got, "OURNET") {
 				t.Fatalf("%s: after Teardown:\n%s", f, got)
@@ -199,11 +203,11 @@ func ipt(t *testing.T, args ...string) {
 // inserts its own rules above it.
 func TestDriftAndJumpOrderInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		r, err := NewExecRunner(IPv4, IPv6)
+		r, err := iptables.NewExec(iptables.IPv4, iptables.IPv6)
 		if err != nil {
 			t.Fatal(err)
 		}
-		fw := New(r, IPv4, IPv6)
+		fw := New(r, iptables.IPv4, iptables.IPv6)
 		ipt(t, "-N", "DOCKER-USER")
 		ipt(t, "-A", "FORWARD", "-j", "DOCKER-USER")
 		if err := fw.Setup(); err != nil {
@@ -215,8 +219,8 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 			if err := fw.EnsureForeignBridges(nil); err != nil {
 				t.Fatal(err)
 			}
-			out, _ := r.Save(IPv4, "filter")
-			if got := ParseSave(out)[ForeignChain]; len(got) != 5 || got[4] != "-A "+ForeignChain+" -j ACCEPT" {
+			out, _ := r.Save(iptables.IPv4, "filter")
+			if got := iptables.Parse(out)[ForeignChain]; len(got) != 5 || got[4] != "-A "+ForeignChain+" -j ACCEPT" {
 				t.Fatalf("OURNET-FOREIGN (round %d) = %q", round, got)
 			}
 			ipt(t, "-F", ForeignChain)
@@ -227,8 +231,8 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
-		out, _ := r.Save(IPv4, "filter")
-		if got := ParseSave(out)[ForwardChain]; len(got) != 2 || got[0] != "-A "+ForwardChain+" -j "+IntoChain || got[1] != "-A "+ForwardChain+" -j "+OutofChain {
+		out, _ := r.Save(iptables.IPv4, "filter")
+		if got := iptables.Parse(out)[ForwardChain]; len(got) != 2 || got[0] != "-A "+ForwardChain+" -j "+IntoChain || got[1] != "-A "+ForwardChain+" -j "+OutofChain {
 			t.Fatalf("OURNET-FORWARD after Setup = %q", got)
 		}
 		var nets []Network
@@ -247,7 +251,7 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		}
 		ipt(t, "-F", inChain(cases[0].n.ID))
 		ipt(t, "-t", "nat", "-D", PostroutingChain, "2")
-		ipt(t, "-t", "mangle", "-A", GuardChain, "-m", "comment", "--comment", "ournet:"+short(cases[2].n.ID), "-j", "DROP")
+		ipt(t, "-t", "mangle", "-A", GuardChain, "-m", "comment", "--comment", "ournet:"+iptables.Short(cases[2].n.ID), "-j", "DROP")
 		d, err := fw.Drifted(nets)
 		if err != nil || len(d) != 3 || d[0].ID != cases[0].n.ID || d[1].ID != cases[1].n.ID || d[2].ID != cases[2].n.ID {
 			t.Fatalf("Drifted = %v, %v; want the three damaged networks", d, err)
@@ -268,8 +272,8 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
-		out, _ = r.Save(IPv4, "filter")
-		fwd := ParseSave(out)["FORWARD"]
+		out, _ = r.Save(iptables.IPv4, "filter")
+		fwd := iptables.Parse(out)["FORWARD"]
 		if len(fwd) != 3 || fwd[0] != "-A FORWARD -j DOCKER-USER" || fwd[1] != "-A FORWARD -j "+ForwardChain {
 			t.Fatalf("FORWARD after setup = %q", fwd)
 		}
@@ -281,8 +285,8 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err := fw.EnsureForeignBridges([]string{"mybr0"}); err != nil {
 			t.Fatal(err)
 		}
-		out, _ = r.Save(IPv4, "filter")
-		if got := ParseSave(out)[ForeignChain]; len(got) != 7 || !strings.Contains(strings.Join(got, "\n"), "-o mybr0 -j DROP") {
+		out, _ = r.Save(iptables.IPv4, "filter")
+		if got := iptables.Parse(out)[ForeignChain]; len(got) != 7 || !strings.Contains(strings.Join(got, "\n"), "-o mybr0 -j DROP") {
 			t.Fatalf("OURNET-FOREIGN = %q", got)
 		}
 	})

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/ournet/ournet/internal/iptables"
 )
 
 // VXLANChain guards the VXLAN port of cluster networks (issue #13). VXLAN
@@ -15,7 +17,7 @@ import (
 // on the underlay interface from a cluster host's advertised address, and
 // dropped otherwise: from a container (any network, any driver) to any
 // host, and from anyone else.
-const VXLANChain = "OURNET-VXLAN"
+const VXLANChain = iptables.VXLANChain
 
 // vxlanJump is PREROUTING's jump, as iptables-save prints it.
 func vxlanJump(port int) string {
@@ -40,9 +42,9 @@ func VXLANRules(iface string, hosts []netip.Addr) []string {
 // starting while the store is down keeps what it had); one that does not
 // is made with hosts.
 func (fw *Firewall) EnsureVXLAN(port int, iface string, local netip.Addr, hosts []netip.Addr, keep bool) error {
-	f := IPv4
+	f := iptables.IPv4
 	if local.Is6() {
-		f = IPv6
+		f = iptables.IPv6
 	}
 	if !slices.Contains(fw.families, f) {
 		return fmt.Errorf("%s is not programmed on this host", f)
@@ -53,9 +55,9 @@ func (fw *Firewall) EnsureVXLAN(port int, iface string, local netip.Addr, hosts 
 	if err != nil {
 		return fmt.Errorf("%s: reading table raw: %w", f, err)
 	}
-	chains := ParseSave(dump)
+	chains := iptables.Parse(dump)
 	want := VXLANRules(iface, hosts)
-	jumps := referencing(chains["PREROUTING"], VXLANChain)
+	jumps := iptables.Jumps(chains["PREROUTING"], VXLANChain)
 	_, declared := chains[VXLANChain]
 	if keep && declared && len(jumps) == 1 {
 		return nil
@@ -66,7 +68,7 @@ func (fw *Firewall) EnsureVXLAN(port int, iface string, local netip.Addr, hosts 
 	var b strings.Builder
 	fmt.Fprintf(&b, "*raw\n:%s - [0:0]\n", VXLANChain)
 	for _, l := range jumps {
-		b.WriteString(deleteLine(l) + "\n")
+		b.WriteString(iptables.DeleteLine(l) + "\n")
 	}
 	fmt.Fprintf(&b, "-I PREROUTING 1 -p udp -m udp --dport %d -j %s\n", port, VXLANChain)
 	for _, l := range want {
@@ -89,14 +91,14 @@ func (fw *Firewall) DelVXLAN() error {
 		if err != nil {
 			return fmt.Errorf("%s: reading table raw: %w", f, err)
 		}
-		chains := ParseSave(dump)
+		chains := iptables.Parse(dump)
 		if _, ok := chains[VXLANChain]; !ok {
 			continue
 		}
 		var b strings.Builder
 		b.WriteString("*raw\n")
-		for _, l := range referencing(chains["PREROUTING"], VXLANChain) {
-			b.WriteString(deleteLine(l) + "\n")
+		for _, l := range iptables.Jumps(chains["PREROUTING"], VXLANChain) {
+			b.WriteString(iptables.DeleteLine(l) + "\n")
 		}
 		fmt.Fprintf(&b, "-F %s\n-X %s\nCOMMIT\n", VXLANChain, VXLANChain)
 		if err := fw.run.Restore(f, b.String()); err != nil {

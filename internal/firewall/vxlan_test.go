@@ -1,6 +1,8 @@
 package firewall
 
 import (
+	"github.com/ournet/ournet/internal/iptables"
+
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,17 +16,17 @@ import (
 // chain only, DelVXLAN and Teardown leave no trace.
 func TestVXLANGuardInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		r, err := NewExecRunner(IPv4, IPv6)
+		r, err := iptables.NewExec(iptables.IPv4, iptables.IPv6)
 		if err != nil {
 			t.Fatal(err)
 		}
-		fw := New(r, IPv4, IPv6)
+		fw := New(r, iptables.IPv4, iptables.IPv6)
 		raw := func() map[string][]string {
-			out, err := r.Save(IPv4, "raw")
+			out, err := r.Save(iptables.IPv4, "raw")
 			if err != nil {
 				t.Fatal(err)
 			}
-			return ParseSave(out)
+			return iptables.Parse(out)
 		}
 		hosts := []netip.Addr{netip.MustParseAddr("203.0.113.12"), netip.MustParseAddr("203.0.113.11")}
 		for i := 0; i < 2; i++ {
@@ -33,7 +35,7 @@ func TestVXLANGuardInNetns(t *testing.T) {
 			}
 		}
 		got := raw()
-		if j := referencing(got["PREROUTING"], VXLANChain); len(j) != 1 || j[0] != vxlanJump(4789) {
+		if j := iptables.Jumps(got["PREROUTING"], VXLANChain); len(j) != 1 || j[0] != vxlanJump(4789) {
 			t.Fatalf("jumps: %q", got["PREROUTING"])
 		}
 		want := []string{
@@ -47,7 +49,7 @@ func TestVXLANGuardInNetns(t *testing.T) {
 		if err := fw.EnsureVXLAN(4789, "under0", hosts[0], hosts[:1], false); err != nil {
 			t.Fatal(err)
 		}
-		if got := raw(); len(got[VXLANChain]) != 2 || len(referencing(got["PREROUTING"], VXLANChain)) != 1 {
+		if got := raw(); len(got[VXLANChain]) != 2 || len(iptables.Jumps(got["PREROUTING"], VXLANChain)) != 1 {
 			t.Fatalf("after removing a host: %q %q", got[VXLANChain], got["PREROUTING"])
 		}
 		// keep: an existing guard stays as it is, whatever the list.
@@ -63,7 +65,7 @@ func TestVXLANGuardInNetns(t *testing.T) {
 		if err := fw.DelVXLAN(); err != nil {
 			t.Fatalf("already gone: %v", err)
 		}
-		if got := raw(); len(referencing(got["PREROUTING"], VXLANChain)) != 0 {
+		if got := raw(); len(iptables.Jumps(got["PREROUTING"], VXLANChain)) != 0 {
 			t.Fatalf("jump left: %q", got["PREROUTING"])
 		} else if _, ok := got[VXLANChain]; ok {
 			t.Fatal("chain left")

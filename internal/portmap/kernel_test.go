@@ -15,11 +15,11 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/testns"
 )
 
-var families = []firewall.Family{firewall.IPv4, firewall.IPv6}
+var families = []iptables.Family{iptables.IPv4, iptables.IPv6}
 
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
@@ -80,7 +80,7 @@ func hostBridge(t *testing.T, peer string) {
 
 func realMapper(t *testing.T) (*Mapper, Runner) {
 	t.Helper()
-	r, err := firewall.NewExecRunner(families...)
+	r, err := iptables.NewExec(families...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,8 +193,8 @@ func TestKernelRulesAndReservations(t *testing.T) {
 		if err := bindErr(TCP, "0.0.0.0:8080"); err != nil {
 			t.Fatalf("8080 still held after Close: %v", err)
 		}
-		orphan := AddScript(firewall.IPv4, "cccccccccccc", msA[:1], saved{"nat": parseSave(withA)})
-		if err := r.Restore(firewall.IPv4, orphan); err != nil {
+		orphan := AddScript(iptables.IPv4, "cccccccccccc", msA[:1], iptables.Tables{"nat": iptables.Parse(withA)})
+		if err := r.Restore(iptables.IPv4, orphan); err != nil {
 			t.Fatal(err)
 		}
 		m2, _ := realMapper(t)

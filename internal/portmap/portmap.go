@@ -17,21 +17,18 @@ import (
 	log "github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 
-	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/sysctl"
 )
 
-// Runner runs iptables-save and iptables-restore --noflush;
-// firewall.ExecRunner is one.
-type Runner interface {
-	Save(f firewall.Family, table string) (string, error)
-	Restore(f firewall.Family, script string) error
-}
+// Runner runs iptables-save and iptables-restore --noflush: the one
+// iptables layer's.
+type Runner = iptables.Runner
 
 // Config is what a Mapper works with; nil functions get the real ones.
 type Config struct {
 	Runner   Runner
-	Families []firewall.Family
+	Families []iptables.Family
 	Reserve  ReserveFunc                                // default ReserveSocket
 	Sysctl   func(key, value string) error              // default sysctl.Set
 	Hairpin  func(link string) error                    // default: netlink
@@ -89,16 +86,8 @@ func setHairpin(link string) error {
 	return nil
 }
 
-func (m *Mapper) save(f firewall.Family, tables ...string) (saved, error) {
-	s := saved{}
-	for _, t := range tables {
-		dump, err := m.cfg.Runner.Save(f, t)
-		if err != nil {
-			return nil, fmt.Errorf("%s: reading table %s: %w", f, t, err)
-		}
-		s[t] = parseSave(dump)
-	}
-	return s, nil
+func (m *Mapper) save(f iptables.Family, tables ...string) (iptables.Tables, error) {
+	return iptables.Read(m.cfg.Runner, f, tables...)
 }
 
 // Setup creates the base chains, the localhost guard and their jumps where
@@ -116,7 +105,7 @@ func (m *Mapper) Setup() error {
 
 // ensureBase makes the base rules of f whole and returns the nat table as it
 // was read, for the caller's endpoint scripts.
-func (m *Mapper) ensureBase(f firewall.Family) (saved, error) {
+func (m *Mapper) ensureBase(f iptables.Family) (iptables.Tables, error) {
 	s, err := m.save(f, "raw", "nat")
 	if err != nil {
 		return nil, err
@@ -240,7 +229,7 @@ func (m *Mapper) removeRules(id string) error {
 		}
 		if script := DelScript(id, s); script != "" {
 			if err := m.cfg.Runner.Restore(f, script); err != nil {
-				errs = append(errs, fmt.Errorf("%s: removing published ports of endpoint %s: %w", f, short(id), err))
+				errs = append(errs, fmt.Errorf("%s: removing published ports of endpoint %s: %w", f, iptables.Short(id), err))
 			}
 		}
 	}
@@ -255,10 +244,10 @@ func (m *Mapper) Prune(keep []string) error {
 	defer m.mu.Unlock()
 	short12 := map[string]bool{}
 	for _, id := range keep {
-		short12[short(id)] = true
+		short12[iptables.Short(id)] = true
 	}
 	for id := range m.eps {
-		if !short12[short(id)] {
+		if !short12[iptables.Short(id)] {
 			if err := m.unmap(id); err != nil {
 				return err
 			}
@@ -298,7 +287,7 @@ func (m *Mapper) Reconcile() ([]string, error) {
 				continue
 			}
 			if err := m.cfg.Runner.Restore(f, AddScript(f, id, p.mappings, s)); err != nil {
-				return repaired, fmt.Errorf("%s: restoring published ports of endpoint %s: %w", f, short(id), err)
+				return repaired, fmt.Errorf("%s: restoring published ports of endpoint %s: %w", f, iptables.Short(id), err)
 			}
 			if !slices.Contains(repaired, id) {
 				repaired = append(repaired, id)
@@ -311,7 +300,7 @@ func (m *Mapper) Reconcile() ([]string, error) {
 		// A port that is gone belongs to a container that is gone: its
 		// DeleteEndpoint is on the way.
 		if nf := (netlink.LinkNotFoundError{}); err != nil && !errors.As(err, &nf) {
-			errs = append(errs, fmt.Errorf("endpoint %s: %w", short(p.ep.ID), err))
+			errs = append(errs, fmt.Errorf("endpoint %s: %w", iptables.Short(p.ep.ID), err))
 		}
 	}
 	return repaired, errors.Join(errs...)
@@ -326,7 +315,7 @@ func (m *Mapper) install(ep Endpoint, ms []Mapping) error {
 			return err
 		}
 		if err := m.cfg.Runner.Restore(f, AddScript(f, ep.ID, ms, s)); err != nil {
-			return fmt.Errorf("%s: installing published ports of endpoint %s: %w", f, short(ep.ID), err)
+			return fmt.Errorf("%s: installing published ports of endpoint %s: %w", f, iptables.Short(ep.ID), err)
 		}
 	}
 	return m.kernelSettings(ep, ms)

@@ -10,22 +10,25 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/iptables"
 )
 
-// fakeRunner records scripts; its tables are empty.
+// fakeRunner is the in-memory iptables, recording the scripts applied.
 type fakeRunner struct {
+	*iptables.Fake
 	mu      sync.Mutex
 	scripts []string
 	fail    error
 }
 
-func (r *fakeRunner) Save(firewall.Family, string) (string, error) { return "", nil }
-func (r *fakeRunner) Restore(f firewall.Family, s string) error {
+func (r *fakeRunner) Restore(f iptables.Family, s string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail != nil && strings.Contains(s, "OURNET-P-") {
 		return r.fail
+	}
+	if err := r.Fake.Restore(f, s); err != nil {
+		return err
 	}
 	r.scripts = append(r.scripts, s)
 	return nil
@@ -80,9 +83,9 @@ type fixture struct {
 }
 
 func newFixture(first, last uint16) *fixture {
-	fx := &fixture{run: &fakeRunner{}, ports: &fakePorts{held: map[string]bool{}, busy: map[string]bool{}}, sysctl: map[string]string{}}
+	fx := &fixture{run: &fakeRunner{Fake: iptables.NewFake()}, ports: &fakePorts{held: map[string]bool{}, busy: map[string]bool{}}, sysctl: map[string]string{}}
 	fx.m = New(Config{
-		Runner: fx.run, Families: []firewall.Family{firewall.IPv4, firewall.IPv6},
+		Runner: fx.run, Families: []iptables.Family{iptables.IPv4, iptables.IPv6},
 		Reserve: fx.ports.reserve,
 		Sysctl:  func(k, v string) error { fx.sysctl[k] = v; return nil },
 		Hairpin: func(l string) error { fx.hairpin = append(fx.hairpin, l); return nil },
@@ -243,5 +246,63 @@ func TestRestore(t *testing.T) {
 	got, err := fx.m.Map(ep("a"), []Binding{{Proto: TCP, Port: 80}})
 	if err != nil || got[0].HostPort != 40005 {
 		t.Fatalf("Map after Restore = %v, %v", got, err)
+	}
+}
+
+// The rules land in the tables (the in-memory iptables: no root), a
+// flushed endpoint chain and a deleted base jump are put back by
+// Reconcile, and Unmap and Prune leave nothing of the endpoints.
+func TestRulesWithoutRoot(t *testing.T) {
+	fx := newFixture(40000, 40010)
+	if err := fx.m.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	base := map[iptables.Family]string{}
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		base[f], _ = fx.run.Save(f, "nat")
+	}
+	if _, err := fx.m.Map(ep("a1"), []Binding{{Proto: TCP, Port: 80, HostPort: 8080}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fx.m.Map(ep("b2"), []Binding{{Proto: UDP, Port: 53, HostPort: 5353}}); err != nil {
+		t.Fatal(err)
+	}
+	dnat := func(f iptables.Family, id string) []string {
+		r, _ := fx.run.Rules(f, "nat", dnatChain(id))
+		return r
+	}
+	if r := dnat(iptables.IPv4, "a1"); len(r) != 1 || !strings.Contains(r[0], "--dport 8080") || !strings.Contains(r[0], "-j DNAT") {
+		t.Fatalf("a1's IPv4 DNAT rules = %q", r)
+	}
+	if r := dnat(iptables.IPv6, "b2"); len(r) != 1 || !strings.Contains(r[0], "-p udp") {
+		t.Fatalf("b2's IPv6 DNAT rules = %q", r)
+	}
+	want, _ := fx.run.Save(iptables.IPv4, "nat")
+	// A firewall reload takes a1's rules and the OUTPUT jump.
+	jumps, _ := fx.run.Rules(iptables.IPv4, "nat", "OUTPUT")
+	if err := fx.run.Fake.Restore(iptables.IPv4, "*nat\n-F "+dnatChain("a1")+"\n"+iptables.DeleteLine(jumps[0])+"\nCOMMIT\n"); err != nil {
+		t.Fatal(err)
+	}
+	repaired, err := fx.m.Reconcile()
+	if err != nil || !slices.Equal(repaired, []string{"a1"}) {
+		t.Fatalf("Reconcile = %v, %v", repaired, err)
+	}
+	if got, _ := fx.run.Save(iptables.IPv4, "nat"); got != want {
+		t.Fatalf("after Reconcile:\n%s\nwant\n%s", got, want)
+	}
+	if repaired, err := fx.m.Reconcile(); err != nil || len(repaired) != 0 {
+		t.Fatalf("Reconcile with nothing to do = %v, %v", repaired, err)
+	}
+	if err := fx.m.Unmap("a1"); err != nil {
+		t.Fatal(err)
+	}
+	// b2 is unknown to the next run (its endpoint is gone): Prune.
+	if err := fx.m.Prune(nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if got, _ := fx.run.Save(f, "nat"); got != base[f] {
+			t.Fatalf("%s after Unmap and Prune:\n%s\nwant\n%s", f, got, base[f])
+		}
 	}
 }

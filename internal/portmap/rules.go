@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/iptables"
 )
 
 // Base chains, each reached by jumps from the built-in chains:
@@ -34,24 +34,17 @@ import (
 // OURNET-LOCALHOST drops every packet to 127.0.0.0/8 (or ::1) that did not
 // arrive on lo, before conntrack or routing see it.
 const (
-	DNATChain  = "OURNET-DNAT"
-	MasqChain  = "OURNET-DNAT-MASQ"
-	GuardChain = "OURNET-LOCALHOST"
+	DNATChain  = iptables.DNATChain
+	MasqChain  = iptables.DNATMasqChain
+	GuardChain = iptables.LocalhostChain
 )
 
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}
-
 // Per-endpoint chain names.
-func dnatChain(id string) string { return "OURNET-P-" + short(id) }
-func masqChain(id string) string { return "OURNET-PM-" + short(id) }
+func dnatChain(id string) string { return iptables.PortsPrefix + iptables.Short(id) }
+func masqChain(id string) string { return iptables.PortsMasqPrefix + iptables.Short(id) }
 
-func loopbackNet(f firewall.Family) string {
-	if f == firewall.IPv6 {
+func loopbackNet(f iptables.Family) string {
+	if f == iptables.IPv6 {
 		return "::1/128"
 	}
 	return "127.0.0.0/8"
@@ -59,10 +52,10 @@ func loopbackNet(f firewall.Family) string {
 
 // baseJumps are the jumps into the base chains, per table, exactly as
 // iptables-save prints them.
-func baseJumps(f firewall.Family) map[string][]string {
+func baseJumps(f iptables.Family) map[string][]string {
 	lo := loopbackNet(f)
 	output := "-A OUTPUT -m addrtype --dst-type LOCAL -j " + DNATChain
-	if f == firewall.IPv6 {
+	if f == iptables.IPv6 {
 		// ::1 cannot be DNATed out of the host (no route_localnet in IPv6):
 		// leave it alone rather than send it to a container it cannot reach.
 		output = "-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j " + DNATChain
@@ -78,52 +71,20 @@ func baseJumps(f firewall.Family) map[string][]string {
 }
 
 // baseRules are the rules the base chains start with.
-func baseRules(f firewall.Family) map[string][]string {
+func baseRules(f iptables.Family) map[string][]string {
 	guard := []string{"-A " + GuardChain + " -d " + loopbackNet(f) + " ! -i lo -j DROP"}
 	masq := []string{}
-	if f == firewall.IPv4 {
+	if f == iptables.IPv4 {
 		masq = []string{"-A " + MasqChain + " -s 127.0.0.0/8 ! -o lo -m conntrack --ctstate DNAT -j MASQUERADE"}
 	}
 	return map[string][]string{GuardChain: guard, MasqChain: masq}
 }
 
-// saved is iptables-save output of one family: table -> chain -> rule lines.
-type saved map[string]map[string][]string
-
-func parseSave(dump string) map[string][]string {
-	chains := map[string][]string{}
-	for _, line := range strings.Split(dump, "\n") {
-		switch {
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if _, ok := chains[name]; !ok {
-				chains[name] = nil
-			}
-		case strings.HasPrefix(line, "-A "):
-			name, _, _ := strings.Cut(line[3:], " ")
-			chains[name] = append(chains[name], line)
-		}
-	}
-	return chains
-}
-
-func chainOf(rule string) string {
-	name, _, _ := strings.Cut(strings.TrimPrefix(rule, "-A "), " ")
-	return name
-}
-
-func insertLine(rule string) string {
-	c := chainOf(rule)
-	return "-I " + c + " 1" + strings.TrimPrefix(rule, "-A "+c)
-}
-
-func deleteLine(rule string) string { return "-D" + strings.TrimPrefix(rule, "-A") }
-
 // BaseScript is the iptables-restore input that creates what is missing of
 // the base chains, their first rules and their jumps; "" if nothing is.
 // OURNET-LOCALHOST is ournet's alone and is rewritten whole when it differs;
 // OURNET-DNAT and OURNET-DNAT-MASQ hold endpoints' jumps and are only added to.
-func BaseScript(f firewall.Family, s saved) string {
+func BaseScript(f iptables.Family, s iptables.Tables) string {
 	var b strings.Builder
 	jumps, rules := baseJumps(f), baseRules(f)
 	for _, table := range []string{"raw", "nat"} {
@@ -144,16 +105,16 @@ func BaseScript(f firewall.Family, s saved) string {
 			}
 			for _, r := range rules[MasqChain] {
 				if !slices.Contains(have[MasqChain], r) {
-					body.WriteString(insertLine(r) + "\n")
+					body.WriteString(iptables.InsertLine(r, 1) + "\n")
 				}
 			}
 		}
 		for _, j := range jumps[table] {
-			if slices.Contains(have[chainOf(j)], j) {
+			if slices.Contains(have[iptables.ChainOf(j)], j) {
 				continue
 			}
 			if table == "raw" {
-				j = insertLine(j) // the guard goes before anyone's rules
+				j = iptables.InsertLine(j, 1) // the guard goes before anyone's rules
 			}
 			body.WriteString(j + "\n")
 		}
@@ -181,10 +142,10 @@ func target(a netip.Addr, port uint16) string {
 
 // endpointRules are the rules of an endpoint's two chains for family f, as
 // iptables-save prints them.
-func endpointRules(f firewall.Family, id string, ms []Mapping) (dnat, masq []string) {
+func endpointRules(f iptables.Family, id string, ms []Mapping) (dnat, masq []string) {
 	var containers []netip.Addr
 	for _, m := range ms {
-		if m.Is4() != (f == firewall.IPv4) {
+		if m.Is4() != (f == iptables.IPv4) {
 			continue
 		}
 		dnat = append(dnat, fmt.Sprintf("-A %s %s-p %s -m %s --dport %d -j DNAT --to-destination %s",
@@ -208,7 +169,7 @@ func endpointJumps(id string) []string {
 // endpoint's rules of family f. Declaring a chain flushes it, so the
 // endpoint's chains are replaced whole in one transaction. With no mapping
 // of that family it is the DelScript.
-func AddScript(f firewall.Family, id string, ms []Mapping, s saved) string {
+func AddScript(f iptables.Family, id string, ms []Mapping, s iptables.Tables) string {
 	dnat, masq := endpointRules(f, id, ms)
 	if len(dnat) == 0 {
 		return DelScript(id, s)
@@ -219,7 +180,7 @@ func AddScript(f firewall.Family, id string, ms []Mapping, s saved) string {
 		b.WriteString(r + "\n")
 	}
 	for _, j := range endpointJumps(id) {
-		if !slices.Contains(s["nat"][chainOf(j)], j) {
+		if !slices.Contains(s["nat"][iptables.ChainOf(j)], j) {
 			b.WriteString(j + "\n")
 		}
 	}
@@ -229,11 +190,11 @@ func AddScript(f firewall.Family, id string, ms []Mapping, s saved) string {
 
 // DelScript is the iptables-restore input that removes the endpoint's
 // chains and the jumps to them; "" if there are none.
-func DelScript(id string, s saved) string {
+func DelScript(id string, s iptables.Tables) string {
 	nat := s["nat"]
 	var jumps []string
 	for _, j := range endpointJumps(id) {
-		for _, have := range nat[chainOf(j)] {
+		for _, have := range nat[iptables.ChainOf(j)] {
 			if have == j {
 				jumps = append(jumps, j)
 			}
@@ -248,7 +209,7 @@ func DelScript(id string, s saved) string {
 	// Declaring creates or flushes, so -X works whether or not it existed.
 	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n:%s - [0:0]\n", dnatChain(id), masqChain(id))
 	for _, j := range jumps {
-		b.WriteString(deleteLine(j) + "\n")
+		b.WriteString(iptables.DeleteLine(j) + "\n")
 	}
 	fmt.Fprintf(&b, "-X %s\n-X %s\nCOMMIT\n", dnatChain(id), masqChain(id))
 	return b.String()
@@ -256,7 +217,7 @@ func DelScript(id string, s saved) string {
 
 // installed reports whether the endpoint's rules of family f are in s
 // exactly as AddScript writes them.
-func installed(f firewall.Family, id string, ms []Mapping, s saved) bool {
+func installed(f iptables.Family, id string, ms []Mapping, s iptables.Tables) bool {
 	dnat, masq := endpointRules(f, id, ms)
 	nat := s["nat"]
 	if len(dnat) == 0 {
@@ -266,7 +227,7 @@ func installed(f firewall.Family, id string, ms []Mapping, s saved) bool {
 		return false
 	}
 	for _, j := range endpointJumps(id) {
-		if !slices.Contains(nat[chainOf(j)], j) {
+		if !slices.Contains(nat[iptables.ChainOf(j)], j) {
 			return false
 		}
 	}
@@ -274,10 +235,10 @@ func installed(f firewall.Family, id string, ms []Mapping, s saved) bool {
 }
 
 // endpointIDs lists the short IDs of the endpoints that have chains in s.
-func endpointIDs(s saved) []string {
+func endpointIDs(s iptables.Tables) []string {
 	var out []string
 	for c := range s["nat"] {
-		for _, p := range []string{"OURNET-P-", "OURNET-PM-"} {
+		for _, p := range []string{iptables.PortsPrefix, iptables.PortsMasqPrefix} {
 			if id, ok := strings.CutPrefix(c, p); ok && !slices.Contains(out, id) {
 				out = append(out, id)
 			}

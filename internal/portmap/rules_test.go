@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ournet/ournet/internal/firewall"
+	"github.com/ournet/ournet/internal/iptables"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -46,20 +46,20 @@ var sample = []Mapping{
 }
 
 func TestScriptsGolden(t *testing.T) {
-	for _, f := range []firewall.Family{firewall.IPv4, firewall.IPv6} {
-		golden(t, "base."+f.String(), BaseScript(f, saved{}))
-		golden(t, "add."+f.String(), AddScript(f, eid, sample, saved{}))
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		golden(t, "base."+f.String(), BaseScript(f, iptables.Tables{}))
+		golden(t, "add."+f.String(), AddScript(f, eid, sample, iptables.Tables{}))
 	}
-	withRules := saved{"nat": parseSave(AddScript(firewall.IPv4, eid, sample, saved{}))}
+	withRules := iptables.Tables{"nat": iptables.Parse(AddScript(iptables.IPv4, eid, sample, iptables.Tables{}))}
 	golden(t, "del", DelScript(eid, withRules))
-	if s := AddScript(firewall.IPv4, eid, sample, withRules); strings.Contains(s, "-A "+DNATChain) {
+	if s := AddScript(iptables.IPv4, eid, sample, withRules); strings.Contains(s, "-A "+DNATChain) {
 		t.Errorf("a jump that exists is added again:\n%s", s)
 	}
-	if s := DelScript(eid, saved{}); s != "" {
+	if s := DelScript(eid, iptables.Tables{}); s != "" {
 		t.Errorf("removing what does not exist: %q", s)
 	}
 	// An endpoint with no IPv6 mapping has nothing to add in ip6tables.
-	if s := AddScript(firewall.IPv6, eid, sample[:1], saved{}); s != "" {
+	if s := AddScript(iptables.IPv6, eid, sample[:1], iptables.Tables{}); s != "" {
 		t.Errorf("IPv6 script for IPv4 mappings: %q", s)
 	}
 }

@@ -1,0 +1,76 @@
+package firewall
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/ournet/ournet/internal/iptables"
+)
+
+// The cleaner removes what older versions of ournet left and the current
+// one never writes: the per-network chains of the layout with four chains
+// per network (OURNET-O-, -G-, -N-<id>) and every line that jumps to them.
+// It runs in Setup, at start and in every full repair round, so that the
+// code that adds, deletes and checks networks knows only today's layout.
+
+// legacy reports whether chain is a per-network chain of an older layout.
+func legacy(table, chain string) bool {
+	p, ok := iptables.LegacyNetworkPrefixes[table]
+	return ok && strings.HasPrefix(chain, p)
+}
+
+// CleanScript is the iptables-restore input that removes the older
+// layouts' chains and the lines jumping to them; "" if there are none.
+func CleanScript(saved iptables.Tables) string {
+	var b strings.Builder
+	for _, table := range tables {
+		var old []string
+		for _, c := range saved[table].Names() {
+			if legacy(table, c) {
+				old = append(old, c)
+			}
+		}
+		if len(old) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "*%s\n", table)
+		for _, c := range old {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c) // flushes it
+		}
+		for _, c := range saved[table].Names() {
+			if legacy(table, c) {
+				continue // flushed just above
+			}
+			for _, l := range iptables.Jumps(saved[table][c], old...) {
+				b.WriteString(iptables.DeleteLine(l) + "\n")
+			}
+		}
+		for _, c := range old {
+			fmt.Fprintf(&b, "-X %s\n", c)
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+// cleaned is a parent chain's lines as they are once CleanScript has run:
+// without the jumps to older layouts' chains.
+func cleaned(lines []string) []string {
+	var out []string
+	for _, l := range lines {
+		if t := jumpTarget(l); t != "" && (legacy("filter", t) || legacy("mangle", t) || legacy("nat", t)) {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+func jumpTarget(line string) string {
+	_, t, ok := strings.Cut(line, " -j ")
+	if !ok {
+		return ""
+	}
+	name, _, _ := strings.Cut(t, " ")
+	return name
+}
