@@ -81,10 +81,11 @@ func (d *Driver) syncSpoofChecks() error {
 
 // repairSpoofChecks restores the checks when ports gained or lost them
 // behind ournet's back (`nft flush ruleset`, a firewall reload). It costs
-// one listing when nothing changed. Called by Reconcile with d.mu held.
-func (d *Driver) repairSpoofChecks() {
+// one listing when nothing changed, and reports whether it had anything
+// to restore. Called by the repair rounds with d.mu held.
+func (d *Driver) repairSpoofChecks() bool {
 	if d.spoof == nil {
-		return
+		return false
 	}
 	var want []string
 	for _, ep := range d.endpoints {
@@ -96,13 +97,14 @@ func (d *Driver) repairSpoofChecks() {
 	have, err := d.spoof.Ports()
 	if err != nil {
 		logNet("").WithError(err).Warn("drift: listing anti-spoofing checks")
-		return
+		return false
 	}
 	if slices.Equal(have, want) {
-		return
+		return false
 	}
 	logNet("").WithField("have", len(have)).WithField("want", len(want)).Warn("drift: anti-spoofing checks changed, restoring them")
 	if err := d.syncSpoofChecks(); err != nil {
 		logNet("").WithError(err).Error("drift: restoring anti-spoofing checks")
 	}
+	return true
 }

@@ -80,6 +80,9 @@ type Driver struct {
 	// strays are kernel objects marked as ournet's whose IDs neither the
 	// state nor the journal knows: left alone, reported by Status.
 	strays []string
+	// foreign is the host's other bridges as OURNET-FOREIGN last listed
+	// them, sorted: a links round rewrites the chain only when they change.
+	foreign []string
 	// removeUnknown makes the restore treat every unknown object as an
 	// orphan (STATE_RECOVER=fresh).
 	removeUnknown bool

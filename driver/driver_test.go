@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 
@@ -82,6 +84,9 @@ type fakeFW struct {
 	bridges []string
 	nets    map[string]firewall.Network
 	fail    error
+	// rounds counts the full comparisons (Drifted), foreignSets the
+	// rewrites of OURNET-FOREIGN asked for.
+	rounds, foreignSets atomic.Int32
 }
 
 func (f *fakeFW) AddNetwork(n firewall.Network) error {
@@ -109,6 +114,7 @@ func (f *fakeFW) AddNetworks(nets []firewall.Network) error {
 	return nil
 }
 func (f *fakeFW) Drifted(nets []firewall.Network) ([]firewall.Network, error) {
+	f.rounds.Add(1)
 	var out []firewall.Network
 	for _, n := range nets {
 		if _, ok := f.nets[n.ID]; !ok {
@@ -117,7 +123,7 @@ func (f *fakeFW) Drifted(nets []firewall.Network) ([]firewall.Network, error) {
 	}
 	return out, nil
 }
-func (f *fakeFW) EnsureForeignBridges([]string) error { return nil }
+func (f *fakeFW) EnsureForeignBridges([]string) error { f.foreignSets.Add(1); return nil }
 func (f *fakeFW) EnsureBridges(names []string) error  { f.bridges = names; return nil }
 func (f *fakeFW) OwnedNetworks() (map[string]bool, error) {
 	out := map[string]bool{}
@@ -559,4 +565,59 @@ func TestDeleteLeftEndpoints(t *testing.T) {
 	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: ids[2]}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Watch: an announced rule change is a full round; a link change is a
+// links round (no rules read) unless it repairs something; the timer
+// alone compares nothing while changes are announced, and everything
+// where they are not.
+func TestWatchRounds(t *testing.T) {
+	d, l, fw, _ := newTestDriver(t)
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	rules, links := make(chan struct{}, 1), make(chan struct{}, 1)
+	stop := make(chan struct{})
+	alsoRan := atomic.Int32{}
+	go d.Watch(WatchConfig{Every: 20 * time.Millisecond, Recheck: time.Hour, Rules: rules, Links: links}, stop, func() { alsoRan.Add(1) })
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		for end := time.Now().Add(2 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("%s: never happened", what)
+			}
+		}
+	}
+	wait("the timer's housekeeping", func() bool { return alsoRan.Load() >= 3 })
+	if n := fw.rounds.Load(); n != 0 {
+		t.Fatalf("%d full rounds with nothing announced", n)
+	}
+	rules <- struct{}{}
+	wait("a full round after a rule change", func() bool { return fw.rounds.Load() == 1 })
+	links <- struct{}{}
+	time.Sleep(100 * time.Millisecond)
+	if n := fw.rounds.Load(); n != 1 {
+		t.Fatalf("a link change that needed nothing ran %d full rounds", n-1)
+	}
+	// The bridge deleted by hand: the links round makes it again, then a
+	// full round follows.
+	d.mu.Lock()
+	delete(l.bridges, "ournet-aaaaaaaa")
+	d.mu.Unlock()
+	links <- struct{}{}
+	wait("the bridge made again", func() bool {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		_, ok := l.bridges["ournet-aaaaaaaa"]
+		return ok
+	})
+	wait("a full round after the repair", func() bool { return fw.rounds.Load() == 2 })
+	close(stop)
+
+	// Nothing announced: the timer compares everything.
+	d2, _, fw2, _ := newTestDriver(t)
+	stop2 := make(chan struct{})
+	defer close(stop2)
+	go d2.Watch(WatchConfig{Every: 20 * time.Millisecond}, stop2)
+	wait("polling rounds", func() bool { return fw2.rounds.Load() >= 3 })
 }

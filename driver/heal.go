@@ -15,7 +15,7 @@ import (
 // (issue #16). It also learns, once, the name the engine gave each
 // container interface (learn: not during the restore, which must stay
 // fast). Called with d.mu held, by the restore and by every repair round.
-func (d *Driver) healEndpoints(learn bool) {
+func (d *Driver) healEndpoints(learn bool) (healed int) {
 	for _, ep := range d.endpoints {
 		n := d.networks[ep.NetworkID]
 		if n == nil || ep.Sandbox == "" {
@@ -25,6 +25,7 @@ func (d *Driver) healEndpoints(learn bool) {
 			continue
 		} else if !ok {
 			d.heal(n, ep)
+			healed++
 			continue
 		}
 		mac, _ := parseMAC(ep.MAC)
@@ -44,6 +45,7 @@ func (d *Driver) healEndpoints(learn bool) {
 			}
 		}
 	}
+	return healed
 }
 
 func (d *Driver) heal(n *Network, ep *Endpoint) {

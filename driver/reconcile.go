@@ -2,6 +2,7 @@ package driver
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -83,12 +84,13 @@ func (d *Driver) removeOrphans() {
 	}
 }
 
-// Reconcile repairs drift: base jumps moved or deleted (a dockerd restart
-// inserts its rules above ournet's; a firewalld reload flushes everything),
-// a network's rules changed or gone, a bridge deleted by hand. It never
-// brings back a network ournet does not know.
+// Reconcile is the full repair round: base jumps moved or deleted (a
+// dockerd restart inserts its rules above ournet's; a firewalld reload
+// flushes everything), a network's rules changed or gone, published ports'
+// rules, anti-spoofing, a bridge deleted by hand. It never brings back a
+// network ournet does not know.
 func (d *Driver) Reconcile() {
-	nets := d.reconcileLinks()
+	nets := d.reconcileBase()
 	// Reading every table is the slow part: it runs without the driver's
 	// lock, so that docker commands are not held up behind it.
 	drifted, err := d.fw.Drifted(nets)
@@ -109,9 +111,9 @@ func (d *Driver) Reconcile() {
 	}
 }
 
-// reconcileLinks repairs base chains, foreign bridges, bridges, ports and
+// reconcileBase repairs base chains, foreign bridges, links, ports and
 // anti-spoofing, and returns the networks whose rules to check.
-func (d *Driver) reconcileLinks() []firewall.Network {
+func (d *Driver) reconcileBase() []firewall.Network {
 	defer d.lock()()
 	defer d.reconcilePorts()
 	d.flushUnsaved()
@@ -119,9 +121,42 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 		logNet("").WithError(err).Warn("drift: base chains")
 	}
 	d.ensureForeign()
-	var nets []firewall.Network
+	d.repairLinks()
+	nets := make([]firewall.Network, 0, len(d.networks))
+	for _, n := range d.networks {
+		nets = append(nets, n.fwNetwork())
+	}
+	return nets
+}
+
+// ReconcileLinks is the round a link change triggers: what netlink shows
+// (bridges, VXLAN devices, endpoints' veths, anti-spoofing checks), no
+// iptables read unless the host's other bridges changed. It reports
+// whether it repaired anything, after which a full round follows (the
+// rules and port settings of a bridge made again).
+func (d *Driver) ReconcileLinks() (repaired bool) {
+	defer d.lock()()
+	d.flushUnsaved()
+	if foreign, err := d.links.ForeignBridges(); err == nil && !slices.Equal(sorted(foreign), d.foreign) {
+		d.ensureForeign()
+	}
+	return d.repairLinks()
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+// repairLinks makes again the bridges and VXLAN devices that are gone,
+// plumbs again the endpoints whose veth went, and restores the
+// anti-spoofing checks; it reports whether it had anything to do. Called
+// with d.mu held.
+func (d *Driver) repairLinks() (repaired bool) {
 	for _, n := range d.networks {
 		if ok, err := d.links.Exists(n.Bridge); err == nil && !ok {
+			repaired = true
 			logNet(n.ID).WithField("bridge", n.Bridge).Warn("drift: bridge is gone, recreating it")
 			if err := d.programNetwork(n); err != nil {
 				logNet(n.ID).WithError(err).Error("drift: recreating bridge")
@@ -130,6 +165,7 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 		}
 		if n.Cluster != nil && d.cl != nil {
 			if ok, err := d.links.Exists(n.Cluster.Device); err == nil && !ok {
+				repaired = true
 				logNet(n.ID).WithField("device", n.Cluster.Device).Warn("drift: VXLAN device is gone, recreating it")
 				if err := d.prepareNetwork(n); err != nil {
 					logNet(n.ID).WithError(err).Error("drift: recreating the VXLAN device")
@@ -137,11 +173,14 @@ func (d *Driver) reconcileLinks() []firewall.Network {
 				d.kickAgent(n.ID)
 			}
 		}
-		nets = append(nets, n.fwNetwork())
 	}
-	d.healEndpoints(true)
-	d.repairSpoofChecks()
-	return nets
+	if d.healEndpoints(true) > 0 {
+		repaired = true
+	}
+	if d.repairSpoofChecks() {
+		repaired = true
+	}
+	return repaired
 }
 
 // ensureForeign makes OURNET-FOREIGN, every network's way out, list the
@@ -155,7 +194,9 @@ func (d *Driver) ensureForeign() {
 	}
 	if err := d.fw.EnsureForeignBridges(foreign); err != nil {
 		logNet("").WithError(err).Warn("drift: foreign bridges")
+		return
 	}
+	d.foreign = sorted(foreign)
 }
 
 // ensureBridges makes OURNET-BRIDGES list the container bridges: ournet's
@@ -196,20 +237,69 @@ func (d *Driver) reattachEndpoints(n *Network) {
 	}
 }
 
-// Watch runs Reconcile, then each of also, every interval until stop is
-// closed (the plugin adds the IPAM's flush of releases kept in memory).
-func (d *Driver) Watch(interval time.Duration, stop <-chan struct{}, also ...func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+// WatchConfig says what drives the repair rounds (Watch).
+type WatchConfig struct {
+	// Every is how often the writes kept in memory are flushed (and the
+	// also functions run); without Rules, the full round runs as often.
+	Every time.Duration
+	// Recheck is, with Rules, how often the full round runs when nothing
+	// announced a change: the safety net.
+	Recheck time.Duration
+	// Rules triggers a full round: someone else changed iptables or
+	// nftables (internal/watch.Rules, debounced). Links triggers a round
+	// of the links: a bridge or veth deleted or changed. Nil: not watched.
+	Rules, Links <-chan struct{}
+}
+
+// Watch repairs drift until stop is closed: a full round (Reconcile) when
+// Rules triggers, or, without Rules, every Every; a links round when Links
+// triggers, followed by a full round if it repaired anything; the full
+// round every Recheck in any case. Every Every, the writes the state file
+// could not take are tried again, and each of also runs (the plugin adds
+// the IPAM's flush of releases kept in memory): nothing else runs while
+// nothing changes.
+func (d *Driver) Watch(cfg WatchConfig, stop <-chan struct{}, also ...func()) {
+	every := time.NewTicker(cfg.Every)
+	defer every.Stop()
+	var recheck <-chan time.Time
+	if cfg.Rules != nil && cfg.Recheck > 0 {
+		t := time.NewTicker(cfg.Recheck)
+		defer t.Stop()
+		recheck = t.C
+	}
+	full := func() {
+		d.Reconcile()
+		for _, fn := range also {
+			fn()
+		}
+	}
 	for {
 		select {
 		case <-stop:
 			return
-		case <-t.C:
-			d.Reconcile()
+		case <-cfg.Rules:
+			full()
+		case <-recheck:
+			full()
+		case <-cfg.Links:
+			if d.ReconcileLinks() {
+				full()
+			}
+		case <-every.C:
+			if cfg.Rules == nil {
+				full()
+				continue
+			}
+			d.housekeeping()
 			for _, fn := range also {
 				fn()
 			}
 		}
 	}
+}
+
+// housekeeping tries again the writes the state file could not take.
+func (d *Driver) housekeeping() {
+	defer d.lock()()
+	d.flushUnsaved()
 }

@@ -133,7 +133,7 @@ func TestStatusReportsDrift(t *testing.T) {
 	e := NewEngine(t)
 	// No repair round may hide the drift this test makes.
 	e.Run(t, "plugin", "disable", PluginName)
-	e.Run(t, "plugin", "set", PluginName, "RECONCILE_INTERVAL=1h")
+	e.Run(t, "plugin", "set", PluginName, "RECONCILE_INTERVAL=1h", "REPAIR_ON_EVENTS=false")
 	e.Run(t, "plugin", "enable", PluginName)
 	Net(t, e, "st", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.48.0/24")
 	Container(t, e, "st-a", "--network", "st")

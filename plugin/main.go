@@ -27,6 +27,7 @@ import (
 	"github.com/ournet/ournet/internal/portmap"
 	"github.com/ournet/ournet/internal/store"
 	"github.com/ournet/ournet/internal/sysctl"
+	"github.com/ournet/ournet/internal/watch"
 	"github.com/ournet/ournet/ipam"
 )
 
@@ -37,8 +38,16 @@ type settings struct {
 	AliasSockets []string // more sockets, e.g. in the host's /run/docker/plugins
 	StatePath    string
 	// ReconcileEvery is how often drift (flushed rules, a deleted bridge)
-	// is looked for and repaired.
+	// is looked for and repaired where the kernel does not announce rule
+	// changes (iptables-legacy, or RepairOnEvents off), and how often
+	// writes the state file could not take are tried again.
 	ReconcileEvery time.Duration
+	// RecheckEvery is, with the kernel's announcements, how often the
+	// full comparison runs all the same: the safety net.
+	RecheckEvery time.Duration
+	// RepairOnEvents: repair when the kernel announces a change of rules
+	// or links (default), rather than only every ReconcileEvery.
+	RepairOnEvents bool
 	DefaultPools   []ipam.DefaultPool
 	PoolsV6        []ipam.DefaultPool
 	// StateRecover says how to recover a damaged state file: "" (never
@@ -68,6 +77,15 @@ func loadSettings() (settings, error) {
 	s.StatePath = env("OURNET_STATE", "/var/lib/ournet/state.db")
 	if s.ReconcileEvery, err = time.ParseDuration(env("RECONCILE_INTERVAL", "5s")); err != nil || s.ReconcileEvery < 100*time.Millisecond {
 		return s, fmt.Errorf("RECONCILE_INTERVAL=%q is not valid; give a duration of at least 100ms such as 5s", os.Getenv("RECONCILE_INTERVAL"))
+	}
+	if s.RecheckEvery, err = time.ParseDuration(env("RECHECK_INTERVAL", "10m")); err != nil || s.RecheckEvery < time.Second {
+		return s, fmt.Errorf("RECHECK_INTERVAL=%q is not valid; give a duration of at least 1s such as 10m", os.Getenv("RECHECK_INTERVAL"))
+	}
+	switch v := env("REPAIR_ON_EVENTS", "true"); v {
+	case "true", "false":
+		s.RepairOnEvents = v == "true"
+	default:
+		return s, fmt.Errorf("REPAIR_ON_EVENTS=%q is not valid; use true or false", v)
 	}
 	switch s.StateRecover = env("STATE_RECOVER", ""); s.StateRecover {
 	case recoverNone, recoverBackup, recoverFresh:
@@ -224,7 +242,7 @@ func run() error {
 	backup(st, drv, alloc)
 	stop := make(chan struct{})
 	defer close(stop)
-	go drv.Watch(cfg.ReconcileEvery, stop, alloc.Flush)
+	go drv.Watch(watchConfig(cfg, runner, stop), stop, alloc.Flush)
 	go drv.RunCluster(stop)
 
 	sig := make(chan os.Signal, 1)
@@ -296,3 +314,33 @@ func backup(st *store.Store, drv *driver.Driver, alloc *ipam.Allocator) {
 		log.WithField("backup", b).Debug("state file backed up")
 	}
 }
+
+// watchConfig is what drives the repair rounds: the kernel's
+// announcements of rule and link changes, debounced (a flush of every
+// table is many commits), with a full comparison every RecheckEvery; or,
+// without them (iptables-legacy writes announce nothing, or
+// REPAIR_ON_EVENTS=false), a full comparison every ReconcileEvery.
+func watchConfig(cfg settings, run *iptables.Exec, stop <-chan struct{}) driver.WatchConfig {
+	wc := driver.WatchConfig{Every: cfg.ReconcileEvery, Recheck: cfg.RecheckEvery}
+	if !cfg.RepairOnEvents {
+		log.WithField("every", cfg.ReconcileEvery).Info("drift repair: polling (REPAIR_ON_EVENTS=false)")
+		return wc
+	}
+	if !run.NFTables() {
+		log.WithField("every", cfg.ReconcileEvery).Info("drift repair: polling (iptables-legacy announces no change)")
+	} else if rules, err := watch.Rules(stop, run.Mine); err != nil {
+		log.WithError(err).WithField("every", cfg.ReconcileEvery).Warn("drift repair: polling (no nftables notifications)")
+	} else {
+		wc.Rules = watch.Debounce(stop, rules, debounceQuiet, debounceMax)
+	}
+	if links, err := watch.Links(stop, netdev.Matters); err != nil {
+		log.WithError(err).Warn("drift repair: link changes are not watched")
+	} else {
+		wc.Links = watch.Debounce(stop, links, debounceQuiet, debounceMax)
+	}
+	return wc
+}
+
+// A burst of changes is repaired once it has been quiet for debounceQuiet,
+// or debounceMax after it began.
+const debounceQuiet, debounceMax = 100 * time.Millisecond, 500 * time.Millisecond

@@ -162,7 +162,7 @@ func printStatus(w io.Writer, rep *statusReport) {
 	if problems == 0 {
 		fmt.Fprintln(w, "\nno drift: the kernel matches ournet's state")
 	} else {
-		fmt.Fprintf(w, "\n%d problems; ournet repairs drift every RECONCILE_INTERVAL, see the plugin's log (LOG_LEVEL=debug)\n", problems)
+		fmt.Fprintf(w, "\n%d problems; ournet repairs drift as it happens (or every RECONCILE_INTERVAL where changes are not announced), see the plugin's log (LOG_LEVEL=debug)\n", problems)
 	}
 }
 

@@ -324,3 +324,19 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(a.Unmap(), ones).Masked(), true
 }
+
+// Matters reports whether a link change may call for a repair: a bridge
+// (ournet's, or one of the host's others, which OURNET-FOREIGN lists), a
+// VXLAN device, or one of ournet's own links. Other drivers' veths and
+// the like are not looked at.
+func Matters(u netlink.LinkUpdate) bool {
+	l := u.Link
+	if l == nil || l.Attrs() == nil {
+		return false
+	}
+	switch l.Type() {
+	case "bridge", "vxlan":
+		return true
+	}
+	return strings.HasPrefix(l.Attrs().Alias, AliasPrefix) || unmarkedVeth(l)
+}

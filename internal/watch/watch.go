@@ -1,0 +1,224 @@
+// Package watch turns the kernel's notifications into repair triggers, so
+// that drift is repaired when it happens and nothing runs while nothing
+// changes: nftables commits (every iptables-nft change is one, whoever
+// makes it: a flush by hand, a firewalld reload, dockerd's restart) and
+// link changes (a bridge or veth deleted or changed by hand).
+//
+// A trigger is a value on a channel of capacity one: a burst of changes is
+// one trigger, and Debounce waits for the burst to end.
+package watch
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	mnl "github.com/mdlayher/netlink"
+	log "github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// retryAfter is how long a watcher whose socket failed waits before it
+// opens a new one (and triggers once: changes may have been missed).
+const retryAfter = time.Second
+
+func kick(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// Rules triggers on every nftables commit in this network namespace that
+// mine does not claim (ournet's own writes: the tools it ran, its own
+// threads). It reads only the commit's generation message, which names the
+// process that made it; a lost message (the socket's buffer overran) is a
+// trigger too. It fails when nftables notifications cannot be had at all.
+func Rules(stop <-chan struct{}, mine func(pid uint32) bool) (<-chan struct{}, error) {
+	conn, err := dialRules()
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan struct{}, 1)
+	var mu sync.Mutex // cur: the socket to close at stop
+	cur, stopped := conn, false
+	go func() {
+		<-stop
+		mu.Lock()
+		stopped = true
+		cur.Close()
+		mu.Unlock()
+	}()
+	go func() {
+		for {
+			err := readRules(conn, out, mine)
+			conn.Close()
+			mu.Lock()
+			done := stopped
+			mu.Unlock()
+			if done {
+				return
+			}
+			log.WithError(err).Warn("watching nftables commits: opening the socket again")
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(retryAfter):
+				}
+				if conn, err = dialRules(); err == nil {
+					break
+				}
+			}
+			mu.Lock()
+			if stopped {
+				mu.Unlock()
+				conn.Close()
+				return
+			}
+			cur = conn
+			mu.Unlock()
+			kick(out)
+		}
+	}()
+	return out, nil
+}
+
+func dialRules() (*mnl.Conn, error) {
+	conn, err := mnl.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("opening a netfilter netlink socket: %w", err)
+	}
+	if err := conn.JoinGroup(unix.NFNLGRP_NFTABLES); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("joining the nftables notification group: %w", err)
+	}
+	_ = conn.SetReadBuffer(1 << 20)
+	return conn, nil
+}
+
+// newGen is the type of a commit's generation message.
+const newGen = mnl.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWGEN)
+
+func readRules(conn *mnl.Conn, out chan struct{}, mine func(uint32) bool) error {
+	for {
+		msgs, err := conn.Receive()
+		if errors.Is(err, unix.ENOBUFS) {
+			kick(out) // messages were lost: something changed
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if m.Header.Type != newGen {
+				continue
+			}
+			if pid, ok := genPID(m.Data); !ok || !mine(pid) {
+				kick(out)
+			}
+		}
+	}
+}
+
+// genPID is the process that made the commit a generation message reports.
+func genPID(data []byte) (uint32, bool) {
+	if len(data) < 4 {
+		return 0, false
+	}
+	ad, err := mnl.NewAttributeDecoder(data[4:]) // after struct nfgenmsg
+	if err != nil {
+		return 0, false
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_GEN_PROC_PID {
+			return ad.Uint32(), true
+		}
+	}
+	return 0, false
+}
+
+// Links triggers on every link change in this network namespace that
+// matters says matters. A failed subscription is opened again (and
+// triggers once).
+func Links(stop <-chan struct{}, matters func(netlink.LinkUpdate) bool) (<-chan struct{}, error) {
+	updates, err := subscribeLinks(stop)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan struct{}, 1)
+	go func() {
+		for {
+			for u := range updates {
+				if matters(u) {
+					kick(out)
+				}
+			}
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			log.Warn("watching links: subscribing again")
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(retryAfter):
+				}
+				if updates, err = subscribeLinks(stop); err == nil {
+					break
+				}
+			}
+			kick(out)
+		}
+	}()
+	return out, nil
+}
+
+func subscribeLinks(stop <-chan struct{}) (chan netlink.LinkUpdate, error) {
+	ch := make(chan netlink.LinkUpdate, 256)
+	err := netlink.LinkSubscribeWithOptions(ch, stop, netlink.LinkSubscribeOptions{
+		ReceiveBufferSize: 1 << 20,
+		ErrorCallback:     func(err error) { log.WithError(err).Debug("link notifications") },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribing to link notifications: %w", err)
+	}
+	return ch, nil
+}
+
+// Debounce passes a trigger on once in has been quiet for quiet, or at
+// the latest max after the first trigger of a burst: a flush of every
+// table is many commits, repaired once.
+func Debounce(stop <-chan struct{}, in <-chan struct{}, quiet, max time.Duration) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-in:
+			}
+			deadline := time.After(max)
+		burst:
+			for {
+				select {
+				case <-stop:
+					return
+				case <-in:
+				case <-time.After(quiet):
+					break burst
+				case <-deadline:
+					break burst
+				}
+			}
+			kick(out)
+		}
+	}()
+	return out
+}
