@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/ournet/ournet/internal/antispoof"
 )
@@ -17,9 +18,47 @@ type AntiSpoof interface {
 	Ports() ([]string, error)
 }
 
-// SetAntiSpoof gives the driver its anti-spoofing filter; call it before
-// Restore. A driver without one programs no checks (unit tests).
-func (d *Driver) SetAntiSpoof(a AntiSpoof) { d.spoof = a }
+// noSpoof programs no checks (Deps without AntiSpoof); it only keeps the
+// list of ports it was given, so that repair finds nothing to restore.
+type noSpoof struct {
+	mu    sync.Mutex
+	ports map[string]bool
+}
+
+func (n *noSpoof) Add(ep antispoof.Endpoint) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.ports[ep.Port] = true
+	return nil
+}
+
+func (n *noSpoof) Del(port string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.ports, port)
+	return nil
+}
+
+func (n *noSpoof) Sync(eps []antispoof.Endpoint) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.ports = map[string]bool{}
+	for _, ep := range eps {
+		n.ports[ep.Port] = true
+	}
+	return nil
+}
+
+func (n *noSpoof) Ports() ([]string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]string, 0, len(n.ports))
+	for p := range n.ports {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out, nil
+}
 
 // spoofChecked reports whether n's endpoints get the checks.
 func (n *Network) spoofChecked() bool { return !n.Options.AntiSpoofingOff }
@@ -39,7 +78,7 @@ func (ep *Endpoint) spoofEndpoint() antispoof.Endpoint {
 // addSpoofChecks installs the checks of ep's port if n has them on. It is
 // idempotent, so Join may repeat it.
 func (d *Driver) addSpoofChecks(n *Network, ep *Endpoint) error {
-	if d.spoof == nil || !n.spoofChecked() {
+	if !n.spoofChecked() {
 		return nil
 	}
 	if err := d.spoof.Add(ep.spoofEndpoint()); err != nil {
@@ -51,9 +90,6 @@ func (d *Driver) addSpoofChecks(n *Network, ep *Endpoint) error {
 // delSpoofChecks removes the checks of ep's port; a port without any is
 // success, so it runs whatever the network's option.
 func (d *Driver) delSpoofChecks(ep *Endpoint) error {
-	if d.spoof == nil {
-		return nil
-	}
 	if err := d.spoof.Del(ep.HostVeth); err != nil {
 		return fmt.Errorf("ournet: removing anti-spoofing checks of %s: %w", ep.HostVeth, err)
 	}
@@ -64,9 +100,6 @@ func (d *Driver) delSpoofChecks(ep *Endpoint) error {
 // endpoints whose network has them on, dropping any others (endpoints
 // deleted while the plugin was down). Called with d.mu held.
 func (d *Driver) syncSpoofChecks() error {
-	if d.spoof == nil {
-		return nil
-	}
 	var eps []antispoof.Endpoint
 	for _, ep := range d.endpoints {
 		if n := d.networks[ep.NetworkID]; n != nil && n.spoofChecked() {
@@ -84,9 +117,6 @@ func (d *Driver) syncSpoofChecks() error {
 // one listing when nothing changed, and reports whether it had anything
 // to restore. Called by the repair rounds with d.mu held.
 func (d *Driver) repairSpoofChecks() bool {
-	if d.spoof == nil {
-		return false
-	}
 	var want []string
 	for _, ep := range d.endpoints {
 		if n := d.networks[ep.NetworkID]; n != nil && n.spoofChecked() {

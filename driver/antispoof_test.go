@@ -73,7 +73,7 @@ func epReq(netID, epID, v4, v6 string) *network.CreateEndpointRequest {
 func TestAntiSpoofFollowsEndpoints(t *testing.T) {
 	d, _, _, _ := newTestDriver(t)
 	sp := newFakeSpoof()
-	d.SetAntiSpoof(sp)
+	d.setAntiSpoof(sp)
 	if err := d.CreateNetwork(dualStackReq()); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestAntiSpoofFollowsEndpoints(t *testing.T) {
 func TestAntiSpoofOffProgramsNothing(t *testing.T) {
 	d, _, _, _ := newTestDriver(t)
 	sp := newFakeSpoof()
-	d.SetAntiSpoof(sp)
+	d.setAntiSpoof(sp)
 	if err := d.CreateNetwork(dualStackReq(optAntiSpoofing, "false")); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ func TestAntiSpoofOffProgramsNothing(t *testing.T) {
 func TestAntiSpoofFailureUndoesEndpoint(t *testing.T) {
 	d, l, _, _ := newTestDriver(t)
 	sp := newFakeSpoof()
-	d.SetAntiSpoof(sp)
+	d.setAntiSpoof(sp)
 	if err := d.CreateNetwork(dualStackReq()); err != nil {
 		t.Fatal(err)
 	}
@@ -155,10 +155,10 @@ func TestRestoreSyncsAntiSpoof(t *testing.T) {
 		}
 	}
 	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
-	d2 := New(l2, &fakeFW{nets: map[string]firewall.Network{}}, fakeSysctl{}, st)
+	d2 := New(Deps{Links: l2, Firewall: &fakeFW{nets: map[string]firewall.Network{}}, Sysctls: fakeSysctl{}, Store: st})
 	sp := newFakeSpoof()
 	sp.ports["ovstale"] = antispoof.Endpoint{Port: "ovstale"}
-	d2.SetAntiSpoof(sp)
+	d2.setAntiSpoof(sp)
 	if err := d2.Restore(); err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestRestoreSyncsAntiSpoof(t *testing.T) {
 func TestReconcileRepairsAntiSpoof(t *testing.T) {
 	d, _, _, _ := newTestDriver(t)
 	sp := newFakeSpoof()
-	d.SetAntiSpoof(sp)
+	d.setAntiSpoof(sp)
 	if err := d.CreateNetwork(dualStackReq()); err != nil {
 		t.Fatal(err)
 	}

@@ -66,9 +66,9 @@ type Driver struct {
 	st        *store.Store
 	networks  map[string]*Network
 	endpoints map[string]*Endpoint
-	// spoof: anti-spoofing checks (antispoof.go); nil programs none.
+	// spoof: anti-spoofing checks (antispoof.go); ports: published ports
+	// (ports.go). Never nil: Deps fills in no-ops.
 	spoof AntiSpoof
-	// ports: published ports (ports.go); nil publishes none.
 	ports Ports
 	// cl: cluster networks (cluster.go); nil refuses them.
 	cl    *clusterState
@@ -97,17 +97,38 @@ type Driver struct {
 // New returns a driver over the given kernel interfaces and store. Calls
 // wait until Restore has run, so that the plugin can listen before it
 // restores (dockerd gives it only seconds to open its socket).
-func New(links Links, fw Firewall, sys Sysctls, st *store.Store) *Driver {
+func New(deps Deps) *Driver {
+	if deps.AntiSpoof == nil {
+		deps.AntiSpoof = &noSpoof{ports: map[string]bool{}}
+	}
+	if deps.Ports == nil {
+		deps.Ports = noPorts{}
+	}
 	return &Driver{
-		links:     links,
-		fw:        fw,
-		sys:       sys,
-		st:        st,
+		links:     deps.Links,
+		fw:        deps.Firewall,
+		sys:       deps.Sysctls,
+		st:        deps.Store,
+		spoof:     deps.AntiSpoof,
+		ports:     deps.Ports,
 		networks:  map[string]*Network{},
 		endpoints: map[string]*Endpoint{},
 		ready:     make(chan struct{}),
 		boot:      newBootID(),
 	}
+}
+
+// Deps is what the driver works with, given at construction: the kernel
+// through Links, Firewall, Sysctls, AntiSpoof and Ports, and the state
+// file. AntiSpoof and Ports may be left out (unit tests): no checks are
+// programmed, no port is published.
+type Deps struct {
+	Links     Links
+	Firewall  Firewall
+	Sysctls   Sysctls
+	Store     *store.Store
+	AntiSpoof AntiSpoof
+	Ports     Ports
 }
 
 // RemoveUnknownAtRestore makes Restore remove every kernel object marked as

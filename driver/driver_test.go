@@ -146,7 +146,7 @@ func newTestDriver(t *testing.T) (*Driver, *fakeLinks, *fakeFW, *store.Store) {
 	t.Cleanup(func() { st.Close() })
 	l := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
 	fw := &fakeFW{nets: map[string]firewall.Network{}}
-	d := New(l, fw, fakeSysctl{}, st)
+	d := New(Deps{Links: l, Firewall: fw, Sysctls: fakeSysctl{}, Store: st})
 	if err := d.Restore(); err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +311,7 @@ func TestRestoreReprogramsFromStore(t *testing.T) {
 	}
 	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
 	fw2 := &fakeFW{nets: map[string]firewall.Network{}}
-	d2 := New(l2, fw2, fakeSysctl{}, st)
+	d2 := New(Deps{Links: l2, Firewall: fw2, Sysctls: fakeSysctl{}, Store: st})
 	if err := d2.Restore(); err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +344,7 @@ func TestRestoreRemovesOrphansAndReconcileRepairs(t *testing.T) {
 		"ournet-dddddddd": {Name: "ournet-dddddddd", Owner: "dddddddddddd0000"},
 	}, veths: map[string]netdev.Veth{"ovcccccccccccc": {Host: "ovcccccccccccc", Owner: "cccccccccccc0000"}}, foreign: map[string]bool{}}
 	fw2 := &fakeFW{nets: map[string]firewall.Network{"bbbbbbbbbbbb0000": {ID: "bbbbbbbbbbbb0000"}, "dddddddddddd0000": {ID: "dddddddddddd0000"}}}
-	d2 := New(l2, fw2, fakeSysctl{}, st)
+	d2 := New(Deps{Links: l2, Firewall: fw2, Sysctls: fakeSysctl{}, Store: st})
 	if err := d2.Restore(); err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +402,7 @@ func TestReclaimOverlapping(t *testing.T) {
 	}
 	restart := func() (*Driver, *fakeLinks) {
 		l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
-		d2 := New(l2, &fakeFW{nets: map[string]firewall.Network{}}, fakeSysctl{}, st)
+		d2 := New(Deps{Links: l2, Firewall: &fakeFW{nets: map[string]firewall.Network{}}, Sysctls: fakeSysctl{}, Store: st})
 		if err := d2.Restore(); err != nil {
 			t.Fatal(err)
 		}

@@ -116,7 +116,7 @@ func revoke(t *testing.T, d *Driver, id string) {
 func TestEngine29ProgramAgainWithoutRevoke(t *testing.T) {
 	d, _, _, st := newTestDriver(t)
 	h := &hostPorts{held: map[string]int{}}
-	d.SetPorts(newMapper(h))
+	d.setPorts(newMapper(h))
 	dualStack(t, d)
 
 	// Becoming the IPv4 gateway, then the IPv6 one too: Program twice, the
@@ -167,7 +167,7 @@ func TestEngine29ProgramAgainWithoutRevoke(t *testing.T) {
 func TestEngine29RevokeWithoutProgram(t *testing.T) {
 	d, _, _, st := newTestDriver(t)
 	h := &hostPorts{held: map[string]int{}}
-	d.SetPorts(newMapper(h))
+	d.setPorts(newMapper(h))
 	dualStack(t, d)
 
 	// Never the gateway: Revoke comes on Leave all the same, and again.
@@ -201,7 +201,7 @@ func TestEngine29RevokeWithoutProgram(t *testing.T) {
 func TestEngine29ProgramAfterPluginRestart(t *testing.T) {
 	d, l, _, st := newTestDriver(t)
 	h := &hostPorts{held: map[string]int{}}
-	d.SetPorts(newMapper(h))
+	d.setPorts(newMapper(h))
 	dualStack(t, d)
 	program(t, d, portmapOpt(tcp8080, anyUDP))
 	before := storedEndpoint(t, st, eid).Ports
@@ -210,8 +210,8 @@ func TestEngine29ProgramAfterPluginRestart(t *testing.T) {
 	// restores the ports the endpoint had (its veth still exists) ...
 	h2 := &hostPorts{held: map[string]int{}}
 	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{"ov" + eid[:12]: l.veths["ov"+eid[:12]]}, foreign: map[string]bool{}}
-	d2 := New(l2, &fakeFW{nets: map[string]firewall.Network{}}, fakeSysctl{}, st)
-	d2.SetPorts(newMapper(h2))
+	d2 := New(Deps{Links: l2, Firewall: &fakeFW{nets: map[string]firewall.Network{}}, Sysctls: fakeSysctl{}, Store: st})
+	d2.setPorts(newMapper(h2))
 	if err := d2.Restore(); err != nil {
 		t.Fatal(err)
 	}

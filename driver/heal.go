@@ -81,7 +81,7 @@ func (d *Driver) heal(n *Network, ep *Endpoint) {
 	if err := d.addSpoofChecks(n, ep); err != nil {
 		log.WithError(err).Error("anti-spoofing checks of the endpoint plumbed again")
 	}
-	if d.ports != nil && len(ep.Ports) > 0 {
+	if len(ep.Ports) > 0 {
 		// The host ports it had, -P's included (the restore may have
 		// pruned them while the veth was gone).
 		if err := d.ports.Restore(n.portEndpoint(ep), ep.PortReq, ep.Ports); err != nil {

@@ -20,9 +20,16 @@ type Ports interface {
 	Reconcile() (repaired []string, err error)
 }
 
-// SetPorts gives the driver its port mapper; call it before Restore. A
-// driver without one publishes nothing (unit tests).
-func (d *Driver) SetPorts(p Ports) { d.ports = p }
+// noPorts publishes nothing (Deps without Ports).
+type noPorts struct{}
+
+func (noPorts) Map(portmap.Endpoint, []portmap.Binding) ([]portmap.Mapping, error) { return nil, nil }
+func (noPorts) Restore(portmap.Endpoint, []portmap.Binding, []portmap.Mapping) error {
+	return nil
+}
+func (noPorts) Unmap(string) error                        { return nil }
+func (noPorts) Prune([]string) error                      { return nil }
+func (noPorts) Reconcile() (repaired []string, err error) { return nil, nil }
 
 // portEndpoint is what the mapper needs to know of ep.
 func (n *Network) portEndpoint(ep *Endpoint) portmap.Endpoint {
@@ -68,13 +75,13 @@ func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) e
 	}
 	if !ep.Gateway {
 		ep.Gateway = true
-		if d.ports == nil || n.Options.Internal {
+		if n.Options.Internal {
 			if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
 				logEp(n.ID, ep.ID).WithError(err).Warn("saving that the endpoint is the gateway")
 			}
 		}
 	}
-	if d.ports == nil || n.Options.Internal {
+	if n.Options.Internal {
 		return nil
 	}
 	ms, err := d.ports.Map(n.portEndpoint(ep), ep.PortReq)
@@ -105,9 +112,6 @@ func (d *Driver) revokePorts(id string) error {
 	}
 	wasGateway := ep.Gateway
 	ep.Gateway = false
-	if d.ports == nil {
-		return nil
-	}
 	if err := d.ports.Unmap(id); err != nil {
 		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(id), err)
 	}
@@ -126,9 +130,6 @@ func (d *Driver) revokePorts(id string) error {
 // may come without RevokeExternalConnectivity (a failed start, a stale
 // endpoint at engine start).
 func (d *Driver) unmapPorts(ep *Endpoint) error {
-	if d.ports == nil {
-		return nil
-	}
 	if err := d.ports.Unmap(ep.ID); err != nil {
 		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(ep.ID), err)
 	}
@@ -140,9 +141,6 @@ func (d *Driver) unmapPorts(ep *Endpoint) error {
 // exists), with the host ports they had, and removes every other endpoint's
 // rules. Called by Restore with d.mu held.
 func (d *Driver) restorePorts() {
-	if d.ports == nil {
-		return
-	}
 	var keep []string
 	for _, ep := range d.endpoints {
 		n := d.networks[ep.NetworkID]
@@ -168,9 +166,6 @@ func (d *Driver) restorePorts() {
 // reconcilePorts repairs published-port rules that were removed or changed.
 // Called by Reconcile with d.mu held.
 func (d *Driver) reconcilePorts() {
-	if d.ports == nil {
-		return
-	}
 	repaired, err := d.ports.Reconcile()
 	for _, id := range repaired {
 		logEp("", id).Warn("drift: published-port rules changed, restored them")

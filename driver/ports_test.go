@@ -76,7 +76,7 @@ func storedEndpoint(t *testing.T, st *store.Store, id string) *Endpoint {
 func TestPortsProgramRevokeDelete(t *testing.T) {
 	d, _, _, st := newTestDriver(t)
 	p := newFakePorts()
-	d.SetPorts(p)
+	d.setPorts(p)
 	if err := d.CreateNetwork(createReq(optHostBindingV4, "127.0.0.1")); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestPortsProgramRevokeDelete(t *testing.T) {
 func TestPortsFailure(t *testing.T) {
 	d, _, _, st := newTestDriver(t)
 	p := newFakePorts()
-	d.SetPorts(p)
+	d.setPorts(p)
 	if err := d.CreateNetwork(createReq()); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestPortsFailure(t *testing.T) {
 func TestPortsNotOnInternalNetworks(t *testing.T) {
 	d, _, _, _ := newTestDriver(t)
 	p := newFakePorts()
-	d.SetPorts(p)
+	d.setPorts(p)
 	req := createReq()
 	req.Options[optInternal] = true
 	if err := d.CreateNetwork(req); err != nil {
@@ -173,7 +173,7 @@ func TestPortsNotOnInternalNetworks(t *testing.T) {
 // the host ports they had; the rules of the others are pruned.
 func TestPortsRestore(t *testing.T) {
 	d, l, _, st := newTestDriver(t)
-	d.SetPorts(newFakePorts())
+	d.setPorts(newFakePorts())
 	if err := d.CreateNetwork(createReq()); err != nil {
 		t.Fatal(err)
 	}
@@ -189,8 +189,8 @@ func TestPortsRestore(t *testing.T) {
 	}
 	l2 := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{"ov" + eid[:12]: l.veths["ov"+eid[:12]]}, foreign: map[string]bool{}}
 	p2 := newFakePorts()
-	d2 := New(l2, &fakeFW{nets: map[string]firewall.Network{}}, fakeSysctl{}, st)
-	d2.SetPorts(p2)
+	d2 := New(Deps{Links: l2, Firewall: &fakeFW{nets: map[string]firewall.Network{}}, Sysctls: fakeSysctl{}, Store: st})
+	d2.setPorts(p2)
 	if err := d2.Restore(); err != nil {
 		t.Fatal(err)
 	}

@@ -116,10 +116,14 @@ count:
 	per := float64(time.Minute) / float64(benchIdleSecs*time.Second)
 	cpu := float64(p1-p0) / 100 * per
 	b.t.Logf("idle: plugin %.2f s CPU/min with its children, %d processes started in %d s; dockerd %.2f s CPU/min", cpu, forks, benchIdleSecs, float64(d1-d0)/100*per)
+	var failed string
+	if forks > 0 {
+		failed = fmt.Sprintf("the plugin started %d processes while nothing happened", forks)
+	}
 	b.add(&result{
-		Key: "idle", Name: fmt.Sprintf("idle: %d networks, %d containers, %d s with nothing happening: the plugin's CPU per minute, its children included", benchIdleNets, benchIdleNets*benchIdleCtrs, benchIdleSecs),
-		Ournet: cpu, Unit: "s", NoBase: true, NoChart: true,
-		Note: fmt.Sprintf("processes started by the plugin: %d (%.0f a minute); dockerd itself: %.2f s of CPU a minute; issue #15's goal: none started, under 0.05 s a minute", forks, float64(forks)*per, float64(d1-d0)/100*per),
+		Err: failed, Key: "idle", Name: fmt.Sprintf("idle: %d networks, %d containers, %d s with nothing happening: the plugin's CPU per minute, its children included", benchIdleNets, benchIdleNets*benchIdleCtrs, benchIdleSecs),
+		Ournet: cpu, Unit: "s", NoBase: true, NoChart: true, Goal: 0.05, Upper: true,
+		Note: fmt.Sprintf("processes started by the plugin: %d (%.0f a minute; the goal: none); dockerd itself: %.2f s of CPU a minute; before drift repair was driven by the kernel's announcements: 0.92 s and 408 processes a minute", forks, float64(forks)*per, float64(d1-d0)/100*per),
 	})
 	return nil
 }

@@ -138,6 +138,13 @@ func run() error {
 		return err
 	}
 	defer links.Close()
+	// The host's routes, kept current from the kernel's notifications:
+	// every network create checks its subnet against them.
+	routesStop := make(chan struct{})
+	defer close(routesStop)
+	if err := links.WatchRoutes(routesStop); err != nil {
+		log.WithError(err).Warn("watching routes (each check lists them instead)")
+	}
 	families := []iptables.Family{iptables.IPv4, iptables.IPv6}
 	runner, err := iptables.NewExec(families...)
 	if err != nil {
@@ -179,19 +186,18 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("loading address allocations: %w", err)
 	}
-	drv := driver.New(links, fw, sysctlSetter{}, st)
+	// Anti-spoofing in nftables' bridge family: works whatever iptables
+	// backend the host uses. Published ports: host ports held by sockets
+	// here, DNAT rules (issue #5).
+	spoof := antispoof.New()
+	ports := portmap.New(portmap.Config{Runner: runner, Families: families})
+	drv := driver.New(driver.Deps{Links: links, Firewall: fw, Sysctls: sysctlSetter{}, Store: st, AntiSpoof: spoof, Ports: ports})
 	if verdict.Fresh {
 		drv.RemoveUnknownAtRestore()
 	}
 	if verdict.Recovered != "" {
 		drv.KeepUnknownAtRestore()
 	}
-	// nftables bridge family: works whatever iptables backend the host uses.
-	spoof := antispoof.New()
-	drv.SetAntiSpoof(spoof)
-	// Published ports: host ports held by sockets here, DNAT rules (issue #5).
-	ports := portmap.New(portmap.Config{Runner: runner, Families: families})
-	drv.SetPorts(ports)
 	// Cluster networks (issue #13), only with ETCD_ENDPOINTS set.
 	var cs *cluster.Store
 	if cc := loadClusterSettings(); len(cc.Endpoints) > 0 {

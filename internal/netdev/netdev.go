@@ -23,7 +23,8 @@ const MaxNameLen = 15
 
 // Manager owns one netlink handle in the namespace it was created in.
 type Manager struct {
-	h *netlink.Handle
+	h      *netlink.Handle
+	routes routeSet // see WatchRoutes
 }
 
 // New opens a netlink handle in the current network namespace.
@@ -268,10 +269,29 @@ func (m *Manager) linkList() ([]netlink.Link, error) {
 	return nil, fmt.Errorf("listing links: %w", err)
 }
 
-// HostPrefixes lists the prefixes of every address and route in this
-// namespace, for picking default pools that clash with nothing.
+// HostPrefixes lists the destinations of the main table's routes in this
+// namespace (every address has one), for picking default pools that clash
+// with nothing and refusing subnets that cover a host route. With
+// WatchRoutes running it answers from the watched set, without a dump.
 func (m *Manager) HostPrefixes() ([]netip.Prefix, error) {
+	if out, ok := m.watchedPrefixes(); ok {
+		return out, nil
+	}
+	routes, err := m.dumpRoutes()
+	if err != nil {
+		return nil, err
+	}
 	var out []netip.Prefix
+	for _, r := range routes {
+		if k, ok := keyOf(r); ok {
+			out = append(out, k.dst)
+		}
+	}
+	return out, nil
+}
+
+// dumpRoutes lists the main table's routes, both families.
+func (m *Manager) dumpRoutes() ([]netlink.Route, error) {
 	var routes []netlink.Route
 	var err error
 	for range 5 {
@@ -283,15 +303,7 @@ func (m *Manager) HostPrefixes() ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing routes: %w", err)
 	}
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue // default route: overlaps everything, means nothing here
-		}
-		if p, ok := ipNetToPrefix(r.Dst); ok {
-			out = append(out, p)
-		}
-	}
-	return out, nil
+	return routes, nil
 }
 
 // CheckName rejects names the kernel would refuse, with a message that says why.

@@ -1,0 +1,190 @@
+package netdev
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	log "github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// routeSet keeps the host's main-table routes current from the kernel's
+// route notifications, so that checking a new subnet against them costs
+// the same with one network as with 500: a dump of the routes took 1.7 ms
+// with 500 ournet bridges on them, and every network create made two.
+//
+// The kernel does not announce the IPv4 routes it removes with a device
+// that goes down or away: such a change marks the set stale, and the next
+// HostPrefixes dumps again (under the lock, so that the notifications
+// queued meanwhile apply on top of the dump, in order).
+type routeSet struct {
+	mu    sync.Mutex
+	live  bool // false: not (or no longer) watched, HostPrefixes dumps
+	stale bool // a device with IPv4 routes went down or away
+	dsts  map[routeKey]netip.Prefix
+}
+
+// routeKey tells routes apart as the kernel does, near enough: two routes
+// to one destination (another device, another metric) are two.
+type routeKey struct {
+	dst                netip.Prefix
+	table, oif, prio   int
+	tos, family, scope int
+}
+
+func keyOf(r netlink.Route) (routeKey, bool) {
+	if r.Dst == nil {
+		return routeKey{}, false // the default route: overlaps everything, means nothing here
+	}
+	p, ok := ipNetToPrefix(r.Dst)
+	if !ok {
+		return routeKey{}, false
+	}
+	return routeKey{dst: p, table: r.Table, oif: r.LinkIndex, prio: r.Priority, tos: r.Tos, family: r.Family, scope: int(r.Scope)}, true
+}
+
+// WatchRoutes keeps the routes HostPrefixes answers with current until
+// stop is closed. A subscription that fails (the socket's buffer overran)
+// is made again, with a fresh dump; meanwhile HostPrefixes dumps.
+func (m *Manager) WatchRoutes(stop <-chan struct{}) error {
+	updates, links, err := m.subscribeRoutes(stop)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			for updates != nil || links != nil {
+				select {
+				case u, ok := <-updates:
+					if !ok {
+						updates, links = nil, nil
+						continue
+					}
+					m.applyRoute(u)
+				case l, ok := <-links:
+					if !ok {
+						updates, links = nil, nil
+						continue
+					}
+					m.applyLink(l)
+				}
+			}
+			m.routes.mu.Lock()
+			m.routes.live = false
+			m.routes.mu.Unlock()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Second):
+				}
+				if updates, links, err = m.subscribeRoutes(stop); err == nil {
+					break
+				}
+				log.WithError(err).Warn("watching routes")
+			}
+		}
+	}()
+	return nil
+}
+
+// subscribeRoutes subscribes, then dumps: no change falls between the two,
+// and a change the dump already shows is applied again harmlessly.
+func (m *Manager) subscribeRoutes(stop <-chan struct{}) (chan netlink.RouteUpdate, chan netlink.LinkUpdate, error) {
+	ch := make(chan netlink.RouteUpdate, 4096)
+	lch := make(chan netlink.LinkUpdate, 4096)
+	cb := func(err error) { log.WithError(err).Debug("route notifications") }
+	if err := netlink.RouteSubscribeWithOptions(ch, stop, netlink.RouteSubscribeOptions{ReceiveBufferSize: 1 << 20, ErrorCallback: cb}); err != nil {
+		return nil, nil, err
+	}
+	if err := netlink.LinkSubscribeWithOptions(lch, stop, netlink.LinkSubscribeOptions{ReceiveBufferSize: 1 << 20, ErrorCallback: cb}); err != nil {
+		return nil, nil, err
+	}
+	m.routes.mu.Lock()
+	defer m.routes.mu.Unlock()
+	if err := m.redump(); err != nil {
+		return nil, nil, err
+	}
+	m.routes.live = true
+	return ch, lch, nil
+}
+
+// redump replaces the set with a dump. Called with m.routes.mu held.
+func (m *Manager) redump() error {
+	routes, err := m.dumpRoutes()
+	if err != nil {
+		return err
+	}
+	set := map[routeKey]netip.Prefix{}
+	for _, r := range routes {
+		if k, ok := keyOf(r); ok {
+			set[k] = k.dst
+		}
+	}
+	m.routes.dsts, m.routes.stale = set, false
+	return nil
+}
+
+// applyLink marks the set stale when a device that has IPv4 routes in it
+// goes down or away (the kernel removes those routes unannounced).
+func (m *Manager) applyLink(u netlink.LinkUpdate) {
+	if u.Link == nil || u.Link.Attrs() == nil {
+		return
+	}
+	if u.Header.Type != unix.RTM_DELLINK && u.IfInfomsg.Flags&unix.IFF_UP != 0 {
+		return
+	}
+	idx := u.Link.Attrs().Index
+	m.routes.mu.Lock()
+	defer m.routes.mu.Unlock()
+	for k := range m.routes.dsts {
+		if k.oif == idx && k.family == netlink.FAMILY_V4 {
+			m.routes.stale = true
+			return
+		}
+	}
+}
+
+func (m *Manager) applyRoute(u netlink.RouteUpdate) {
+	if u.Table != unix.RT_TABLE_MAIN {
+		return
+	}
+	k, ok := keyOf(u.Route)
+	if !ok {
+		return
+	}
+	m.routes.mu.Lock()
+	defer m.routes.mu.Unlock()
+	switch u.Type {
+	case unix.RTM_NEWROUTE:
+		m.routes.dsts[k] = k.dst
+	case unix.RTM_DELROUTE:
+		delete(m.routes.dsts, k)
+	}
+}
+
+// watchedPrefixes is HostPrefixes from the watched set, if it is live.
+func (m *Manager) watchedPrefixes() ([]netip.Prefix, bool) {
+	m.routes.mu.Lock()
+	defer m.routes.mu.Unlock()
+	if !m.routes.live {
+		return nil, false
+	}
+	if m.routes.stale && m.redump() != nil {
+		return nil, false
+	}
+	out := make([]netip.Prefix, 0, len(m.routes.dsts))
+	for _, p := range m.routes.dsts {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out), true
+}

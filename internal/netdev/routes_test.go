@@ -1,0 +1,83 @@
+package netdev
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ournet/ournet/internal/testns"
+	"github.com/vishvananda/netlink"
+)
+
+// The watched routes follow the kernel's: a bridge's address adds its
+// route, deleting the bridge removes it, and the set always ends equal to
+// a dump.
+func TestWatchedRoutesInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		m, err := New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		stop := make(chan struct{})
+		defer close(stop)
+		if err := m.WatchRoutes(stop); err != nil {
+			t.Fatal(err)
+		}
+		dumped := func() []netip.Prefix {
+			routes, err := m.dumpRoutes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []netip.Prefix
+			for _, r := range routes {
+				if k, ok := keyOf(r); ok {
+					out = append(out, k.dst)
+				}
+			}
+			slices.SortFunc(out, func(a, b netip.Prefix) int {
+				if c := a.Addr().Compare(b.Addr()); c != 0 {
+					return c
+				}
+				return a.Bits() - b.Bits()
+			})
+			return slices.Compact(out)
+		}
+		want := netip.MustParsePrefix("198.18.77.0/24")
+		waitFor := func(has bool) {
+			t.Helper()
+			for end := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				got, ok := m.watchedPrefixes()
+				if !ok {
+					t.Fatal("the watched set is not live")
+				}
+				if slices.Contains(got, want) == has && slices.Equal(got, dumped()) {
+					return
+				}
+				if time.Now().After(end) {
+					t.Fatalf("watched %v, dumped %v; want %s present = %v", got, dumped(), want, has)
+				}
+			}
+		}
+		for i := 0; i < 3; i++ {
+			br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "brw"}}
+			if err := netlink.LinkAdd(br); err != nil {
+				t.Fatal(err)
+			}
+			l, _ := netlink.LinkByName("brw")
+			if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(198, 18, 77, 1), Mask: net.CIDRMask(24, 32)}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(true)
+			if err := netlink.LinkDel(l); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(false)
+		}
+	})
+}
