@@ -84,10 +84,30 @@ func (ep Endpoint) check() error {
 	return nil
 }
 
+// Conn is the part of an nftables connection (*nftables.Conn) the filter
+// uses: objects queued, then sent as one transaction by Flush. Fake is an
+// in-memory one, for tests without root.
+type Conn interface {
+	AddTable(*nftables.Table) *nftables.Table
+	DelTable(*nftables.Table)
+	AddSet(*nftables.Set, []nftables.SetElement) error
+	AddChain(*nftables.Chain) *nftables.Chain
+	FlushChain(*nftables.Chain)
+	DelChain(*nftables.Chain)
+	AddRule(*nftables.Rule) *nftables.Rule
+	SetAddElements(*nftables.Set, []nftables.SetElement) error
+	SetDeleteElements(*nftables.Set, []nftables.SetElement) error
+	Flush() error
+	ListChainsOfTableFamily(nftables.TableFamily) ([]*nftables.Chain, error)
+	ListTablesOfFamily(nftables.TableFamily) ([]*nftables.Table, error)
+	GetSetElements(*nftables.Set) ([]nftables.SetElement, error)
+	GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)
+}
+
 // Filter programs the table. It is safe for concurrent use.
 type Filter struct {
 	mu   sync.Mutex
-	opts []nftables.ConnOption
+	dial func() (Conn, error)
 	// known, when not nil, holds the ports that have a chain in the kernel,
 	// each with what its checks were last written for (nil: not known), and
 	// says that the table, map and base chain are as ensureBase makes them:
@@ -98,8 +118,13 @@ type Filter struct {
 // New returns a Filter for the current network namespace, or for another
 // one with nftables.WithNetNSFd.
 func New(opts ...nftables.ConnOption) *Filter {
-	return &Filter{opts: append(opts, nftables.WithSockOptions(bigBuffers))}
+	opts = append(opts, nftables.WithSockOptions(bigBuffers))
+	return NewWith(func() (Conn, error) { return nftables.New(opts...) })
 }
+
+// NewWith returns a Filter that opens its connections with dial (Fake's
+// Dial in tests).
+func NewWith(dial func() (Conn, error)) *Filter { return &Filter{dial: dial} }
 
 // socketBuffer is room for one transaction of Sync and the kernel's
 // acknowledgement of each of its messages, with a wide margin; the default
@@ -175,7 +200,7 @@ func (f *Filter) Add(ep Endpoint) error {
 		case ok && cur != nil && cur.same(ep):
 			return nil
 		case !ok:
-			err := f.send(func(c *nftables.Conn) error {
+			err := f.send(func(c Conn) error {
 				c.AddTable(table)
 				return createEndpoint(c, ep)
 			})
@@ -186,7 +211,7 @@ func (f *Filter) Add(ep Endpoint) error {
 			f.known = nil // the kernel is not as thought: rewrite it whole
 		}
 	}
-	if err := f.apply("adding checks for "+ep.Port, func(c *nftables.Conn) error {
+	if err := f.apply("adding checks for "+ep.Port, func(c Conn) error {
 		return addEndpoint(c, ep)
 	}); err != nil {
 		return err
@@ -208,7 +233,7 @@ func (f *Filter) Del(port string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.apply("removing checks for "+port, func(c *nftables.Conn) error {
+	if err := f.apply("removing checks for "+port, func(c Conn) error {
 		return delEndpoint(c, port)
 	}); err != nil {
 		return err
@@ -238,7 +263,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 		return err
 	}
 	f.known = nil
-	if err := f.apply("checking the table", func(*nftables.Conn) error { return nil }); err != nil {
+	if err := f.apply("checking the table", func(Conn) error { return nil }); err != nil {
 		// The table is not as this version makes it (a base chain with
 		// another hook, a map of another type): rebuild it from nothing.
 		if err := f.rebuild(); err != nil {
@@ -251,7 +276,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 		for _, ep := range chunk {
 			want[ep.Port] = &ep
 		}
-		if err := f.apply(fmt.Sprintf("syncing checks for %d ports", len(chunk)), func(c *nftables.Conn) error {
+		if err := f.apply(fmt.Sprintf("syncing checks for %d ports", len(chunk)), func(c Conn) error {
 			for _, ep := range chunk {
 				if err := addEndpoint(c, ep); err != nil {
 					return err
@@ -270,7 +295,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 	}
 	for i := 0; i < len(stale); i += syncChunk {
 		chunk := stale[i:min(i+syncChunk, len(stale))]
-		if err := f.apply(fmt.Sprintf("removing checks of %d stale ports", len(chunk)), func(c *nftables.Conn) error {
+		if err := f.apply(fmt.Sprintf("removing checks of %d stale ports", len(chunk)), func(c Conn) error {
 			for _, p := range chunk {
 				if err := delEndpoint(c, p); err != nil {
 					return err
@@ -287,7 +312,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 
 // rebuild deletes the table, whatever it holds, and makes an empty one.
 func (f *Filter) rebuild() error {
-	c, err := nftables.New(f.opts...)
+	c, err := f.dial()
 	if err != nil {
 		return fmt.Errorf("antispoof: opening nftables: %w", err)
 	}
@@ -326,7 +351,7 @@ func (f *Filter) ports() (have []string, intact bool, err error) {
 			f.known = nil
 		}
 	}()
-	c, err := nftables.New(f.opts...)
+	c, err := f.dial()
 	if err != nil {
 		return nil, false, fmt.Errorf("antispoof: opening nftables: %w", err)
 	}
@@ -381,8 +406,8 @@ func (f *Filter) ports() (have []string, intact bool, err error) {
 
 // apply sends the base objects and fill's messages as one transaction.
 // Called with f.mu held.
-func (f *Filter) apply(what string, fill func(*nftables.Conn) error) error {
-	err := f.send(func(c *nftables.Conn) error {
+func (f *Filter) apply(what string, fill func(Conn) error) error {
+	err := f.send(func(c Conn) error {
 		if err := ensureBase(c); err != nil {
 			return err
 		}
@@ -397,8 +422,8 @@ func (f *Filter) apply(what string, fill func(*nftables.Conn) error) error {
 
 // send runs fill on a new connection and sends what it queued as one
 // transaction.
-func (f *Filter) send(fill func(*nftables.Conn) error) error {
-	c, err := nftables.New(f.opts...)
+func (f *Filter) send(fill func(Conn) error) error {
+	c, err := f.dial()
 	if err != nil {
 		return fmt.Errorf("opening nftables: %w", err)
 	}
@@ -410,7 +435,7 @@ func (f *Filter) send(fill func(*nftables.Conn) error) error {
 
 // ensureBase queues the table, the map and the base chain, creating what is
 // missing, and rewrites the base chain's one rule so it is never doubled.
-func ensureBase(c *nftables.Conn) error {
+func ensureBase(c Conn) error {
 	c.AddTable(table)
 	m := portsMap()
 	if err := c.AddSet(m, nil); err != nil {
@@ -431,7 +456,7 @@ func ensureBase(c *nftables.Conn) error {
 }
 
 // addEndpoint queues ep's chain, rewritten whole, and its map element.
-func addEndpoint(c *nftables.Conn, ep Endpoint) error {
+func addEndpoint(c Conn, ep Endpoint) error {
 	ch := c.AddChain(chainOf(ep.Port))
 	c.FlushChain(ch)
 	return fillEndpoint(c, ch, ep)
@@ -439,11 +464,11 @@ func addEndpoint(c *nftables.Conn, ep Endpoint) error {
 
 // createEndpoint queues ep's chain, which must not exist yet, and its map
 // element.
-func createEndpoint(c *nftables.Conn, ep Endpoint) error {
+func createEndpoint(c Conn, ep Endpoint) error {
 	return fillEndpoint(c, c.AddChain(chainOf(ep.Port)), ep)
 }
 
-func fillEndpoint(c *nftables.Conn, ch *nftables.Chain, ep Endpoint) error {
+func fillEndpoint(c Conn, ch *nftables.Chain, ep Endpoint) error {
 	for _, exprs := range endpointRules(ep) {
 		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: exprs})
 	}
@@ -454,7 +479,7 @@ func fillEndpoint(c *nftables.Conn, ch *nftables.Chain, ep Endpoint) error {
 // delEndpoint queues the removal of port's element and chain. It creates
 // them first, in the same transaction: deleting something absent would
 // fail the whole batch, and this way an unknown port is success.
-func delEndpoint(c *nftables.Conn, port string) error {
+func delEndpoint(c Conn, port string) error {
 	m, ch := portsMap(), c.AddChain(chainOf(port))
 	elem := []nftables.SetElement{{Key: ifname(port),
 		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}}

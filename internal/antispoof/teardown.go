@@ -12,7 +12,7 @@ import (
 func (f *Filter) Teardown() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	c, err := nftables.New(f.opts...)
+	c, err := f.dial()
 	if err != nil {
 		return fmt.Errorf("antispoof: teardown: opening nftables: %w", err)
 	}

@@ -1,0 +1,133 @@
+package antispoof
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/google/nftables"
+)
+
+// These run without root, over Fake; the kernel tests show the frames.
+
+func fakeEP(port string, last byte) Endpoint {
+	return Endpoint{Port: port, MAC: net.HardwareAddr{2, 0x42, 198, 18, 9, last},
+		IPv4: netip.AddrFrom4([4]byte{198, 18, 9, last}), IPv6: netip.MustParseAddr("fd00:9::" + string('0'+last%10))}
+}
+
+func havePorts(t *testing.T, f *Filter, want ...string) {
+	t.Helper()
+	got, err := f.Ports()
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Ports = %v, %v; want %v", got, err, want)
+	}
+}
+
+// Add, a repeated Add (free), a changed Add, Del, a Del of an unknown
+// port: the table holds exactly the checks asked for, each port's chain
+// its endpoint's rules.
+func TestFilterWithoutRoot(t *testing.T) {
+	k := NewFake()
+	f := NewWith(k.Dial)
+	// As the plugin starts: a Sync (of nothing here) first.
+	if err := f.Sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	a, b := fakeEP("ova", 2), fakeEP("ovb", 3)
+	for _, ep := range []Endpoint{a, b} {
+		if err := f.Add(ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	havePorts(t, f, "ova", "ovb")
+	if r, ok := k.Rules("ova"); !ok || len(r) != len(endpointRules(a)) {
+		t.Fatalf("ova's chain holds %d rules, want %d", len(r), len(endpointRules(a)))
+	}
+	before := k.Transactions
+	if err := f.Add(a); err != nil || k.Transactions != before {
+		t.Fatalf("a repeated Add: %v, %d transactions", err, k.Transactions-before)
+	}
+	moved := a
+	moved.IPv6 = netip.Addr{}
+	if err := f.Add(moved); err != nil || k.Transactions != before+1 {
+		t.Fatalf("Add with another address: %v, %d transactions", err, k.Transactions-before)
+	}
+	if r, _ := k.Rules("ova"); len(r) != len(endpointRules(moved)) {
+		t.Fatalf("ova's chain after the change holds %d rules, want %d", len(r), len(endpointRules(moved)))
+	}
+	if err := f.Del("ova"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Del("ovnever"); err != nil {
+		t.Fatalf("Del of a port without checks: %v", err)
+	}
+	havePorts(t, f, "ovb")
+	if _, ok := k.Rules("ova"); ok {
+		t.Fatal("ova's chain is still there")
+	}
+	if err := f.Teardown(); err != nil {
+		t.Fatal(err)
+	}
+	havePorts(t, f)
+	if c, _ := k.Dial(); true {
+		if ts, _ := c.ListTablesOfFamily(nftables.TableFamilyBridge); len(ts) != 0 {
+			t.Fatalf("tables after Teardown: %v", ts)
+		}
+	}
+}
+
+// Drift: the base rule flushed by someone else makes Ports report nothing
+// (so the repair loop acts), and Sync brings back exactly the endpoints
+// asked for, dropping stale ones; a failed transaction changes nothing and
+// makes the next Add rewrite whole.
+func TestFilterDriftAndFailureWithoutRoot(t *testing.T) {
+	k := NewFake()
+	f := NewWith(k.Dial)
+	a, b, c := fakeEP("ova", 2), fakeEP("ovb", 3), fakeEP("ovc", 4)
+	if err := f.Sync([]Endpoint{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	havePorts(t, f, "ova", "ovb")
+	conn, _ := k.Dial()
+	conn.FlushChain(&nftables.Chain{Name: BaseChain, Table: table})
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	havePorts(t, f) // not intact: nothing is in force
+	if err := f.Sync([]Endpoint{a, c}); err != nil {
+		t.Fatal(err)
+	}
+	havePorts(t, f, "ova", "ovc")
+	if _, ok := k.Rules("ovb"); ok {
+		t.Fatal("a stale port's chain survived Sync")
+	}
+	boom := errors.New("netlink: boom")
+	k.Fail = func() error { return boom }
+	if err := f.Add(b); !errors.Is(err, boom) {
+		t.Fatalf("Add with the kernel failing = %v", err)
+	}
+	k.Fail = nil
+	havePorts(t, f, "ova", "ovc")
+	before := k.Transactions
+	if err := f.Add(b); err != nil {
+		t.Fatal(err)
+	}
+	if k.Transactions != before+1 {
+		t.Fatalf("Add after a failure took %d transactions, want 1 (rewritten whole)", k.Transactions-before)
+	}
+	havePorts(t, f, "ova", "ovb", "ovc")
+	// A table of another shape (a base chain on another hook) is rebuilt.
+	conn, _ = k.Dial()
+	conn.DelTable(table)
+	conn.AddTable(table)
+	conn.AddChain(&nftables.Chain{Name: BaseChain, Table: table, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput})
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync([]Endpoint{c}); err != nil {
+		t.Fatal(err)
+	}
+	havePorts(t, f, "ovc")
+}
