@@ -37,14 +37,14 @@ func (e *Error) Unwrap() []error {
 }
 
 func newErr(kind error, format string, args ...any) error {
-	return &Error{kind: kind, msg: "ournet ipam: " + fmt.Sprintf(format, args...)}
+	return &Error{kind: kind, msg: "ournet: " + fmt.Sprintf(format, args...)}
 }
 
 func notSaved(cause error) error {
 	return &Error{
 		kind:  ErrNotSaved,
 		cause: cause,
-		msg: fmt.Sprintf("ournet ipam: could not save the change to ournet's state file (%v); "+
+		msg: fmt.Sprintf("ournet: could not save the change to ournet's state file (%v); "+
 			"nothing was changed: check the disk holding the plugin's state and try again", cause),
 	}
 }

@@ -68,8 +68,8 @@ func checkErr(t testing.TB, err, kind error, words ...string) {
 		t.Errorf("error %q is not %v", err, kind)
 	}
 	msg := err.Error()
-	if !strings.HasPrefix(msg, "ournet ipam: ") {
-		t.Errorf("error %q does not say it comes from ournet ipam", msg)
+	if !strings.HasPrefix(msg, "ournet: ") {
+		t.Errorf("error %q does not carry the prefix the user sees, ournet: ", msg)
 	}
 	for _, w := range words {
 		if !strings.Contains(msg, w) {

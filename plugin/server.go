@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
@@ -87,7 +88,8 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 		fields := log.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)}
 		if err != nil {
 			log.WithFields(fields).WithError(err).Warn("call failed")
-			writeJSON(w, http.StatusInternalServerError, errorBody{Err: err.Error(), Error: err.Error()})
+			msg := userError(err)
+			writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
 			return
 		}
 		log.WithFields(fields).Debug("call done")
@@ -173,10 +175,22 @@ func replayDeletes[Req any, Res any](w http.ResponseWriter, path string, fn func
 	}
 	log.WithFields(log.Fields{"call": path, "replayed": len(bodies)}).Info("replayed the deletes the plugin was doing when it stopped (the engine retried them with empty bodies)")
 	if first != nil {
-		writeJSON(w, http.StatusInternalServerError, errorBody{Err: first.Error(), Error: first.Error()})
+		msg := userError(first)
+		writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
 		return
 	}
 	writeJSON(w, http.StatusOK, empty{})
+}
+
+// userError is what the user's docker command shows of err: every layer
+// wraps what it was doing around the cause, and the message carries one
+// prefix, "ournet: ", whichever layer it came from.
+func userError(err error) string {
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "ournet: ") {
+		msg = "ournet: " + msg
+	}
+	return msg
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

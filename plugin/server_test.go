@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -20,7 +21,7 @@ type stubIPAM struct{ ipamapi.Ipam }
 
 func (stubIPAM) RequestPool(r *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
 	if r.Pool == "bad" {
-		return nil, errors.New("ournet ipam: bad pool")
+		return nil, errors.New("ournet: bad pool")
 	}
 	return &ipamapi.RequestPoolResponse{PoolID: "p1", Pool: r.Pool}, nil
 }
@@ -72,7 +73,7 @@ func TestOneSocketBothAPIs(t *testing.T) {
 func TestErrorsCarryBothFields(t *testing.T) {
 	mux := newMux(stubDriver{}, stubIPAM{}, nil)
 	code, out := call(t, mux, "/IpamDriver.RequestPool", `{"Pool":"bad"}`)
-	if code != 500 || out["Err"] != "ournet ipam: bad pool" || out["Error"] != "ournet ipam: bad pool" {
+	if code != 500 || out["Err"] != "ournet: bad pool" || out["Error"] != "ournet: bad pool" {
 		t.Fatalf("RequestPool error = %d %v", code, out)
 	}
 	code, out = call(t, mux, "/IpamDriver.RequestPool", `{not json`)
@@ -244,5 +245,21 @@ func TestEmptyDeleteEndpointRetrySweeps(t *testing.T) {
 	replays.f, _ = newInflight(t.TempDir())
 	if code, out := call(t, newMux(stubDriver{}, stubIPAM{}, nil), "/NetworkDriver.DeleteEndpoint", ""); code != 500 || !strings.Contains(out["Err"].(string), "run the command again") {
 		t.Fatalf("empty retry without a sweep = %d %v", code, out)
+	}
+}
+
+// bareIPAM fails RequestPool with an error of a lower layer, unprefixed.
+type bareIPAM struct{ stubIPAM }
+
+func (bareIPAM) RequestPool(*ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
+	return nil, fmt.Errorf("antispoof: adding checks for ov1: %w", errors.New("netlink receive: operation not permitted"))
+}
+
+// Whatever layer an error comes from, the user sees one prefix.
+func TestErrorsCarryOnePrefix(t *testing.T) {
+	mux := newMux(stubDriver{}, bareIPAM{}, nil)
+	code, out := call(t, mux, "/IpamDriver.RequestPool", `{"Pool":"198.18.0.0/24"}`)
+	if code != 500 || out["Err"] != "ournet: antispoof: adding checks for ov1: netlink receive: operation not permitted" {
+		t.Fatalf("RequestPool = %d %v", code, out)
 	}
 }
