@@ -120,6 +120,9 @@ func (d *Driver) reconcileBase() []firewall.Network {
 	if err := d.fw.Setup(); err != nil {
 		logNet("").WithError(err).Warn("drift: base chains")
 	}
+	if d.cl != nil {
+		d.updateGuard() // read again: Setup forgot what the firewall knew of it
+	}
 	d.ensureForeign()
 	d.repairLinks()
 	nets := make([]firewall.Network, 0, len(d.networks))

@@ -16,6 +16,7 @@ import (
 func (fw *Firewall) Setup() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	fw.vxlan = "" // checked again at the next EnsureVXLAN or DelVXLAN
 	for _, f := range fw.families {
 		saved, err := iptables.Read(fw.run, f, tables...)
 		if err != nil {

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -202,5 +203,44 @@ func TestForeignAndTeardownWithoutRoot(t *testing.T) {
 	}
 	if d := dumpAll(t, k); strings.Contains(d, "OURNET") {
 		t.Fatalf("after Teardown:\n%s", d)
+	}
+}
+
+// The VXLAN guard: asked again with the same hosts it reads nothing; after
+// a Setup (a repair round) it reads, and repairs a flushed chain; removed,
+// it stays removed without a read.
+func TestVXLANGuardWithoutRoot(t *testing.T) {
+	fw, k := fakeFirewall(t)
+	local := netip.MustParseAddr("203.0.113.11")
+	hosts := []netip.Addr{netip.MustParseAddr("203.0.113.12")}
+	if err := fw.EnsureVXLAN(4789, "eth1", local, hosts, false); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := k.Rules(iptables.IPv4, "raw", VXLANChain)
+	saves := k.Saves
+	if err := fw.EnsureVXLAN(4789, "eth1", local, hosts, false); err != nil || k.Saves != saves {
+		t.Fatalf("the same guard again: %v, %d tables read", err, k.Saves-saves)
+	}
+	if err := k.Restore(iptables.IPv4, "*raw\n-F "+VXLANChain+"\nCOMMIT\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.EnsureVXLAN(4789, "eth1", local, hosts, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := k.Rules(iptables.IPv4, "raw", VXLANChain); !slices.Equal(got, want) {
+		t.Fatalf("guard after a flush and a repair round = %q, want %q", got, want)
+	}
+	if err := fw.DelVXLAN(); err != nil {
+		t.Fatal(err)
+	}
+	saves = k.Saves
+	if err := fw.DelVXLAN(); err != nil || k.Saves != saves {
+		t.Fatalf("removing a removed guard: %v, %d tables read", err, k.Saves-saves)
+	}
+	if _, ok := k.Rules(iptables.IPv4, "raw", VXLANChain); ok {
+		t.Fatal("guard still there")
 	}
 }

@@ -94,6 +94,11 @@ type Firewall struct {
 	// deleted a jump) makes the restore fail; the change is then retried
 	// once from a fresh dump.
 	jumps map[iptables.Family]iptables.Tables
+	// vxlan is the VXLAN guard as this firewall last made or found it
+	// (EnsureVXLAN's arguments, or vxlanGone), "" when not known: the
+	// cluster's sync asks every few seconds, and reads the table only
+	// after a change or a Setup (every full repair round).
+	vxlan string
 }
 
 // New returns a Firewall that programs the given families.

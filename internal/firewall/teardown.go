@@ -19,6 +19,7 @@ func (fw *Firewall) Teardown() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
 	fw.jumps = map[iptables.Family]iptables.Tables{}
+	fw.vxlan = ""
 	var errs []error
 	for _, f := range fw.families {
 		var b strings.Builder

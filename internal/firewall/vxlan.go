@@ -51,6 +51,12 @@ func (fw *Firewall) EnsureVXLAN(port int, iface string, local netip.Addr, hosts 
 	}
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	sorted := slices.Clone(hosts)
+	slices.SortFunc(sorted, netip.Addr.Compare)
+	state := fmt.Sprintf("%d %s %s %v %v", port, iface, local, slices.Compact(sorted), keep)
+	if fw.vxlan == state {
+		return nil // as this firewall last made or found it, and no repair round since
+	}
 	dump, err := fw.run.Save(f, "raw")
 	if err != nil {
 		return fmt.Errorf("%s: reading table raw: %w", f, err)
@@ -60,11 +66,14 @@ func (fw *Firewall) EnsureVXLAN(port int, iface string, local netip.Addr, hosts 
 	jumps := iptables.Jumps(chains["PREROUTING"], VXLANChain)
 	_, declared := chains[VXLANChain]
 	if keep && declared && len(jumps) == 1 {
+		fw.vxlan = state
 		return nil
 	}
 	if declared && slices.Equal(chains[VXLANChain], want) && len(jumps) == 1 && jumps[0] == vxlanJump(port) {
+		fw.vxlan = state
 		return nil
 	}
+	fw.vxlan = ""
 	var b strings.Builder
 	fmt.Fprintf(&b, "*raw\n:%s - [0:0]\n", VXLANChain)
 	for _, l := range jumps {
@@ -78,6 +87,7 @@ func (fw *Firewall) EnsureVXLAN(port int, iface string, local netip.Addr, hosts 
 	if err := fw.run.Restore(f, b.String()); err != nil {
 		return fmt.Errorf("%s: guarding the VXLAN port: %w", f, err)
 	}
+	fw.vxlan = state
 	return nil
 }
 
@@ -86,6 +96,10 @@ func (fw *Firewall) EnsureVXLAN(port int, iface string, local netip.Addr, hosts 
 func (fw *Firewall) DelVXLAN() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
+	if fw.vxlan == vxlanGone {
+		return nil
+	}
+	fw.vxlan = ""
 	for _, f := range fw.families {
 		dump, err := fw.run.Save(f, "raw")
 		if err != nil {
@@ -105,5 +119,9 @@ func (fw *Firewall) DelVXLAN() error {
 			return fmt.Errorf("%s: removing the VXLAN guard: %w", f, err)
 		}
 	}
+	fw.vxlan = vxlanGone
 	return nil
 }
+
+// vxlanGone is fw.vxlan once DelVXLAN removed the guard (or found none).
+const vxlanGone = "gone"
