@@ -58,19 +58,10 @@ func CleanScript(saved iptables.Tables) string {
 func cleaned(lines []string) []string {
 	var out []string
 	for _, l := range lines {
-		if t := jumpTarget(l); t != "" && (legacy("filter", t) || legacy("mangle", t) || legacy("nat", t)) {
+		if t := iptables.Target(l); t != "" && (legacy("filter", t) || legacy("mangle", t) || legacy("nat", t)) {
 			continue
 		}
 		out = append(out, l)
 	}
 	return out
-}
-
-func jumpTarget(line string) string {
-	_, t, ok := strings.Cut(line, " -j ")
-	if !ok {
-		return ""
-	}
-	name, _, _ := strings.Cut(t, " ")
-	return name
 }

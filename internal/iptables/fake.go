@@ -149,7 +149,7 @@ func (k *Fake) Restore(f Family, script string) error {
 		if !exists && op != "-N" && !(op == "-F" && chain == "") {
 			return fail("chain %s does not exist", chain)
 		}
-		if t := target(spec); t != "" && (op == "-A" || op == "-I") {
+		if t := Target(spec); t != "" && (op == "-A" || op == "-I") {
 			if _, ok := cur.rules[t]; !ok && !standard(t) {
 				return fail("target %s does not exist", t)
 			}
@@ -214,16 +214,6 @@ func (k *Fake) Restore(f Family, script string) error {
 	}
 	k.Restores++
 	return nil
-}
-
-// target is the -j of a rule spec, "" if none.
-func target(spec string) string {
-	_, t, ok := strings.Cut(spec, "-j ")
-	if !ok {
-		return ""
-	}
-	name, _, _ := strings.Cut(t, " ")
-	return name
 }
 
 // standard targets need no chain.

@@ -94,6 +94,17 @@ func InsertLine(line string, pos int) string {
 	return fmt.Sprintf("-I %s %d%s", c, pos, strings.TrimPrefix(line, "-A "+c))
 }
 
+// Target is the chain or target a rule (a line, or its spec) jumps to
+// with -j, "" if none.
+func Target(rule string) string {
+	i := strings.Index(" "+rule, " -j ")
+	if i < 0 {
+		return ""
+	}
+	name, _, _ := strings.Cut(rule[i+3:], " ")
+	return name
+}
+
 // Jumps returns the lines of lines that jump to one of chains.
 func Jumps(lines []string, chains ...string) []string {
 	var out []string
