@@ -82,7 +82,8 @@ type Driver struct {
 	strays []string
 	// foreign is the host's other bridges as OURNET-FOREIGN last listed
 	// them, sorted: a links round rewrites the chain only when they change.
-	foreign []string
+	foreignMu sync.Mutex
+	foreign   []string
 	// removeUnknown makes the restore treat every unknown object as an
 	// orphan (STATE_RECOVER=fresh).
 	removeUnknown bool

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -579,7 +580,21 @@ func TestWatchRounds(t *testing.T) {
 	rules, links := make(chan struct{}, 1), make(chan struct{}, 1)
 	stop := make(chan struct{})
 	alsoRan := atomic.Int32{}
-	go d.Watch(WatchConfig{Every: 20 * time.Millisecond, Recheck: time.Hour, Rules: rules, Links: links}, stop, func() { alsoRan.Add(1) })
+	var namesMu sync.Mutex
+	changed := map[string]bool{}
+	linkNames := func() (map[string]bool, bool) {
+		namesMu.Lock()
+		defer namesMu.Unlock()
+		out := changed
+		changed = map[string]bool{}
+		return out, false
+	}
+	name := func(n string) {
+		namesMu.Lock()
+		defer namesMu.Unlock()
+		changed[n] = true
+	}
+	go d.Watch(WatchConfig{Every: 20 * time.Millisecond, Recheck: time.Hour, Rules: rules, Links: links, LinkNames: linkNames}, stop, func() { alsoRan.Add(1) })
 	wait := func(what string, ok func() bool) {
 		t.Helper()
 		for end := time.Now().Add(2 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
@@ -599,11 +614,22 @@ func TestWatchRounds(t *testing.T) {
 	if n := fw.rounds.Load(); n != 1 {
 		t.Fatalf("a link change that needed nothing ran %d full rounds", n-1)
 	}
-	// The bridge deleted by hand: the links round makes it again, then a
-	// full round follows.
+	// The bridge deleted by hand: a links round about another link leaves
+	// it (it looks only at the links named); the one about it makes it
+	// again, then a full round follows (after the gap since the last).
 	d.mu.Lock()
 	delete(l.bridges, "ournet-aaaaaaaa")
 	d.mu.Unlock()
+	name("ovsomethingelse")
+	links <- struct{}{}
+	time.Sleep(100 * time.Millisecond)
+	d.mu.Lock()
+	_, back := l.bridges["ournet-aaaaaaaa"]
+	d.mu.Unlock()
+	if back {
+		t.Fatal("a links round about another link looked at the bridge")
+	}
+	name("ournet-aaaaaaaa")
 	links <- struct{}{}
 	wait("the bridge made again", func() bool {
 		d.mu.Lock()
@@ -612,6 +638,15 @@ func TestWatchRounds(t *testing.T) {
 		return ok
 	})
 	wait("a full round after the repair", func() bool { return fw.rounds.Load() == 2 })
+	// Two rule changes at once: one round now, the next one after the gap.
+	rules <- struct{}{}
+	start := time.Now()
+	wait("a round for the first change", func() bool { return fw.rounds.Load() >= 3 })
+	rules <- struct{}{}
+	wait("a round for the second change", func() bool { return fw.rounds.Load() >= 4 })
+	if d := time.Since(start); d < fullGap/2 {
+		t.Fatalf("the second round came %v after the first: not spaced", d)
+	}
 	close(stop)
 
 	// Nothing announced: the timer compares everything.

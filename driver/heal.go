@@ -15,10 +15,10 @@ import (
 // (issue #16). It also learns, once, the name the engine gave each
 // container interface (learn: not during the restore, which must stay
 // fast). Called with d.mu held, by the restore and by every repair round.
-func (d *Driver) healEndpoints(learn bool) (healed int) {
+func (d *Driver) healEndpoints(learn bool, only func(name string) bool) (healed int) {
 	for _, ep := range d.endpoints {
 		n := d.networks[ep.NetworkID]
-		if n == nil || ep.Sandbox == "" {
+		if n == nil || ep.Sandbox == "" || only != nil && !only(ep.HostVeth) {
 			continue
 		}
 		if ok, err := d.links.Exists(ep.HostVeth); err != nil {

@@ -88,43 +88,54 @@ func (d *Driver) removeOrphans() {
 // dockerd restart inserts its rules above ournet's; a firewalld reload
 // flushes everything), a network's rules changed or gone, published ports'
 // rules, anti-spoofing, a bridge deleted by hand. It never brings back a
-// network ournet does not know.
+// network ournet does not know. Reading the tables is the slow part: it
+// runs without the driver's lock, which only the repairs take, so that
+// docker commands are not held up behind a round.
 func (d *Driver) Reconcile() {
-	nets := d.reconcileBase()
-	// Reading every table is the slow part: it runs without the driver's
-	// lock, so that docker commands are not held up behind it.
-	drifted, err := d.fw.Drifted(nets)
-	if err != nil {
-		logNet("").WithError(err).Warn("drift: reading rules")
-		return
-	}
-	defer d.lock()()
-	for _, fn := range drifted {
-		n, ok := d.networks[fn.ID]
-		if !ok {
-			continue // removed meanwhile: never bring it back
-		}
-		logNet(fn.ID).Warn("drift: rules changed, restoring them")
-		if err := d.fw.AddNetwork(n.fwNetwork()); err != nil {
-			logNet(fn.ID).WithError(err).Error("drift: restoring rules")
-		}
-	}
-}
-
-// reconcileBase repairs base chains, foreign bridges, links, ports and
-// anti-spoofing, and returns the networks whose rules to check.
-func (d *Driver) reconcileBase() []firewall.Network {
-	defer d.lock()()
-	defer d.reconcilePorts()
-	d.flushUnsaved()
+	d.housekeeping()
 	if err := d.fw.Setup(); err != nil {
 		logNet("").WithError(err).Warn("drift: base chains")
 	}
 	if d.cl != nil {
 		d.updateGuard() // read again: Setup forgot what the firewall knew of it
 	}
-	d.ensureForeign()
-	d.repairLinks()
+	d.applyForeign(d.lockedBridges())
+	nets := d.repairAllLinks()
+	d.reconcilePorts()
+	drifted, err := d.fw.Drifted(nets)
+	if err != nil {
+		logNet("").WithError(err).Warn("drift: reading rules")
+		return
+	}
+	if len(drifted) == 0 {
+		return
+	}
+	defer d.lock()()
+	var again []firewall.Network
+	for _, fn := range drifted {
+		n, ok := d.networks[fn.ID]
+		if !ok {
+			continue // removed meanwhile: never bring it back
+		}
+		logNet(fn.ID).Warn("drift: rules changed, restoring them")
+		again = append(again, n.fwNetwork())
+	}
+	// In one restore per family (a flushed table drifts every network).
+	if err := d.fw.AddNetworks(again); err != nil {
+		logNet("").WithError(err).Warn("drift: restoring rules in one go; retrying network by network")
+		for _, n := range again {
+			if err := d.fw.AddNetwork(n); err != nil {
+				logNet(n.ID).WithError(err).Error("drift: restoring rules")
+			}
+		}
+	}
+}
+
+// repairAllLinks is repairLinks for every link, under the driver's lock;
+// it returns the networks whose rules to check.
+func (d *Driver) repairAllLinks() []firewall.Network {
+	defer d.lock()()
+	d.repairLinks(nil)
 	nets := make([]firewall.Network, 0, len(d.networks))
 	for _, n := range d.networks {
 		nets = append(nets, n.fwNetwork())
@@ -132,18 +143,55 @@ func (d *Driver) reconcileBase() []firewall.Network {
 	return nets
 }
 
-// ReconcileLinks is the round a link change triggers: what netlink shows
-// (bridges, VXLAN devices, endpoints' veths, anti-spoofing checks), no
-// iptables read unless the host's other bridges changed. It reports
-// whether it repaired anything, after which a full round follows (the
-// rules and port settings of a bridge made again).
-func (d *Driver) ReconcileLinks() (repaired bool) {
-	defer d.lock()()
-	d.flushUnsaved()
-	if foreign, err := d.links.ForeignBridges(); err == nil && !slices.Equal(sorted(foreign), d.foreign) {
-		d.ensureForeign()
+// ReconcileLinks is the round a link change triggers, for the links named
+// (all: every link): what netlink shows (bridges, VXLAN devices,
+// endpoints' veths), and OURNET-FOREIGN only if the host's other bridges
+// changed. It costs the same with one network as with five hundred. It
+// reports whether it repaired anything, after which a full round follows
+// (the rules and port settings of a bridge made again).
+func (d *Driver) ReconcileLinks(names map[string]bool, all bool) (repaired bool) {
+	var foreign bool
+	func() {
+		defer d.lock()()
+		d.flushUnsaved()
+		var only func(string) bool
+		if !all {
+			only = func(name string) bool { return names[name] }
+			foreign = false
+			ours := d.linkNames()
+			for name := range names {
+				foreign = foreign || !ours[name]
+			}
+		} else {
+			foreign = true
+		}
+		repaired = d.repairLinks(only)
+	}()
+	if foreign {
+		have, err := d.links.ForeignBridges()
+		d.foreignMu.Lock()
+		changed := err == nil && !slices.Equal(sorted(have), d.foreign)
+		d.foreignMu.Unlock()
+		if changed {
+			d.applyForeign(d.lockedBridges())
+		}
 	}
-	return d.repairLinks()
+	return repaired
+}
+
+// linkNames are the names of the links ournet has. Called with d.mu held.
+func (d *Driver) linkNames() map[string]bool {
+	out := map[string]bool{}
+	for _, n := range d.networks {
+		out[n.Bridge] = true
+		if n.Cluster != nil {
+			out[n.Cluster.Device] = true
+		}
+	}
+	for _, ep := range d.endpoints {
+		out[ep.HostVeth], out[ep.PeerVeth] = true, true
+	}
+	return out
 }
 
 func sorted(s []string) []string {
@@ -153,12 +201,16 @@ func sorted(s []string) []string {
 }
 
 // repairLinks makes again the bridges and VXLAN devices that are gone,
-// plumbs again the endpoints whose veth went, and restores the
-// anti-spoofing checks; it reports whether it had anything to do. Called
-// with d.mu held.
-func (d *Driver) repairLinks() (repaired bool) {
+// plumbs again the endpoints whose veth went (and learns the names their
+// interfaces have in their containers), and restores the anti-spoofing
+// checks; only for the links only names, if only is not nil. It reports
+// whether it had anything to do. Called with d.mu held.
+func (d *Driver) repairLinks(only func(name string) bool) (repaired bool) {
+	look := func(name string) bool { return only == nil || only(name) }
 	for _, n := range d.networks {
-		if ok, err := d.links.Exists(n.Bridge); err == nil && !ok {
+		if !look(n.Bridge) {
+			// its device below may still be named
+		} else if ok, err := d.links.Exists(n.Bridge); err == nil && !ok {
 			repaired = true
 			logNet(n.ID).WithField("bridge", n.Bridge).Warn("drift: bridge is gone, recreating it")
 			if err := d.programNetwork(n); err != nil {
@@ -166,7 +218,7 @@ func (d *Driver) repairLinks() (repaired bool) {
 			}
 			d.reattachEndpoints(n)
 		}
-		if n.Cluster != nil && d.cl != nil {
+		if n.Cluster != nil && d.cl != nil && look(n.Cluster.Device) {
 			if ok, err := d.links.Exists(n.Cluster.Device); err == nil && !ok {
 				repaired = true
 				logNet(n.ID).WithField("device", n.Cluster.Device).Warn("drift: VXLAN device is gone, recreating it")
@@ -177,19 +229,35 @@ func (d *Driver) repairLinks() (repaired bool) {
 			}
 		}
 	}
-	if d.healEndpoints(true) > 0 {
+	if d.healEndpoints(true, only) > 0 {
 		repaired = true
 	}
-	if d.repairSpoofChecks() {
+	if only == nil && d.repairSpoofChecks() {
 		repaired = true
 	}
 	return repaired
 }
 
 // ensureForeign makes OURNET-FOREIGN, every network's way out, list the
-// host's bridges that are not ournet's. Called with d.mu held.
-func (d *Driver) ensureForeign() {
-	d.ensureBridges()
+// host's bridges that are not ournet's, and OURNET-BRIDGES the container
+// bridges (ensureBridges). Called with d.mu held.
+func (d *Driver) ensureForeign() { d.applyForeign(d.bridgesWanted()) }
+
+// lockedBridges is bridgesWanted under the driver's lock.
+func (d *Driver) lockedBridges() []string {
+	defer d.lock()()
+	return d.bridgesWanted()
+}
+
+// applyForeign rewrites OURNET-BRIDGES to list bridges (nil: left alone)
+// and OURNET-FOREIGN to list the host's other bridges, each where it
+// differs. It needs no driver lock.
+func (d *Driver) applyForeign(bridges []string) {
+	if bridges != nil {
+		if err := d.fw.EnsureBridges(bridges); err != nil {
+			logNet("").WithError(err).Warn("container bridges")
+		}
+	}
 	foreign, err := d.links.ForeignBridges()
 	if err != nil {
 		logNet("").WithError(err).Warn("drift: listing bridges")
@@ -199,7 +267,9 @@ func (d *Driver) ensureForeign() {
 		logNet("").WithError(err).Warn("drift: foreign bridges")
 		return
 	}
+	d.foreignMu.Lock()
 	d.foreign = sorted(foreign)
+	d.foreignMu.Unlock()
 }
 
 // ensureBridges makes OURNET-BRIDGES list the container bridges: ournet's
@@ -209,6 +279,17 @@ func (d *Driver) ensureForeign() {
 // no such network it is left alone, so that creating a network costs no
 // more rules. Called with d.mu held.
 func (d *Driver) ensureBridges() {
+	if b := d.bridgesWanted(); b != nil {
+		if err := d.fw.EnsureBridges(b); err != nil {
+			logNet("").WithError(err).Warn("container bridges")
+		}
+	}
+}
+
+// bridgesWanted is what OURNET-BRIDGES should list: every ournet bridge,
+// if a nat-unprotected network exists; nil if none does. Called with d.mu
+// held.
+func (d *Driver) bridgesWanted() []string {
 	all := []string{}
 	unprotected := false
 	for _, n := range d.networks {
@@ -216,11 +297,9 @@ func (d *Driver) ensureBridges() {
 		unprotected = unprotected || n.Options.GwModeV4 == gwUnprotected || n.Options.GwModeV6 == gwUnprotected
 	}
 	if !unprotected {
-		return
+		return nil
 	}
-	if err := d.fw.EnsureBridges(all); err != nil {
-		logNet("").WithError(err).Warn("container bridges")
-	}
+	return all
 }
 
 // reattachEndpoints puts n's existing host veths back on its bridge.
@@ -250,9 +329,21 @@ type WatchConfig struct {
 	Recheck time.Duration
 	// Rules triggers a full round: someone else changed iptables or
 	// nftables (internal/watch.Rules, debounced). Links triggers a round
-	// of the links: a bridge or veth deleted or changed. Nil: not watched.
+	// of the links LinkNames names (a bridge or veth deleted or changed;
+	// LinkNames nil: every link). Nil: not watched.
 	Rules, Links <-chan struct{}
+	LinkNames    func() (names map[string]bool, all bool)
 }
+
+// Full rounds are spaced by at least fullGap, and by fullShare times the
+// last one's length: a host whose rules change all the time (another
+// driver's networks coming and going by the hundred) spends at most about
+// a fifth of a CPU on them, and a change right after a quiet spell is
+// repaired at once.
+const (
+	fullGap   = time.Second
+	fullShare = 4
+)
 
 // Watch repairs drift until stop is closed: a full round (Reconcile) when
 // Rules triggers, or, without Rules, every Every; a links round when Links
@@ -270,27 +361,47 @@ func (d *Driver) Watch(cfg WatchConfig, stop <-chan struct{}, also ...func()) {
 		defer t.Stop()
 		recheck = t.C
 	}
+	var hold <-chan time.Time // while set, the next full round waits
+	pending := false
 	full := func() {
+		start := time.Now()
 		d.Reconcile()
 		for _, fn := range also {
 			fn()
+		}
+		hold, pending = time.After(max(fullGap, fullShare*time.Since(start))), false
+	}
+	wantFull := func() {
+		if hold == nil {
+			full()
+		} else {
+			pending = true
 		}
 	}
 	for {
 		select {
 		case <-stop:
 			return
-		case <-cfg.Rules:
-			full()
-		case <-recheck:
-			full()
-		case <-cfg.Links:
-			if d.ReconcileLinks() {
+		case <-hold:
+			hold = nil
+			if pending {
 				full()
+			}
+		case <-cfg.Rules:
+			wantFull()
+		case <-recheck:
+			wantFull()
+		case <-cfg.Links:
+			names, all := map[string]bool(nil), true
+			if cfg.LinkNames != nil {
+				names, all = cfg.LinkNames()
+			}
+			if d.ReconcileLinks(names, all) {
+				wantFull()
 			}
 		case <-every.C:
 			if cfg.Rules == nil {
-				full()
+				full() // polling: the ticker spaces the rounds
 				continue
 			}
 			d.housekeeping()

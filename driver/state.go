@@ -152,7 +152,7 @@ func (d *Driver) Restore() error {
 		d.reattachEndpoints(n)
 	}
 	d.restorePorts()
-	d.healEndpoints(false)
+	d.healEndpoints(false, nil)
 	for _, n := range nets {
 		d.startAgent(n)
 	}

@@ -47,10 +47,10 @@ func (b *bench) repair() error {
 	if err != nil {
 		return err
 	}
-	measure := func(n int) ([]float64, error) {
+	measure := func(n, probes int) ([]float64, error) {
 		var out []float64
 		for i := 0; i < n; i++ {
-			d, err := b.repairOnce(strings.TrimSpace(peer))
+			d, err := b.repairOnce(strings.TrimSpace(peer), probes)
 			if err != nil {
 				return nil, err
 			}
@@ -58,7 +58,7 @@ func (b *bench) repair() error {
 		}
 		return out, nil
 	}
-	events, err := measure(benchRepairs)
+	events, err := measure(benchRepairs, 400)
 	if err != nil {
 		return err
 	}
@@ -68,7 +68,7 @@ func (b *bench) repair() error {
 			return err
 		}
 	}
-	poll, perr := measure(benchRepairsPoll)
+	poll, perr := measure(benchRepairsPoll, 1000)
 	for _, step := range [][]string{{"plugin", "disable", "-f", PluginName}, {"plugin", "set", PluginName, "REPAIR_ON_EVENTS=true"}, {"plugin", "enable", PluginName}} {
 		if _, err := b.docker(step...); err != nil {
 			return err
@@ -82,7 +82,7 @@ func (b *bench) repair() error {
 	sort.Float64s(poll)
 	b.add(&result{
 		Key: "repair", Name: fmt.Sprintf("repair: every table flushed (a firewalld reload) → a container reaches its neighbour and the outside again (median of %d)", benchRepairs),
-		Ournet: median(events), Unit: "s", NoBase: true, NoChart: true, Goal: 1.0, Upper: true,
+		Ournet: median(events), Unit: "s", Self: true, NoBase: true, NoChart: true, Goal: 1.0, Upper: true,
 		Note: fmt.Sprintf("max %.2f s; with REPAIR_ON_EVENTS=false (polling every 5 s): median %.2f s, max %.2f s; a new ping every 20 ms to each, each its own flow", events[len(events)-1], median(poll), poll[len(poll)-1]),
 	})
 	return nil
@@ -90,13 +90,13 @@ func (b *bench) repair() error {
 
 // repairOnce flushes every table while brep-a pings brep-b (peer) and the
 // uplink, and returns the time from the end of the flush until both answer
-// a new ping again.
-func (b *bench) repairOnce(peer string) (time.Duration, error) {
-	// 400 probes of each, 20 ms apart: 8 s at most.
-	loop := fmt.Sprintf(`i=0; while [ $i -lt 400 ]; do
+// a new ping again. probes bounds the probes of each (20 ms apart, so at
+// least probes × 20 ms).
+func (b *bench) repairOnce(peer string, probes int) (time.Duration, error) {
+	loop := fmt.Sprintf(`i=0; while [ $i -lt %d ]; do
 		(ping -c 1 -W 1 %s >/dev/null 2>&1 && echo ok-peer) &
 		(ping -c 1 -W 1 %s >/dev/null 2>&1 && echo ok-out) &
-		usleep 20000; i=$((i+1)); done; wait`, peer, UplinkPeerIP)
+		usleep 20000; i=$((i+1)); done; wait`, probes, peer, UplinkPeerIP)
 	cmd := exec.Command("docker", "-H", b.e.Host, "exec", "brep-a", "sh", "-c", loop)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -139,7 +139,7 @@ func (b *bench) repairOnce(peer string) (time.Duration, error) {
 	for len(back) < 2 {
 		l, ok := <-lines
 		if !ok {
-			return 0, fmt.Errorf("traffic not back within the probes' 8 s: %v", back)
+			return 0, fmt.Errorf("traffic not back within the %d probes (%s at least): %v", probes, time.Duration(probes)*20*time.Millisecond, back)
 		}
 		// A reply that arrives at once was sent before the flush.
 		if d := l.at.Sub(flushed); d > 10*time.Millisecond {

@@ -342,7 +342,7 @@ func watchConfig(cfg settings, run *iptables.Exec, stop <-chan struct{}) driver.
 	if links, err := watch.Links(stop, netdev.Matters); err != nil {
 		log.WithError(err).Warn("drift repair: link changes are not watched")
 	} else {
-		wc.Links = watch.Debounce(stop, links, debounceQuiet, debounceMax)
+		wc.Links, wc.LinkNames = watch.Debounce(stop, links.C, debounceQuiet, debounceMax), links.Take
 	}
 	return wc
 }

@@ -15,23 +15,55 @@ import (
 // Set/EnsureForeignBridges, which must follow before any network is used.
 func (fw *Firewall) Setup() error {
 	fw.mu.Lock()
-	defer fw.mu.Unlock()
 	fw.vxlan = "" // checked again at the next EnsureVXLAN or DelVXLAN
+	fw.mu.Unlock()
 	for _, f := range fw.families {
+		// Read without the lock: a repair round's reads must not hold up
+		// the networks being added meanwhile (they touch other chains).
 		saved, err := iptables.Read(fw.run, f, tables...)
 		if err != nil {
 			return err
 		}
-		script := CleanScript(saved) + BaseScript(saved)
+		clean := CleanScript(saved)
+		script := clean + BaseScript(saved)
 		if script == "" {
 			continue
 		}
-		if err := fw.run.Restore(f, script); err != nil {
+		// Moving a jump (dockerd's start and its every bridge network put
+		// their rules on top) leaves the networks' lines as they are: the
+		// cache stays. A base chain made again, or an older layout
+		// removed, changes them.
+		if err := fw.write(f, script, clean != "" || !hasCachedChains(saved)); err != nil {
 			return fmt.Errorf("%s: setting up the base chains: %w", f, err)
 		}
-		delete(fw.jumps, f) // read again at the next change
 	}
 	return nil
+}
+
+// write applies a script that is not one network's change. One that may
+// touch the chains the cache holds (invalidates) makes the next change
+// read the tables again.
+func (fw *Firewall) write(f iptables.Family, script string, invalidates bool) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if invalidates {
+		fw.gen++
+		delete(fw.jumps, f)
+	}
+	return fw.run.Restore(f, script)
+}
+
+// hasCachedChains reports whether every chain the cache holds lines of
+// exists.
+func hasCachedChains(saved iptables.Tables) bool {
+	for _, table := range tables {
+		for _, c := range basesOf(table) {
+			if _, ok := saved[table][c]; !ok {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // baseChain is one base chain and the built-in chain that jumps to it

@@ -9,17 +9,26 @@ import (
 
 // Drifted returns the networks among nets whose rules differ from what they
 // should be in any family (a chain flushed, a jump deleted, a rule edited).
+// The tables are read without the lock, so that networks are added and
+// removed meanwhile; one added during the read may be reported (adding it
+// again is harmless), and the cache takes the read only if nothing was
+// written during it.
 func (fw *Firewall) Drifted(nets []Network) ([]Network, error) {
-	fw.mu.Lock()
-	defer fw.mu.Unlock()
 	var out []Network
 	seen := map[string]bool{}
 	for _, f := range fw.families {
+		fw.mu.Lock()
+		gen := fw.gen
+		fw.mu.Unlock()
 		saved, err := iptables.Read(fw.run, f, tables...)
 		if err != nil {
 			return nil, err
 		}
-		fw.jumps[f] = saved // what is really there, for the repairs to come
+		fw.mu.Lock()
+		if fw.gen == gen {
+			fw.jumps[f] = saved // what is really there, for the repairs to come
+		}
+		fw.mu.Unlock()
 		for _, n := range nets {
 			if !seen[n.ID] && slices.Contains(fw.familiesOf(n), f) && !matches(f, n, saved) {
 				seen[n.ID] = true
@@ -49,8 +58,6 @@ func matches(f iptables.Family, n Network, saved iptables.Tables) bool {
 // tagged lines in the tables now, so that the restore can remove those of
 // networks it does not know (left by a crash).
 func (fw *Firewall) OwnedNetworks() (map[string]bool, error) {
-	fw.mu.Lock()
-	defer fw.mu.Unlock()
 	ids := map[string]bool{}
 	for _, f := range fw.families {
 		saved, err := iptables.Read(fw.run, f, tables...)

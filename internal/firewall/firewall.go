@@ -99,6 +99,9 @@ type Firewall struct {
 	// cluster's sync asks every few seconds, and reads the table only
 	// after a change or a Setup (every full repair round).
 	vxlan string
+	// gen counts the writes: a table read without the lock goes into the
+	// cache only if nothing was written meanwhile.
+	gen uint64
 }
 
 // New returns a Firewall that programs the given families.
@@ -187,6 +190,7 @@ func (fw *Firewall) change(f iptables.Family, script func(iptables.Tables) strin
 	if err != nil {
 		return err
 	}
+	fw.gen++
 	if err := fw.run.Restore(f, script(saved)); err != nil {
 		if saved, err = iptables.Read(fw.run, f, tables...); err != nil {
 			return err

@@ -40,9 +40,10 @@ func (fw *Firewall) EnsureBridges(names []string) error {
 
 // ensureChain rewrites one filter chain with script where, in a family,
 // its rules differ from what script writes.
+// The table is read without the lock; the chain is ournet's alone and
+// rewritten whole, so a read that is stale by then costs one needless
+// rewrite at most.
 func (fw *Firewall) ensureChain(chain, script, what string) error {
-	fw.mu.Lock()
-	defer fw.mu.Unlock()
 	want := iptables.Parse(script)[chain]
 	for _, f := range fw.families {
 		dump, err := fw.run.Save(f, "filter")
@@ -52,7 +53,7 @@ func (fw *Firewall) ensureChain(chain, script, what string) error {
 		if slices.Equal(iptables.Parse(dump)[chain], want) {
 			continue
 		}
-		if err := fw.run.Restore(f, script); err != nil {
+		if err := fw.write(f, script, false); err != nil {
 			return fmt.Errorf("%s: %s: %w", f, what, err)
 		}
 	}

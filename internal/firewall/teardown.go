@@ -20,6 +20,7 @@ func (fw *Firewall) Teardown() error {
 	defer fw.mu.Unlock()
 	fw.jumps = map[iptables.Family]iptables.Tables{}
 	fw.vxlan = ""
+	fw.gen++
 	var errs []error
 	for _, f := range fw.families {
 		var b strings.Builder

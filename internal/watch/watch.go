@@ -142,19 +142,50 @@ func genPID(data []byte) (uint32, bool) {
 	return 0, false
 }
 
+// LinkChanges triggers (C) on link changes that matter, and keeps the
+// names of the links that changed until Take.
+type LinkChanges struct {
+	C     <-chan struct{}
+	mu    sync.Mutex
+	names map[string]bool
+	all   bool
+}
+
+// Take returns the names of the links that changed since the last Take,
+// and all: changes may have been missed (the subscription was made again),
+// so every link must be looked at.
+func (c *LinkChanges) Take() (names map[string]bool, all bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	names, all = c.names, c.all
+	c.names, c.all = map[string]bool{}, false
+	return names, all
+}
+
+func (c *LinkChanges) note(name string, all bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if name != "" {
+		c.names[name] = true
+	}
+	c.all = c.all || all
+}
+
 // Links triggers on every link change in this network namespace that
-// matters says matters. A failed subscription is opened again (and
-// triggers once).
-func Links(stop <-chan struct{}, matters func(netlink.LinkUpdate) bool) (<-chan struct{}, error) {
+// matters says matters, keeping the link's name. A failed subscription is
+// opened again (and triggers once, for every link).
+func Links(stop <-chan struct{}, matters func(netlink.LinkUpdate) bool) (*LinkChanges, error) {
 	updates, err := subscribeLinks(stop)
 	if err != nil {
 		return nil, err
 	}
 	out := make(chan struct{}, 1)
+	lc := &LinkChanges{C: out, names: map[string]bool{}}
 	go func() {
 		for {
 			for u := range updates {
 				if matters(u) {
+					lc.note(u.Link.Attrs().Name, false)
 					kick(out)
 				}
 			}
@@ -174,10 +205,11 @@ func Links(stop <-chan struct{}, matters func(netlink.LinkUpdate) bool) (<-chan 
 					break
 				}
 			}
+			lc.note("", true)
 			kick(out)
 		}
 	}()
-	return out, nil
+	return lc, nil
 }
 
 func subscribeLinks(stop <-chan struct{}) (chan netlink.LinkUpdate, error) {

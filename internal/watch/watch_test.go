@@ -50,10 +50,11 @@ func TestRulesAndLinksInNetns(t *testing.T) {
 			t.Fatal("one change triggered twice")
 		}
 
-		links, err := Links(stop, func(u netlink.LinkUpdate) bool { return u.Link.Attrs().Name == "ournet-t" })
+		lc, err := Links(stop, func(u netlink.LinkUpdate) bool { return u.Link.Attrs().Name == "ournet-t" })
 		if err != nil {
 			t.Fatal(err)
 		}
+		links := lc.C
 		for _, name := range []string{"other", "ournet-t"} {
 			if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
 				t.Fatal(err)
@@ -61,6 +62,9 @@ func TestRulesAndLinksInNetns(t *testing.T) {
 		}
 		if !triggered(links, 2*time.Second) {
 			t.Fatal("adding ournet-t did not trigger")
+		}
+		if names, all := lc.Take(); !names["ournet-t"] || names["other"] || all {
+			t.Fatalf("changed links = %v (all %v), want ournet-t", names, all)
 		}
 		l, _ := netlink.LinkByName("other")
 		_ = netlink.LinkDel(l)
