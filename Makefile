@@ -81,7 +81,8 @@ test: deps vet unit e2e
 
 # ournet against Docker's bridge driver on one private engine (issue #7), on
 # the system's engine: prints a table and writes docs/bench.md, docs/bench.png
-# and README.md's Benchmark section. Under 10 minutes on 2 cores.
+# and README.md's Benchmark section. About 12 minutes on 2 cores (500 networks
+# of each driver for the growth rows).
 BENCH_PLUGIN ?= build/plugin
 bench:
 	scripts/deps.sh iperf3=iperf3 gnuplot=gnuplot-nox
