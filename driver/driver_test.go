@@ -594,7 +594,13 @@ func TestWatchRounds(t *testing.T) {
 		defer namesMu.Unlock()
 		changed[n] = true
 	}
-	go d.Watch(WatchConfig{Every: 20 * time.Millisecond, Recheck: time.Hour, Rules: rules, Links: links, LinkNames: linkNames}, stop, func() { alsoRan.Add(1) })
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		d.Watch(WatchConfig{Every: 20 * time.Millisecond, Recheck: time.Hour, Rules: rules, Links: links, LinkNames: linkNames}, stop, func() { alsoRan.Add(1) })
+	}()
+	// The store closes when the test ends: Watch must be gone by then.
+	defer func() { close(stop); <-watching }()
 	wait := func(what string, ok func() bool) {
 		t.Helper()
 		for end := time.Now().Add(2 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
@@ -647,12 +653,14 @@ func TestWatchRounds(t *testing.T) {
 	if d := time.Since(start); d < fullGap/2 {
 		t.Fatalf("the second round came %v after the first: not spaced", d)
 	}
-	close(stop)
 
 	// Nothing announced: the timer compares everything.
 	d2, _, fw2, _ := newTestDriver(t)
-	stop2 := make(chan struct{})
-	defer close(stop2)
-	go d2.Watch(WatchConfig{Every: 20 * time.Millisecond}, stop2)
+	stop2, watching2 := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watching2)
+		d2.Watch(WatchConfig{Every: 20 * time.Millisecond}, stop2)
+	}()
+	defer func() { close(stop2); <-watching2 }()
 	wait("polling rounds", func() bool { return fw2.rounds.Load() >= 3 })
 }
