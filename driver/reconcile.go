@@ -148,27 +148,12 @@ func (d *Driver) repairAllLinks() []firewall.Network {
 // ReconcileLinks is the round a link change triggers, for the links named
 // (all: every link): what netlink shows (bridges, VXLAN devices,
 // endpoints' veths), and OURNET-FOREIGN only if the host's other bridges
-// changed. It costs the same with one network as with five hundred. It
-// reports whether it repaired anything, after which a full round follows
-// (the rules and port settings of a bridge made again).
+// changed. Its netlink calls are for the named links alone, however many
+// networks there are. It reports whether it repaired anything, after which
+// a full round follows (the rules and port settings of a bridge made
+// again).
 func (d *Driver) ReconcileLinks(names map[string]bool, all bool) (repaired bool) {
-	var foreign bool
-	func() {
-		defer d.lock()()
-		d.flushUnsaved()
-		var only func(string) bool
-		if !all {
-			only = func(name string) bool { return names[name] }
-			foreign = false
-			ours := d.linkNames()
-			for name := range names {
-				foreign = foreign || !ours[name]
-			}
-		} else {
-			foreign = true
-		}
-		repaired = d.repairLinks(only)
-	}()
+	repaired, foreign := d.repairNamedLinks(names, all)
 	if foreign {
 		have, err := d.links.ForeignBridges()
 		d.foreignMu.Lock()
@@ -179,6 +164,21 @@ func (d *Driver) ReconcileLinks(names map[string]bool, all bool) (repaired bool)
 		}
 	}
 	return repaired
+}
+
+// repairNamedLinks is ReconcileLinks' part under the driver's lock; foreign
+// says whether a link not ournet's was named (or all).
+func (d *Driver) repairNamedLinks(names map[string]bool, all bool) (repaired, foreign bool) {
+	defer d.lock()()
+	d.flushUnsaved()
+	if all {
+		return d.repairLinks(nil), true
+	}
+	ours := d.linkNames()
+	for name := range names {
+		foreign = foreign || !ours[name]
+	}
+	return d.repairLinks(func(name string) bool { return names[name] }), foreign
 }
 
 // linkNames are the names of the links ournet has. Called with d.mu held.
@@ -209,10 +209,15 @@ func sorted(s []string) []string {
 // whether it had anything to do. Called with d.mu held.
 func (d *Driver) repairLinks(only func(name string) bool) (repaired bool) {
 	look := func(name string) bool { return only == nil || only(name) }
+	gone := func(name string) bool {
+		if !look(name) {
+			return false
+		}
+		ok, err := d.links.Exists(name)
+		return err == nil && !ok
+	}
 	for _, n := range d.networks {
-		if !look(n.Bridge) {
-			// its device below may still be named
-		} else if ok, err := d.links.Exists(n.Bridge); err == nil && !ok {
+		if gone(n.Bridge) {
 			repaired = true
 			logNet(n.ID).WithField("bridge", n.Bridge).Warn("drift: bridge is gone, recreating it")
 			if err := d.programNetwork(n); err != nil {
@@ -220,15 +225,13 @@ func (d *Driver) repairLinks(only func(name string) bool) (repaired bool) {
 			}
 			d.reattachEndpoints(n)
 		}
-		if n.Cluster != nil && d.cl != nil && look(n.Cluster.Device) {
-			if ok, err := d.links.Exists(n.Cluster.Device); err == nil && !ok {
-				repaired = true
-				logNet(n.ID).WithField("device", n.Cluster.Device).Warn("drift: VXLAN device is gone, recreating it")
-				if err := d.prepareNetwork(n); err != nil {
-					logNet(n.ID).WithError(err).Error("drift: recreating the VXLAN device")
-				}
-				d.kickAgent(n.ID)
+		if n.Cluster != nil && d.cl != nil && gone(n.Cluster.Device) {
+			repaired = true
+			logNet(n.ID).WithField("device", n.Cluster.Device).Warn("drift: VXLAN device is gone, recreating it")
+			if err := d.prepareNetwork(n); err != nil {
+				logNet(n.ID).WithError(err).Error("drift: recreating the VXLAN device")
 			}
+			d.kickAgent(n.ID)
 		}
 	}
 	if d.healEndpoints(true, only) > 0 {
@@ -255,11 +258,7 @@ func (d *Driver) lockedBridges() []string {
 // and OURNET-FOREIGN to list the host's other bridges, each where it
 // differs. It needs no driver lock.
 func (d *Driver) applyForeign(bridges []string) {
-	if bridges != nil {
-		if err := d.fw.EnsureBridges(bridges); err != nil {
-			logNet("").WithError(err).Warn("container bridges")
-		}
-	}
+	d.applyBridges(bridges)
 	foreign, err := d.links.ForeignBridges()
 	if err != nil {
 		logNet("").WithError(err).Warn("drift: listing bridges")
@@ -280,11 +279,16 @@ func (d *Driver) applyForeign(bridges []string) {
 // LAN uplink such as br0 or virbr0), whose traffic is "the outside". With
 // no such network it is left alone, so that creating a network costs no
 // more rules. Called with d.mu held.
-func (d *Driver) ensureBridges() {
-	if b := d.bridgesWanted(); b != nil {
-		if err := d.fw.EnsureBridges(b); err != nil {
-			logNet("").WithError(err).Warn("container bridges")
-		}
+func (d *Driver) ensureBridges() { d.applyBridges(d.bridgesWanted()) }
+
+// applyBridges rewrites OURNET-BRIDGES, where it differs, to list
+// bridges; nil leaves it alone. It needs no driver lock.
+func (d *Driver) applyBridges(bridges []string) {
+	if bridges == nil {
+		return
+	}
+	if err := d.fw.EnsureBridges(bridges); err != nil {
+		logNet("").WithError(err).Warn("container bridges")
 	}
 }
 

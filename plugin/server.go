@@ -58,8 +58,7 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 			}
 			var reply []byte
 			if body, reply = replays.take(path); body == nil {
-				msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
-				writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
+				writeFailure(w, emptyRetry)
 				return
 			}
 			if reply != nil {
@@ -88,8 +87,7 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 		fields := log.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)}
 		if err != nil {
 			log.WithFields(fields).WithError(err).Warn("call failed")
-			msg := userError(err)
-			writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
+			writeFailure(w, userError(err))
 			return
 		}
 		log.WithFields(fields).Debug("call done")
@@ -153,8 +151,7 @@ var deleteKind = map[string]bool{
 func replayDeletes[Req any, Res any](w http.ResponseWriter, path string, fn func(*Req) (Res, error), sweep func()) {
 	bodies, done := replays.takeAll(path)
 	if len(bodies) == 0 && !done && sweep == nil {
-		msg := "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
-		writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
+		writeFailure(w, emptyRetry)
 		return
 	}
 	var first error
@@ -175,8 +172,7 @@ func replayDeletes[Req any, Res any](w http.ResponseWriter, path string, fn func
 	}
 	log.WithFields(log.Fields{"call": path, "replayed": len(bodies)}).Info("replayed the deletes the plugin was doing when it stopped (the engine retried them with empty bodies)")
 	if first != nil {
-		msg := userError(first)
-		writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
+		writeFailure(w, userError(first))
 		return
 	}
 	writeJSON(w, http.StatusOK, empty{})
@@ -191,6 +187,16 @@ func userError(err error) string {
 		msg = "ournet: " + msg
 	}
 	return msg
+}
+
+// emptyRetry answers an empty retry that cannot be replayed.
+const emptyRetry = "ournet: the engine sent an empty request, as it does when it retries a call after the plugin restarted; run the command again"
+
+// writeFailure answers a failed call: HTTP 500 with the message in both
+// Err (NetworkDriver) and Error (IpamDriver), so that every engine sees a
+// failure and shows it.
+func writeFailure(w http.ResponseWriter, msg string) {
+	writeJSON(w, http.StatusInternalServerError, errorBody{Err: msg, Error: msg})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -152,10 +152,7 @@ func (d recDriver) DeleteNetwork(r *network.DeleteNetworkRequest) error {
 // refused with what to do.
 func TestEmptyRetryReplaysTheCallInFlight(t *testing.T) {
 	dir := t.TempDir()
-	before, err := newInflight(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := openInflight(t, dir)
 	// The dead run was deleting a network, had given out a pool (its reply
 	// kept, not yet sent), and was handling two Joins.
 	_ = before.begin("/NetworkDriver.DeleteNetwork", []byte(`{"NetworkID":"n1"}`))
@@ -165,12 +162,7 @@ func TestEmptyRetryReplaysTheCallInFlight(t *testing.T) {
 	_ = before.begin("/NetworkDriver.Join", []byte(`{"NetworkID":"n1","EndpointID":"e1"}`))
 	_ = before.begin("/NetworkDriver.Join", []byte(`{"NetworkID":"n1","EndpointID":"e2"}`))
 
-	after, err := newInflight(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replays.f = after
-	t.Cleanup(func() { replays.f = nil })
+	restartInflight(t, dir)
 	var deleted []string
 	mux := newMux(recDriver{deleted: &deleted}, stubIPAM{}, nil)
 	// Deletes may be done again in any order: the first retry replays both,
@@ -200,6 +192,24 @@ func TestEmptyRetryReplaysTheCallInFlight(t *testing.T) {
 	}
 }
 
+// openInflight opens dir as a run of the plugin does at start.
+func openInflight(t *testing.T, dir string) *inflight {
+	t.Helper()
+	f, err := newInflight(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// restartInflight is the next run's view of dir, in use by the server
+// until the test ends.
+func restartInflight(t *testing.T, dir string) {
+	t.Helper()
+	replays.f = openInflight(t, dir)
+	t.Cleanup(func() { replays.f = nil })
+}
+
 // sweepDriver records DeleteEndpoint calls and sweeps.
 type sweepDriver struct {
 	stubDriver
@@ -219,17 +229,9 @@ func (d sweepDriver) DeleteLeftEndpoints() { *d.sweeps++ }
 // command again": dockerd forgets the endpoint whatever it hears.
 func TestEmptyDeleteEndpointRetrySweeps(t *testing.T) {
 	dir := t.TempDir()
-	before, err := newInflight(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := openInflight(t, dir)
 	_ = before.begin("/NetworkDriver.DeleteEndpoint", []byte(`{"NetworkID":"n1","EndpointID":"e1"}`))
-	after, err := newInflight(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replays.f = after
-	t.Cleanup(func() { replays.f = nil })
+	restartInflight(t, dir)
 	var deleted []string
 	var sweeps int
 	mux := newMux(sweepDriver{deleted: &deleted, sweeps: &sweeps}, stubIPAM{}, nil)

@@ -137,7 +137,7 @@ func damagedMux(problem string) *http.ServeMux {
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		log.WithField("call", r.URL.Path).Debug("refused: no usable state")
-		writeJSON(w, http.StatusInternalServerError, errorBody{Err: problem, Error: problem})
+		writeFailure(w, problem)
 	})
 	return mux
 }

@@ -58,10 +58,21 @@ func CleanScript(saved iptables.Tables) string {
 func cleaned(lines []string) []string {
 	var out []string
 	for _, l := range lines {
-		if t := iptables.Target(l); t != "" && (legacy("filter", t) || legacy("mangle", t) || legacy("nat", t)) {
+		if t := iptables.Target(l); t != "" && legacyAnywhere(t) {
 			continue
 		}
 		out = append(out, l)
 	}
 	return out
+}
+
+// legacyAnywhere reports whether chain is an older layout's per-network
+// chain of any table (a jump names only the chain).
+func legacyAnywhere(chain string) bool {
+	for table := range iptables.LegacyNetworkPrefixes {
+		if legacy(table, chain) {
+			return true
+		}
+	}
+	return false
 }

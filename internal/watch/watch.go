@@ -25,6 +25,22 @@ import (
 // opens a new one (and triggers once: changes may have been missed).
 const retryAfter = time.Second
 
+// reopen calls open every retryAfter until it succeeds; false if stop was
+// closed first.
+func reopen[T any](stop <-chan struct{}, open func() (T, error)) (T, bool) {
+	for {
+		select {
+		case <-stop:
+			var zero T
+			return zero, false
+		case <-time.After(retryAfter):
+		}
+		if v, err := open(); err == nil {
+			return v, true
+		}
+	}
+}
+
 func kick(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
@@ -63,15 +79,9 @@ func Rules(stop <-chan struct{}, mine func(pid uint32) bool) (<-chan struct{}, e
 				return
 			}
 			log.WithError(err).Warn("watching nftables commits: opening the socket again")
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(retryAfter):
-				}
-				if conn, err = dialRules(); err == nil {
-					break
-				}
+			var ok bool
+			if conn, ok = reopen(stop, dialRules); !ok {
+				return
 			}
 			mu.Lock()
 			if stopped {
@@ -195,15 +205,9 @@ func Links(stop <-chan struct{}, matters func(netlink.LinkUpdate) bool) (*LinkCh
 			default:
 			}
 			log.Warn("watching links: subscribing again")
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(retryAfter):
-				}
-				if updates, err = subscribeLinks(stop); err == nil {
-					break
-				}
+			var ok bool
+			if updates, ok = reopen(stop, func() (chan netlink.LinkUpdate, error) { return subscribeLinks(stop) }); !ok {
+				return
 			}
 			lc.note("", true)
 			kick(out)
