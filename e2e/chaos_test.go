@@ -134,7 +134,7 @@ func TestChaos(t *testing.T) {
 		t.Fatalf("the load did not run: %d kills, %d commands", kills, stats.ops)
 	}
 	waitFor(t, 30*time.Second, "plugin back", func() error { _, err := e.PluginPID(); return err })
-	checkConsistent(t, e, "after the plugin kills")
+	checkConsistent(t, e, fmt.Sprintf("after the plugin kills (seed %d)", seed))
 
 	// And dockerd killed: after its restart (containers restart with it
 	// only if asked; these were not), the same must hold.
@@ -146,7 +146,7 @@ func TestChaos(t *testing.T) {
 	for _, id := range strings.Fields(e.Run(t, "ps", "-aq")) {
 		_, _ = e.Docker(time.Minute, "start", id)
 	}
-	checkConsistent(t, e, "after dockerd was killed")
+	checkConsistent(t, e, fmt.Sprintf("after dockerd was killed (seed %d)", seed))
 }
 
 // checkConsistent asserts what must hold whatever was killed: the kernel,
@@ -185,7 +185,7 @@ func checkConsistent(t *testing.T, e *Engine, stage string) {
 			}
 			ip := strings.SplitN(c.IPv4Address, "/", 2)[0]
 			if other, dup := seen[ip]; dup {
-				t.Errorf("%s: %s and %s both have %s", stage, c.Name, other, ip)
+				e.Errorf(t, "%s: %s and %s both have %s", stage, c.Name, other, ip)
 			}
 			seen[ip] = c.Name
 			if running[cid] {
@@ -198,7 +198,7 @@ func checkConsistent(t *testing.T, e *Engine, stage string) {
 			from := strings.SplitN(members[0], "=", 2)[0]
 			to := strings.SplitN(members[i], "=", 2)[1]
 			if err := e.Ping(from, to); err != nil {
-				t.Errorf("%s: on %s: %v", stage, n.Name, err)
+				e.Errorf(t, "%s: on %s: %v", stage, n.Name, err)
 			}
 		}
 	}
@@ -216,11 +216,11 @@ func checkConsistent(t *testing.T, e *Engine, stage string) {
 				found = found || strings.HasPrefix(id, name[len("ournet-"):])
 			}
 			if !found {
-				t.Errorf("%s: bridge %s belongs to no network dockerd has", stage, name)
+				e.Errorf(t, "%s: bridge %s belongs to no network dockerd has", stage, name)
 			}
 		case strings.HasPrefix(name, "ov"):
 			if !knownEp[name[2:]] {
-				t.Errorf("%s: veth %s belongs to no endpoint dockerd has", stage, name)
+				e.Errorf(t, "%s: veth %s belongs to no endpoint dockerd has", stage, name)
 			}
 		}
 	}
@@ -229,14 +229,14 @@ func checkConsistent(t *testing.T, e *Engine, stage string) {
 		for _, l := range strings.Split(dump, "\n") {
 			if c, ok := strings.CutPrefix(l, ":OURNET-I-"); ok {
 				if id := strings.Fields(c)[0]; !knownNet[id] {
-					t.Errorf("%s: %s keeps the chain of network %s, which dockerd does not have", stage, tool, id)
+					e.Errorf(t, "%s: %s keeps the chain of network %s, which dockerd does not have", stage, tool, id)
 				}
 			}
 		}
 	}
 	out, err := e.ournetStatus("--json")
 	if err != nil {
-		t.Errorf("%s: ournet-status is not clean: %v\n%s", stage, err, out)
+		e.Errorf(t, "%s: ournet-status is not clean: %v\n%s", stage, err, out)
 		return
 	}
 	var rep struct {
@@ -247,10 +247,10 @@ func checkConsistent(t *testing.T, e *Engine, stage string) {
 		t.Fatalf("%s: ournet-status --json: %v", stage, err)
 	}
 	if len(rep.Networks) != len(nets) {
-		t.Errorf("%s: ournet has %d networks, dockerd %d", stage, len(rep.Networks), len(nets))
+		e.Errorf(t, "%s: ournet has %d networks, dockerd %d", stage, len(rep.Networks), len(nets))
 	}
 	// Each network has one IPv4 pool (ournet IPAM for all of them here).
 	if len(rep.Pools) != len(nets) {
-		t.Errorf("%s: ournet holds %d address pools for %d networks: %v", stage, len(rep.Pools), len(nets), rep.Pools)
+		e.Errorf(t, "%s: ournet holds %d address pools for %d networks: %v", stage, len(rep.Pools), len(nets), rep.Pools)
 	}
 }

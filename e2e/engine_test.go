@@ -32,6 +32,18 @@ type Engine struct {
 	log     *os.File
 	extra   []string
 	holder  *exec.Cmd // keeps the engine's mount namespace alive across restarts
+	// failures are what Errorf reported, said again after the log's tail
+	// (which would otherwise bury them at the end of a failed test).
+	failures []string
+}
+
+// Errorf fails t with a message that is repeated after the engine's log
+// tail when the test ends.
+func (e *Engine) Errorf(t *testing.T, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	e.failures = append(e.failures, msg)
+	t.Error(msg)
 }
 
 // E2E_ENGINE_PATH (directories, colon separated) goes first in PATH, for

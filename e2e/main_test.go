@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -98,6 +99,9 @@ func NewEngine(t *testing.T, extra ...string) *Engine {
 			keep := filepath.Join(os.TempDir(), "ournet-e2e-"+t.Name()+".log")
 			if raw, err := os.ReadFile(filepath.Join(e.Dir, "dockerd.log")); err == nil && os.WriteFile(keep, raw, 0o644) == nil {
 				t.Logf("the engine's whole log: %s", keep)
+			}
+			if len(e.failures) > 0 {
+				t.Log("what failed, again:\n\t" + strings.Join(e.failures, "\n\t"))
 			}
 		}
 	})
