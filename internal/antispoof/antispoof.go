@@ -46,7 +46,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
-	"github.com/mdlayher/netlink"
+
+	"github.com/ournet/ournet/internal/nft"
 	"golang.org/x/sys/unix"
 )
 
@@ -84,25 +85,8 @@ func (ep Endpoint) check() error {
 	return nil
 }
 
-// Conn is the part of an nftables connection (*nftables.Conn) the filter
-// uses: objects queued, then sent as one transaction by Flush. Fake is an
-// in-memory one, for tests without root.
-type Conn interface {
-	AddTable(*nftables.Table) *nftables.Table
-	DelTable(*nftables.Table)
-	AddSet(*nftables.Set, []nftables.SetElement) error
-	AddChain(*nftables.Chain) *nftables.Chain
-	FlushChain(*nftables.Chain)
-	DelChain(*nftables.Chain)
-	AddRule(*nftables.Rule) *nftables.Rule
-	SetAddElements(*nftables.Set, []nftables.SetElement) error
-	SetDeleteElements(*nftables.Set, []nftables.SetElement) error
-	Flush() error
-	ListChainsOfTableFamily(nftables.TableFamily) ([]*nftables.Chain, error)
-	ListTablesOfFamily(nftables.TableFamily) ([]*nftables.Table, error)
-	GetSetElements(*nftables.Set) ([]nftables.SetElement, error)
-	GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)
-}
+// Conn is the nftables connection the filter uses (internal/nft).
+type Conn = nft.Conn
 
 // Filter programs the table. It is safe for concurrent use.
 type Filter struct {
@@ -117,50 +101,11 @@ type Filter struct {
 
 // New returns a Filter for the current network namespace, or for another
 // one with nftables.WithNetNSFd.
-func New(opts ...nftables.ConnOption) *Filter {
-	opts = append(opts, nftables.WithSockOptions(bigBuffers))
-	return NewWith(func() (Conn, error) { return nftables.New(opts...) })
-}
+func New(opts ...nftables.ConnOption) *Filter { return NewWith(nft.Dialer(opts...)) }
 
-// NewWith returns a Filter that opens its connections with dial (Fake's
-// Dial in tests).
+// NewWith returns a Filter that opens its connections with dial (a
+// nft.Fake's Dial in tests).
 func NewWith(dial func() (Conn, error)) *Filter { return &Filter{dial: dial} }
-
-// socketBuffer is room for one transaction of Sync and the kernel's
-// acknowledgement of each of its messages, with a wide margin; the default
-// (about 200 KiB) overflows with a few hundred acknowledgements.
-const socketBuffer = 8 << 20
-
-// bigBuffers raises the netlink socket's buffers, past the system maximum
-// when CAP_NET_ADMIN allows (as nft does), else up to that maximum.
-func bigBuffers(conn *netlink.Conn) error {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("antispoof: netlink socket: %w", err)
-	}
-	var serr error
-	err = raw.Control(func(fd uintptr) {
-		for _, opt := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
-			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[0], socketBuffer) != nil {
-				serr = cmpErr(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[1], socketBuffer))
-			}
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("antispoof: netlink socket: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("antispoof: sizing netlink socket buffers: %w", serr)
-	}
-	return nil
-}
-
-func cmpErr(first, err error) error {
-	if first != nil {
-		return first
-	}
-	return err
-}
 
 var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
 
@@ -176,14 +121,6 @@ func portsMap() *nftables.Set {
 
 func chainOf(port string) *nftables.Chain {
 	return &nftables.Chain{Name: ChainPrefix + port, Table: table}
-}
-
-// ifname is the key the kernel compares with meta iifname: IFNAMSIZ bytes,
-// zero-padded.
-func ifname(port string) []byte {
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, port)
-	return b
 }
 
 // Add installs or rewrites the checks of ep's port. Checks this Filter
@@ -472,7 +409,7 @@ func fillEndpoint(c Conn, ch *nftables.Chain, ep Endpoint) error {
 	for _, exprs := range endpointRules(ep) {
 		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: exprs})
 	}
-	return c.SetAddElements(portsMap(), []nftables.SetElement{{Key: ifname(ep.Port),
+	return c.SetAddElements(portsMap(), []nftables.SetElement{{Key: nft.IfName(ep.Port),
 		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}})
 }
 
@@ -481,13 +418,13 @@ func fillEndpoint(c Conn, ch *nftables.Chain, ep Endpoint) error {
 // fail the whole batch, and this way an unknown port is success.
 func delEndpoint(c Conn, port string) error {
 	m, ch := portsMap(), c.AddChain(chainOf(port))
-	elem := []nftables.SetElement{{Key: ifname(port),
+	elem := []nftables.SetElement{{Key: nft.IfName(port),
 		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}}
 	if err := c.SetAddElements(m, elem); err != nil {
 		return err
 	}
 	// The element refers to the chain: it goes first.
-	if err := c.SetDeleteElements(m, []nftables.SetElement{{Key: ifname(port)}}); err != nil {
+	if err := c.SetDeleteElements(m, []nftables.SetElement{{Key: nft.IfName(port)}}); err != nil {
 		return err
 	}
 	c.FlushChain(ch)

@@ -8,9 +8,11 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+
+	"github.com/ournet/ournet/internal/nft"
 )
 
-// These run without root, over Fake; the kernel tests show the frames.
+// These run without root, over nft.Fake; the kernel tests show the frames.
 
 func fakeEP(port string, last byte) Endpoint {
 	return Endpoint{Port: port, MAC: net.HardwareAddr{2, 0x42, 198, 18, 9, last},
@@ -29,7 +31,7 @@ func havePorts(t *testing.T, f *Filter, want ...string) {
 // port: the table holds exactly the checks asked for, each port's chain
 // its endpoint's rules.
 func TestFilterWithoutRoot(t *testing.T) {
-	k := NewFake()
+	k := nft.NewFake()
 	f := NewWith(k.Dial)
 	// As the plugin starts: a Sync (of nothing here) first.
 	if err := f.Sync(nil); err != nil {
@@ -42,7 +44,7 @@ func TestFilterWithoutRoot(t *testing.T) {
 		}
 	}
 	havePorts(t, f, "ova", "ovb")
-	if r, ok := k.Rules("ova"); !ok || len(r) != len(endpointRules(a)) {
+	if r, ok := k.Rules(table, ChainPrefix+"ova"); !ok || len(r) != len(endpointRules(a)) {
 		t.Fatalf("ova's chain holds %d rules, want %d", len(r), len(endpointRules(a)))
 	}
 	before := k.Transactions
@@ -54,7 +56,7 @@ func TestFilterWithoutRoot(t *testing.T) {
 	if err := f.Add(moved); err != nil || k.Transactions != before+1 {
 		t.Fatalf("Add with another address: %v, %d transactions", err, k.Transactions-before)
 	}
-	if r, _ := k.Rules("ova"); len(r) != len(endpointRules(moved)) {
+	if r, _ := k.Rules(table, ChainPrefix+"ova"); len(r) != len(endpointRules(moved)) {
 		t.Fatalf("ova's chain after the change holds %d rules, want %d", len(r), len(endpointRules(moved)))
 	}
 	if err := f.Del("ova"); err != nil {
@@ -64,7 +66,7 @@ func TestFilterWithoutRoot(t *testing.T) {
 		t.Fatalf("Del of a port without checks: %v", err)
 	}
 	havePorts(t, f, "ovb")
-	if _, ok := k.Rules("ova"); ok {
+	if _, ok := k.Rules(table, ChainPrefix+"ova"); ok {
 		t.Fatal("ova's chain is still there")
 	}
 	if err := f.Teardown(); err != nil {
@@ -83,7 +85,7 @@ func TestFilterWithoutRoot(t *testing.T) {
 // asked for, dropping stale ones; a failed transaction changes nothing and
 // makes the next Add rewrite whole.
 func TestFilterDriftAndFailureWithoutRoot(t *testing.T) {
-	k := NewFake()
+	k := nft.NewFake()
 	f := NewWith(k.Dial)
 	a, b, c := fakeEP("ova", 2), fakeEP("ovb", 3), fakeEP("ovc", 4)
 	if err := f.Sync([]Endpoint{a, b}); err != nil {
@@ -100,7 +102,7 @@ func TestFilterDriftAndFailureWithoutRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	havePorts(t, f, "ova", "ovc")
-	if _, ok := k.Rules("ovb"); ok {
+	if _, ok := k.Rules(table, ChainPrefix+"ovb"); ok {
 		t.Fatal("a stale port's chain survived Sync")
 	}
 	boom := errors.New("netlink: boom")

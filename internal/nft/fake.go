@@ -1,4 +1,4 @@
-package antispoof
+package nft
 
 import (
 	"fmt"
@@ -39,7 +39,7 @@ type fakeChain struct {
 // NewFake returns an empty ruleset.
 func NewFake() *Fake { return &Fake{tables: map[string]*fakeTable{}} }
 
-// Dial opens a connection to the fake (the Filter's dial).
+// Dial opens a connection to the fake (a dial function for New's users).
 func (k *Fake) Dial() (Conn, error) { return &fakeConn{k: k}, nil }
 
 func tableKey(t *nftables.Table) string { return fmt.Sprintf("%d/%s", t.Family, t.Name) }
@@ -298,14 +298,14 @@ func (c *fakeConn) GetRules(t *nftables.Table, ch *nftables.Chain) ([]*nftables.
 	return slices.Clone(ft.chains[ch.Name].rules), nil
 }
 
-// Rules returns the rules of port's chain (nil, false: it has none), for
-// tests.
-func (k *Fake) Rules(port string) ([]*nftables.Rule, bool) {
+// Rules returns the rules of one chain (nil, false: there is no such
+// chain), for tests.
+func (k *Fake) Rules(t *nftables.Table, chain string) ([]*nftables.Rule, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	ft := k.tables[tableKey(table)]
-	if ft == nil || ft.chains[ChainPrefix+port] == nil {
+	ft := k.tables[tableKey(t)]
+	if ft == nil || ft.chains[chain] == nil {
 		return nil, false
 	}
-	return slices.Clone(ft.chains[ChainPrefix+port].rules), true
+	return slices.Clone(ft.chains[chain].rules), true
 }
