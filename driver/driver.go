@@ -48,7 +48,6 @@ type Firewall interface {
 	DelNetwork(id string) error
 	Drifted([]firewall.Network) ([]firewall.Network, error)
 	EnsureForeignBridges([]string) error
-	EnsureBridges([]string) error
 	OwnedNetworks() (map[string]bool, error)
 }
 

@@ -75,7 +75,6 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	}
 	crash.Point("create-network:after-save")
 	d.networks[n.ID] = n
-	d.ensureBridges()
 	if n.Cluster != nil {
 		d.startAgent(n)
 		d.kickSync()
@@ -270,7 +269,6 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	// record that resurrects a deleted network.
 	d.forget("network", bucketNetworks, n.ID)
 	delete(d.networks, n.ID)
-	d.ensureBridges()
 	d.leaveCluster(n)
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {

@@ -99,7 +99,7 @@ func (d *Driver) Reconcile() {
 	if d.cl != nil {
 		d.updateGuard() // read again: Setup forgot what the firewall knew of it
 	}
-	d.applyForeign(d.lockedBridges())
+	d.ensureForeign()
 	nets := d.repairAllLinks()
 	// The networks' own rules before the published ports': after a flush
 	// of every table, containers talk again one step sooner.
@@ -160,7 +160,7 @@ func (d *Driver) ReconcileLinks(names map[string]bool, all bool) (repaired bool)
 		changed := err == nil && !slices.Equal(sorted(have), d.foreign)
 		d.foreignMu.Unlock()
 		if changed {
-			d.applyForeign(d.lockedBridges())
+			d.ensureForeign()
 		}
 	}
 	return repaired
@@ -244,21 +244,9 @@ func (d *Driver) repairLinks(only func(name string) bool) (repaired bool) {
 }
 
 // ensureForeign makes OURNET-FOREIGN, every network's way out, list the
-// host's bridges that are not ournet's, and OURNET-BRIDGES the container
-// bridges (ensureBridges). Called with d.mu held.
-func (d *Driver) ensureForeign() { d.applyForeign(d.bridgesWanted()) }
-
-// lockedBridges is bridgesWanted under the driver's lock.
-func (d *Driver) lockedBridges() []string {
-	defer d.lock()()
-	return d.bridgesWanted()
-}
-
-// applyForeign rewrites OURNET-BRIDGES to list bridges (nil: left alone)
-// and OURNET-FOREIGN to list the host's other bridges, each where it
-// differs. It needs no driver lock.
-func (d *Driver) applyForeign(bridges []string) {
-	d.applyBridges(bridges)
+// host's bridges that are not ournet's, where it differs. It needs no
+// driver lock.
+func (d *Driver) ensureForeign() {
 	foreign, err := d.links.ForeignBridges()
 	if err != nil {
 		logNet("").WithError(err).Warn("drift: listing bridges")
@@ -271,41 +259,6 @@ func (d *Driver) applyForeign(bridges []string) {
 	d.foreignMu.Lock()
 	d.foreign = sorted(foreign)
 	d.foreignMu.Unlock()
-}
-
-// ensureBridges makes OURNET-BRIDGES list the container bridges: ournet's
-// and the engine's (docker0, br-+, added by the firewall), for the
-// nat-unprotected networks that jump there; never a host's own bridge (a
-// LAN uplink such as br0 or virbr0), whose traffic is "the outside". With
-// no such network it is left alone, so that creating a network costs no
-// more rules. Called with d.mu held.
-func (d *Driver) ensureBridges() { d.applyBridges(d.bridgesWanted()) }
-
-// applyBridges rewrites OURNET-BRIDGES, where it differs, to list
-// bridges; nil leaves it alone. It needs no driver lock.
-func (d *Driver) applyBridges(bridges []string) {
-	if bridges == nil {
-		return
-	}
-	if err := d.fw.EnsureBridges(bridges); err != nil {
-		logNet("").WithError(err).Warn("container bridges")
-	}
-}
-
-// bridgesWanted is what OURNET-BRIDGES should list: every ournet bridge,
-// if a nat-unprotected network exists; nil if none does. Called with d.mu
-// held.
-func (d *Driver) bridgesWanted() []string {
-	all := []string{}
-	unprotected := false
-	for _, n := range d.networks {
-		all = append(all, n.Bridge)
-		unprotected = unprotected || n.Options.GwModeV4 == gwUnprotected || n.Options.GwModeV6 == gwUnprotected
-	}
-	if !unprotected {
-		return nil
-	}
-	return all
 }
 
 // reattachEndpoints puts n's existing host veths back on its bridge.

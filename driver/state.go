@@ -81,7 +81,7 @@ type Endpoint struct {
 }
 
 func (n *Network) bridge() netdev.Bridge {
-	b := netdev.Bridge{Name: n.Bridge, Owner: n.ID, MTU: n.Options.MTU, MAC: bridgeMAC(n.ID)}
+	b := netdev.Bridge{Name: n.Bridge, Owner: n.ID, MTU: n.Options.MTU, MAC: bridgeMAC(n.ID), Group: firewall.BridgeGroup}
 	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
 		v4 := s.Gateway.Addr().Is4()
 		if s.Gateway.IsValid() && !(v4 && (n.Options.InhibitIPv4 || n.Options.GwModeV4 == gwIsolated)) && !(!v4 && n.Options.GwModeV6 == gwIsolated) {
@@ -147,7 +147,6 @@ func (d *Driver) Restore() error {
 			}
 		}
 	}
-	d.ensureBridges()
 	for _, n := range nets {
 		d.reattachEndpoints(n)
 	}

@@ -255,52 +255,50 @@ func median(ds []float64) float64 {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// rules counts the iptables and ip6tables rules (all tables) that creating
-// one network adds, for each driver.
+// rules counts the firewall rules that creating one network adds, for
+// each driver: iptables and ip6tables rules (all tables), and in ournet's
+// nftables table its rules and map elements.
 func (b *bench) rules() error {
-	count := func() (v4, v6 int, err error) {
+	count := func() (n [3]int, err error) {
 		for i, tool := range []string{"iptables-save", "ip6tables-save"} {
 			out, err := b.e.Sh(tool)
 			if err != nil {
-				return 0, 0, fmt.Errorf("%s: %w: %s", tool, err, out)
+				return n, fmt.Errorf("%s: %w: %s", tool, err, out)
 			}
-			n := 0
 			for _, l := range strings.Split(out, "\n") {
 				if strings.HasPrefix(l, "-A ") {
-					n++
+					n[i]++
 				}
 			}
-			if i == 0 {
-				v4 = n
-			} else {
-				v6 = n
-			}
 		}
-		return v4, v6, nil
+		out, _ := b.e.Sh("nft", "list", "table", "inet", "ournet") // absent before ournet's first network
+		n[2] = strings.Count(out, ` comment "ournet:`) + strings.Count(out, `: jump `) + strings.Count(out, `" : drop`)
+		return n, nil
 	}
-	added := map[driverKind][2]int{}
+	added := map[driverKind][3]int{}
 	for i, d := range []driverKind{drvOurnet, drvBridge} {
 		name := "br-rules-" + string(d)
-		v4, v6, err := count()
+		before, err := count()
 		if err != nil {
 			return err
 		}
 		if _, err := b.docker(append(append([]string{"network", "create"}, netArgs(d, fmt.Sprintf("198.18.24%d.0/24", i))...), name)...); err != nil {
 			return err
 		}
-		a4, a6, err := count()
+		after, err := count()
 		_, _ = b.docker("network", "rm", name)
 		if err != nil {
 			return err
 		}
-		added[d] = [2]int{a4 - v4, a6 - v6}
+		added[d] = [3]int{after[0] - before[0], after[1] - before[1], after[2] - before[2]}
 	}
 	o, br := added[drvOurnet], added[drvBridge]
 	b.add(&result{
-		Key: "rules/network", Name: "firewall rules added per network (IPv4 + IPv6)",
-		Ournet: float64(o[0] + o[1]), Base: float64(br[0] + br[1]), Unit: "rules",
+		Key: "rules/network", Name: "firewall rules added per network (IPv4 + IPv6 + nftables)",
+		Ournet: float64(o[0] + o[1] + o[2]), Base: float64(br[0] + br[1] + br[2]), Unit: "rules",
 		Goal: 1.0, Upper: true,
-		Note: fmt.Sprintf("ournet %d + %d, bridge %d + %d (iptables + ip6tables); an IPv4-only network", o[0], o[1], br[0], br[1]),
+		Note: fmt.Sprintf("ournet %d + %d + %d, bridge %d + %d + %d (iptables + ip6tables + rules and map elements in ournet's nftables table); an IPv4-only network",
+			o[0], o[1], o[2], br[0], br[1], br[2]),
 	})
 	return nil
 }

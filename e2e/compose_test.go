@@ -172,21 +172,15 @@ func assertNetworksGone(t *testing.T, e *Engine, ids []string, hostPorts ...stri
 			t.Errorf("bridge ournet-%s of removed network %s is left:\n%s", id[:8], id, links)
 		}
 	}
-	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-		dump, err := e.Sh(tool)
-		if err != nil {
-			t.Fatalf("%s: %v", tool, err)
-		}
-		for _, line := range strings.Split(dump, "\n") {
-			for _, id := range ids {
-				if strings.Contains(line, id[:12]) {
-					t.Errorf("%s keeps a rule of removed network %s: %s", tool, id, line)
-				}
+	for _, line := range strings.Split(e.Rules(), "\n") {
+		for _, id := range ids {
+			if strings.Contains(line, id[:12]) {
+				t.Errorf("the firewall keeps a rule of removed network %s: %s", id, line)
 			}
-			for _, p := range hostPorts {
-				if strings.Contains(line, "--dport "+p) {
-					t.Errorf("%s keeps a rule of host port %s: %s", tool, p, line)
-				}
+		}
+		for _, p := range hostPorts {
+			if strings.Contains(line, "--dport "+p) {
+				t.Errorf("the firewall keeps a rule of host port %s: %s", p, line)
 			}
 		}
 	}

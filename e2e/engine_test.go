@@ -222,6 +222,19 @@ func (e *Engine) Sh(args ...string) (string, error) {
 	return strings.TrimSpace(string(out)), err
 }
 
+// Rules is the engine host's whole firewall as text: iptables-save,
+// ip6tables-save and ournet's nftables table (table inet ournet: the
+// networks' own rules, "chain net-<id>", each rule commented
+// "ournet:<id> ...").
+func (e *Engine) Rules() string {
+	var b strings.Builder
+	for _, tool := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "table", "inet", "ournet"}} {
+		out, _ := e.Sh(tool...)
+		b.WriteString(out + "\n")
+	}
+	return b.String()
+}
+
 // LinkExists reports whether the engine's host has a link of that name.
 func (e *Engine) LinkExists(name string) bool {
 	_, err := e.Sh("ip", "link", "show", name)

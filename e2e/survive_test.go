@@ -220,12 +220,23 @@ func TestDriftRepair(t *testing.T) {
 	}
 	// Read right after the flush, before the next repair: the flush really
 	// removed ournet's rules, so what follows proves the repair.
-	if out, _ := e.Sh("iptables-save"); strings.Contains(out, "OURNET-I-") {
+	if out, _ := e.Sh("iptables-save"); strings.Contains(out, "OURNET-FORWARD") {
 		t.Fatal("the flush did not remove ournet's rules: the test proves nothing")
 	}
 	waitFor(t, 15*time.Second, "rules restored after a flush", func() error { return e.Ping("keep-a", "keep-b") })
-
+	// ournet's nftables table deleted (as `nft flush ruleset` would): it
+	// comes back, with the network's chain.
 	id := e.Run(t, "network", "inspect", "-f", "{{.Id}}", "keep")
+	if out, err := e.Sh("nft", "delete", "table", "inet", "ournet"); err != nil {
+		t.Fatal(out, err)
+	}
+	waitFor(t, 15*time.Second, "table inet ournet restored", func() error {
+		if out, _ := e.Sh("nft", "list", "chain", "inet", "ournet", "net-"+id[:12]); !strings.Contains(out, "icc on") {
+			return fmt.Errorf("not yet: %s", out)
+		}
+		return e.Ping("keep-a", "keep-b")
+	})
+
 	if out, err := e.Sh("ip", "link", "del", "ournet-"+id[:8]); err != nil {
 		t.Fatal(out, err)
 	}

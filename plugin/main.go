@@ -24,6 +24,7 @@ import (
 	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/nft"
 	"github.com/ournet/ournet/internal/portmap"
 	"github.com/ournet/ournet/internal/store"
 	"github.com/ournet/ournet/internal/sysctl"
@@ -150,7 +151,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("finding iptables: %w", err)
 	}
-	fw := firewall.New(runner, families...)
+	fw := firewall.New(runner, nft.Dialer(), families...)
 
 	// The state file is checked before anything trusts it: an empty,
 	// unreadable or (with ournet's objects in the kernel) missing one is

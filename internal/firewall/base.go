@@ -8,9 +8,10 @@ import (
 	"github.com/ournet/ournet/internal/iptables"
 )
 
-// Setup creates the base chains and jumps where they are missing or out of
-// place, after the cleaner has removed what older versions left; safe to
-// call at any time, and it writes nothing when all is in place.
+// Setup creates the static iptables chains and jumps where they are
+// missing or out of place, after the cleaner has removed what older
+// versions left, and the nftables table's base where it is not intact;
+// safe to call at any time, and it writes nothing when all is in place.
 // OURNET-FOREIGN, every network's way out, is filled by
 // Set/EnsureForeignBridges, which must follow before any network is used.
 func (fw *Firewall) Setup() error {
@@ -19,51 +20,52 @@ func (fw *Firewall) Setup() error {
 	fw.mu.Unlock()
 	for _, f := range fw.families {
 		// Read without the lock: a repair round's reads must not hold up
-		// the networks being added meanwhile (they touch other chains).
+		// the networks being added meanwhile.
 		saved, err := iptables.Read(fw.run, f, tables...)
 		if err != nil {
 			return err
 		}
-		clean := CleanScript(saved)
-		script := clean + BaseScript(saved)
+		script := CleanScript(saved) + BaseScript(saved)
 		if script == "" {
 			continue
 		}
-		// Moving a jump (dockerd's start and its every bridge network put
-		// their rules on top) leaves the networks' lines as they are: the
-		// cache stays. A base chain made again, or an older layout
-		// removed, changes them.
-		if err := fw.write(f, script, clean != "" || !hasCachedChains(saved)); err != nil {
+		if err := fw.write(f, script); err != nil {
 			return fmt.Errorf("%s: setting up the base chains: %w", f, err)
 		}
+	}
+	return fw.setupNFT()
+}
+
+// setupNFT rewrites the table's base if it is not intact.
+func (fw *Firewall) setupNFT() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	c, err := fw.dial()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	s, err := readNFT(c, false)
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	if s.baseIntact {
+		return nil
+	}
+	fw.known = nil // the networks' objects are checked again by Drifted
+	if err := ensureBase(c); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: setting up table inet %s: %w", TableName, err)
 	}
 	return nil
 }
 
-// write applies a script that is not one network's change. One that may
-// touch the chains the cache holds (invalidates) makes the next change
-// read the tables again.
-func (fw *Firewall) write(f iptables.Family, script string, invalidates bool) error {
+// write applies a script that is not one network's change.
+func (fw *Firewall) write(f iptables.Family, script string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	if invalidates {
-		fw.gen++
-		delete(fw.jumps, f)
-	}
 	return fw.run.Restore(f, script)
-}
-
-// hasCachedChains reports whether every chain the cache holds lines of
-// exists.
-func hasCachedChains(saved iptables.Tables) bool {
-	for _, table := range tables {
-		for _, c := range basesOf(table) {
-			if _, ok := saved[table][c]; !ok {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // baseChain is one base chain and the built-in chain that jumps to it
@@ -72,25 +74,24 @@ type baseChain struct{ table, chain, parent string }
 
 var baseChains = []baseChain{
 	{"filter", ForeignChain, ""},
-	{"filter", BridgesChain, ""},
-	{"filter", IntoChain, ""},
-	{"filter", OutofChain, ""},
 	{"filter", ForwardChain, "FORWARD"},
-	{"mangle", GuardChain, "FORWARD"},
-	{"nat", PostroutingChain, "POSTROUTING"},
 }
 
-// forwardRules is all OURNET-FORWARD holds: every packet meets all the
-// "-o <bridge>" lines before any "-i <bridge>" line.
-var forwardRules = []string{"-A " + ForwardChain + " -j " + IntoChain, "-A " + ForwardChain + " -j " + OutofChain}
+// forwardRules is all OURNET-FORWARD holds: what goes into an ournet
+// bridge was judged by the table's forward chain (which dropped what it
+// must); what leaves one for elsewhere goes through OURNET-FOREIGN.
+var forwardRules = []string{
+	fmt.Sprintf("-A %s -m devgroup --dst-group 0x%x -j ACCEPT", ForwardChain, BridgeGroup),
+	fmt.Sprintf("-A %s -m devgroup --src-group 0x%x -j %s", ForwardChain, BridgeGroup, ForeignChain),
+}
 
 // BaseScript is the iptables-restore input that creates what is missing
 // of the base chains and puts their jumps in place, given what
 // iptables-save shows now (after CleanScript's changes); "" if nothing is.
 // The FORWARD jump goes right after dockerd's DOCKER-USER jump, so the
 // user's rules still come first, and before dockerd's own ACCEPT rules for
-// its bridges; the others go first. OURNET-FORWARD holds exactly its two
-// jumps: anything else there is replaced, atomically.
+// its bridges. OURNET-FORWARD holds exactly its two rules: anything else
+// there is replaced, atomically.
 func BaseScript(saved iptables.Tables) string {
 	var b strings.Builder
 	for _, table := range tables {

@@ -7,16 +7,21 @@ import (
 	"github.com/ournet/ournet/internal/iptables"
 )
 
-// The cleaner removes what older versions of ournet left and the current
-// one never writes: the per-network chains of the layout with four chains
-// per network (OURNET-O-, -G-, -N-<id>) and every line that jumps to them.
-// It runs in Setup, at start and in every full repair round, so that the
-// code that adds, deletes and checks networks knows only today's layout.
+// The cleaner removes what older versions of ournet left in iptables and
+// the current one never writes (iptables.Legacy): the per-network chains
+// of the layouts before the nftables table, the base chains that held the
+// networks' lines, and every line that jumps to them. It runs in Setup, at
+// start and in every full repair round, so that the code that adds,
+// deletes and checks networks knows only today's layout.
 
-// legacy reports whether chain is a per-network chain of an older layout.
+// legacy reports whether chain is a chain of an older layout.
 func legacy(table, chain string) bool {
-	p, ok := iptables.LegacyNetworkPrefixes[table]
-	return ok && strings.HasPrefix(chain, p)
+	for _, l := range iptables.Legacy[table] {
+		if chain == l || strings.HasSuffix(l, "-") && strings.HasPrefix(chain, l) {
+			return true
+		}
+	}
+	return false
 }
 
 // CleanScript is the iptables-restore input that removes the older
@@ -69,7 +74,7 @@ func cleaned(lines []string) []string {
 // legacyAnywhere reports whether chain is an older layout's per-network
 // chain of any table (a jump names only the chain).
 func legacyAnywhere(chain string) bool {
-	for table := range iptables.LegacyNetworkPrefixes {
+	for table := range iptables.Legacy {
 		if legacy(table, chain) {
 			return true
 		}

@@ -6,13 +6,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
+
 	"github.com/ournet/ournet/internal/iptables"
+	"github.com/ournet/ournet/internal/nft"
 )
 
-// These run without root, over iptables.Fake; the *InNetns tests show the
-// same on the kernel.
+// These run without root, over iptables.Fake and nft.Fake; the *InNetns
+// tests show the same on the kernel.
 
-func fakeFirewall(t *testing.T) (*Firewall, *iptables.Fake) {
+func fakeFirewall(t *testing.T) (*Firewall, *iptables.Fake, *nft.Fake) {
 	t.Helper()
 	k := iptables.NewFake()
 	// dockerd's chains, as it leaves them.
@@ -21,14 +24,15 @@ func fakeFirewall(t *testing.T) (*Firewall, *iptables.Fake) {
 			t.Fatal(err)
 		}
 	}
-	fw := New(k, iptables.IPv4, iptables.IPv6)
+	kn := nft.NewFake()
+	fw := New(k, kn.Dial, iptables.IPv4, iptables.IPv6)
 	if err := fw.Setup(); err != nil {
 		t.Fatal(err)
 	}
 	if err := fw.EnsureForeignBridges(nil); err != nil {
 		t.Fatal(err)
 	}
-	return fw, k
+	return fw, k, kn
 }
 
 func dumpAll(t *testing.T, k *iptables.Fake) string {
@@ -46,17 +50,35 @@ func dumpAll(t *testing.T, k *iptables.Fake) string {
 	return b.String()
 }
 
-// Setup writes nothing when all is in place, and puts the FORWARD jump
-// back right after DOCKER-USER when dockerd's restart put its rules above.
+// fakeRules lists the comments of a chain of the table.
+func fakeRules(t *testing.T, kn *nft.Fake, chain string) []string {
+	t.Helper()
+	rules, ok := kn.Rules(table, chain)
+	if !ok {
+		return nil
+	}
+	out := []string{}
+	for _, r := range rules {
+		out = append(out, commentOf(r))
+	}
+	return out
+}
+
+// Setup writes nothing when all is in place, puts the FORWARD jump back
+// right after DOCKER-USER when dockerd's restart put its rules above, and
+// removes the older layouts' chains.
 func TestSetupWithoutRoot(t *testing.T) {
-	fw, k := fakeFirewall(t)
+	fw, k, kn := fakeFirewall(t)
 	fwd, _ := k.Rules(iptables.IPv4, "filter", "FORWARD")
 	if !slices.Equal(fwd, []string{"-A FORWARD -j DOCKER-USER", "-A FORWARD -j " + ForwardChain, "-A FORWARD -o docker0 -j DOCKER"}) {
 		t.Fatalf("FORWARD = %q", fwd)
 	}
-	before := k.Restores
-	if err := fw.Setup(); err != nil || k.Restores != before {
-		t.Fatalf("Setup again: %v, %d restores", err, k.Restores-before)
+	if got := fakeRules(t, kn, ForwardBase); !slices.Equal(got, comments(forwardBaseRules())) {
+		t.Fatalf("table's forward chain = %q", got)
+	}
+	before, txs := k.Restores, kn.Transactions
+	if err := fw.Setup(); err != nil || k.Restores != before || kn.Transactions != txs {
+		t.Fatalf("Setup again: %v, %d restores, %d transactions", err, k.Restores-before, kn.Transactions-txs)
 	}
 	// dockerd's restart: its rules, then its jump, on top.
 	if err := k.Restore(iptables.IPv4, "*filter\n-I FORWARD 1 -i docker0 -j ACCEPT\n-D FORWARD -j DOCKER-USER\n-I FORWARD 1 -j DOCKER-USER\n-A "+ForwardChain+" -i brx -j ACCEPT\nCOMMIT\n"); err != nil {
@@ -72,44 +94,75 @@ func TestSetupWithoutRoot(t *testing.T) {
 	if got, _ := k.Rules(iptables.IPv4, "filter", ForwardChain); !slices.Equal(got, forwardRules) {
 		t.Fatalf("OURNET-FORWARD = %q", got)
 	}
-	// The cleaner: an older layout's chains and jumps go.
-	old := "OURNET-O-" + iptables.Short(cases[0].n.ID)
-	if err := k.Restore(iptables.IPv4, "*filter\n:"+old+" - [0:0]\n-A "+ForwardChain+" -i br0 -j "+old+"\n-A FORWARD -j "+old+"\nCOMMIT\n*nat\n:OURNET-N-x - [0:0]\n-A "+PostroutingChain+" -j OURNET-N-x\nCOMMIT\n"); err != nil {
+	// The cleaner: the older layouts' chains and jumps go.
+	id := iptables.Short(cases[0].n.ID)
+	old := "*filter\n:OURNET-O-" + id + " - [0:0]\n:OURNET-I-" + id + " - [0:0]\n:OURNET-INTO - [0:0]\n:OURNET-BRIDGES - [0:0]\n" +
+		"-A " + ForwardChain + " -i br0 -j OURNET-O-" + id + "\n-A FORWARD -j OURNET-O-" + id + "\n-A " + ForwardChain + " -j OURNET-INTO\n" +
+		"-A OURNET-INTO -o br0 -j OURNET-I-" + id + "\n-A OURNET-I-" + id + " -j OURNET-BRIDGES\nCOMMIT\n" +
+		"*mangle\n:OURNET-GUARD - [0:0]\n-A FORWARD -j OURNET-GUARD\nCOMMIT\n" +
+		"*nat\n:OURNET-POSTROUTING - [0:0]\n:OURNET-N-x - [0:0]\n-A POSTROUTING -j OURNET-POSTROUTING\n-A OURNET-POSTROUTING -j OURNET-N-x\nCOMMIT\n"
+	if err := k.Restore(iptables.IPv4, old); err != nil {
 		t.Fatal(err)
 	}
 	if err := fw.Setup(); err != nil {
 		t.Fatal(err)
 	}
-	if d := dumpAll(t, k); strings.Contains(d, "OURNET-O-") || strings.Contains(d, "OURNET-N-") {
-		t.Fatalf("older layout left after Setup:\n%s", d)
+	d := dumpAll(t, k)
+	for _, c := range []string{"OURNET-O-", "OURNET-N-", "OURNET-I", "OURNET-BRIDGES", "OURNET-GUARD", "OURNET-POSTROUTING"} {
+		if strings.Contains(d, c) {
+			t.Fatalf("older layout (%s) left after Setup:\n%s", c, d)
+		}
+	}
+	// The table's base chain flushed by someone: Setup rewrites it.
+	c, _ := kn.Dial()
+	c.FlushChain(nftChain(ForwardBase))
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fakeRules(t, kn, ForwardBase); !slices.Equal(got, comments(forwardBaseRules())) {
+		t.Fatalf("table's forward chain after a flush and Setup = %q", got)
 	}
 }
 
-// Adding every network twice changes nothing the second time and reads no
-// table (the cache); deleting them restores the tables exactly; a stale
-// cache (a line deleted by someone else) costs one retry, not a failure.
+// Networks: the first add after a start reads the table and writes the
+// base; every later new network only creates (the base's rules keep their
+// handles, one transaction each); adding again writes nothing; deleting
+// every network (twice) leaves the table as it was; a failing transaction
+// is reported.
 func TestNetworksWithoutRoot(t *testing.T) {
-	fw, k := fakeFirewall(t)
-	empty := dumpAll(t, k)
+	fw, _, kn := fakeFirewall(t)
+	empty := fakeRules(t, kn, NATBase)
+	base, _ := kn.Rules(table, ForwardBase)
 	var nets []Network
-	for _, c := range cases {
+	for i, c := range cases {
 		nets = append(nets, c.n)
+		txs := kn.Transactions
 		if err := fw.AddNetwork(c.n); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
+		if kn.Transactions != txs+1 {
+			t.Fatalf("%s: %d transactions, want 1", c.name, kn.Transactions-txs)
+		}
+		if now, _ := kn.Rules(table, ForwardBase); i > 0 && now[0].Handle != base[0].Handle {
+			t.Fatalf("%s: the base was rewritten for a new network", c.name)
+		} else {
+			base = now
+		}
+		if got := fakeRules(t, kn, NetPrefix+iptables.Short(c.n.ID)); !slices.Equal(got, comments(netRules(c.n))) {
+			t.Fatalf("%s: chain = %q", c.name, got)
+		}
 	}
-	all := dumpAll(t, k)
-	saves := k.Saves
+	txs := kn.Transactions
 	for _, c := range cases {
 		if err := fw.AddNetwork(c.n); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if k.Saves != saves {
-		t.Errorf("adding networks again read %d tables; the cache should have answered", k.Saves-saves)
-	}
-	if got := dumpAll(t, k); got != all {
-		t.Fatalf("adding again changed the rules:\n%s\nwant\n%s", got, all)
+	if kn.Transactions != txs {
+		t.Errorf("adding networks again made %d transactions", kn.Transactions-txs)
 	}
 	if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
 		t.Fatalf("fresh rules drifted: %v %v", d, err)
@@ -117,10 +170,15 @@ func TestNetworksWithoutRoot(t *testing.T) {
 	if ids, err := fw.OwnedNetworks(); err != nil || len(ids) != len(cases) || !ids["0123456789ab"] {
 		t.Fatalf("OwnedNetworks = %v, %v", ids, err)
 	}
-	// Someone else deletes a line of network 0 behind the cache's back.
-	out := "-A " + OutofChain + " -i " + cases[0].n.Bridge + " " + tag(cases[0].n.ID) + " -j " + ForeignChain
-	if err := k.Restore(iptables.IPv4, "*filter\n"+iptables.DeleteLine(out)+"\nCOMMIT\n"); err != nil {
+	// A second firewall (a restarted plugin) adds them all again: the
+	// same table.
+	nat := fakeRules(t, kn, NATBase)
+	fw2 := New(iptables.NewFake(), kn.Dial, iptables.IPv4)
+	if err := fw2.AddNetworks(nets); err != nil {
 		t.Fatal(err)
+	}
+	if got := fakeRules(t, kn, NATBase); !slices.Equal(got, nat) {
+		t.Fatalf("nat chain after a second AddNetworks = %q, want %q", got, nat)
 	}
 	for _, c := range cases {
 		if err := fw.DelNetwork(c.n.ID); err != nil {
@@ -130,13 +188,23 @@ func TestNetworksWithoutRoot(t *testing.T) {
 			t.Fatalf("del %s again: %v", c.name, err)
 		}
 	}
-	if got := dumpAll(t, k); got != empty {
-		t.Fatalf("after removing every network:\n%s\nwant\n%s", got, empty)
+	if got := fakeRules(t, kn, NATBase); !slices.Equal(got, empty) {
+		t.Fatalf("nat chain after removing every network = %q", got)
 	}
-	// A restore that fails twice is reported, naming the family.
-	k.Fail = func(iptables.Family, string) error { return errFake }
-	if err := fw.AddNetwork(cases[0].n); err == nil || !strings.Contains(err.Error(), "iptables: adding the rules of 1 network(s): fake failure") {
-		t.Fatalf("failing restore = %v", err)
+	if ids, err := fw.OwnedNetworks(); err != nil || len(ids) != 0 {
+		t.Fatalf("after removing every network: OwnedNetworks = %v, %v", ids, err)
+	}
+	// A transaction that fails is reported; the next add rewrites.
+	kn.Fail = func() error { return errFake }
+	if err := fw.AddNetwork(cases[0].n); err == nil || !strings.Contains(err.Error(), "fake failure") {
+		t.Fatalf("failing transaction = %v", err)
+	}
+	kn.Fail = nil
+	if err := fw.AddNetwork(cases[0].n); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := fw.Drifted(nets[:1]); err != nil || len(d) != 0 {
+		t.Fatalf("after a failure and a retry: drifted %v, %v", d, err)
 	}
 }
 
@@ -146,10 +214,10 @@ func (e fakeErr) Error() string { return string(e) }
 
 const errFake = fakeErr("fake failure")
 
-// Drift: a flushed chain, a deleted line, a foreign tagged line are seen,
-// network by network, and AddNetwork repairs them.
+// Drift: a flushed chain, a deleted element, a rule added, a masquerade
+// removed are seen, network by network, and AddNetworks repairs them.
 func TestDriftWithoutRoot(t *testing.T) {
-	fw, k := fakeFirewall(t)
+	fw, _, kn := fakeFirewall(t)
 	var nets []Network
 	for _, c := range cases {
 		nets = append(nets, c.n)
@@ -157,30 +225,63 @@ func TestDriftWithoutRoot(t *testing.T) {
 	if err := fw.AddNetworks(nets); err != nil {
 		t.Fatal(err)
 	}
-	masq, _ := k.Rules(iptables.IPv4, "nat", PostroutingChain)
-	damage := "*filter\n-F " + inChain(cases[0].n.ID) + "\nCOMMIT\n*nat\n" + iptables.DeleteLine(masq[1]) + "\nCOMMIT\n" +
-		"*mangle\n-A " + GuardChain + " " + tag(cases[2].n.ID) + " -j DROP\nCOMMIT\n"
-	if err := k.Restore(iptables.IPv4, damage); err != nil {
+	c, _ := kn.Dial()
+	c.FlushChain(netChain(cases[0].n.ID))
+	if err := c.SetDeleteElements(intoMap(), []nftables.SetElement{{Key: nft.IfName(cases[1].n.Bridge)}}); err != nil {
+		t.Fatal(err)
+	}
+	c.AddRule(&nftables.Rule{Table: table, Chain: netChain(cases[2].n.ID)})
+	masq, _ := kn.Rules(table, NATBase)
+	for _, r := range masq {
+		if owner(r) == iptables.Short(cases[4].n.ID) {
+			if err := c.DelRule(r); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	d, err := fw.Drifted(nets)
-	if err != nil || len(d) != 3 || d[0].ID != cases[0].n.ID || d[1].ID != cases[1].n.ID || d[2].ID != cases[2].n.ID {
-		t.Fatalf("Drifted = %v, %v; want the three damaged networks", d, err)
-	}
+	var got []string
 	for _, n := range d {
-		if err := fw.AddNetwork(n); err != nil {
-			t.Fatal(err)
-		}
+		got = append(got, n.ID)
+	}
+	if want := []string{cases[0].n.ID, cases[1].n.ID, cases[2].n.ID, cases[4].n.ID}; err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Drifted = %v, %v; want %v", got, err, want)
+	}
+	if err := fw.AddNetworks(d); err != nil {
+		t.Fatal(err)
 	}
 	if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
 		t.Fatalf("repaired rules still drifted: %v %v", d, err)
 	}
+	// The table deleted whole (nft flush ruleset): everything drifts, and
+	// comes back.
+	c.DelTable(table)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := fw.Drifted(nets); err != nil || len(d) != len(nets) {
+		t.Fatalf("table gone: %d drifted, %v", len(d), err)
+	}
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.AddNetworks(nets); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
+		t.Fatalf("after the table came back: %d drifted, %v", len(d), err)
+	}
 }
 
 // OURNET-FOREIGN is rewritten only when it differs; Teardown leaves no
-// ournet chain in any table (published ports' included).
+// ournet chain in any table (published ports' included) and no nftables
+// table.
 func TestForeignAndTeardownWithoutRoot(t *testing.T) {
-	fw, k := fakeFirewall(t)
+	fw, k, kn := fakeFirewall(t)
 	before := k.Restores
 	if err := fw.EnsureForeignBridges(nil); err != nil || k.Restores != before {
 		t.Fatalf("EnsureForeignBridges with nothing to do: %v, %d restores", err, k.Restores-before)
@@ -204,13 +305,19 @@ func TestForeignAndTeardownWithoutRoot(t *testing.T) {
 	if d := dumpAll(t, k); strings.Contains(d, "OURNET") {
 		t.Fatalf("after Teardown:\n%s", d)
 	}
+	if _, ok := kn.Rules(table, ForwardBase); ok {
+		t.Fatal("table inet ournet left after Teardown")
+	}
+	if err := fw.Teardown(); err != nil {
+		t.Fatalf("Teardown again: %v", err)
+	}
 }
 
 // The VXLAN guard: asked again with the same hosts it reads nothing; after
 // a Setup (a repair round) it reads, and repairs a flushed chain; removed,
 // it stays removed without a read.
 func TestVXLANGuardWithoutRoot(t *testing.T) {
-	fw, k := fakeFirewall(t)
+	fw, k, _ := fakeFirewall(t)
 	local := netip.MustParseAddr("203.0.113.11")
 	hosts := []netip.Addr{netip.MustParseAddr("203.0.113.12")}
 	if err := fw.EnsureVXLAN(4789, "eth1", local, hosts, false); err != nil {

@@ -1,229 +1,232 @@
-// Package firewall programs the iptables rules of ournet's networks,
-// through the one iptables layer (internal/iptables) that port publishing
-// uses too. Its files, by concern:
+// Package firewall programs the rules of ournet's networks: their own in
+// an nftables table of ournet's, over netlink; a few static iptables rules
+// (through internal/iptables, the layer port publishing uses too) so that
+// dockerd's FORWARD policy and the user's DOCKER-USER rules still apply.
+// Its files, by concern:
 //
-//	firewall.go  the Firewall: adding and deleting networks, its cache
-//	rules.go     what one network's rules are (the model)
-//	scripts.go   the restore scripts that add and delete a network
-//	base.go      the base chains and their jumps (Setup)
+//	firewall.go  the Firewall: adding and deleting networks, what it knows
+//	rules.go     what the firewall knows of one network (the model)
+//	nftables.go  table inet ournet: its objects, reading it, changing it
+//	nftrules.go  the rules of that table, as expressions
+//	base.go      the static iptables chains and their jumps (Setup)
 //	cleaner.go   what older versions left, removed at Setup
-//	foreign.go   OURNET-FOREIGN and OURNET-BRIDGES: the other bridges
-//	drift.go     comparing the tables with what they should be; orphans
-//	teardown.go  removing every ournet chain
+//	foreign.go   OURNET-FOREIGN: the other bridges on the host
+//	drift.go     comparing the kernel with what it should hold; orphans
+//	teardown.go  removing every ournet chain and the table
 //	vxlan.go     the VXLAN port's guard (cluster networks)
 //
-// Layout. ournet never writes into dockerd's chains (dockerd flushes them at
-// start). It owns base chains, each reached by one jump:
+// Layout. Every ournet bridge is in device group BridgeGroup (0x6f75).
 //
-//	filter FORWARD     -> OURNET-FORWARD      (right after DOCKER-USER)
-//	                      -> OURNET-INTO, then OURNET-OUTOF
-//	mangle FORWARD     -> OURNET-GUARD        (first)
-//	nat    POSTROUTING -> OURNET-POSTROUTING
+//	table inet ournet {
+//		map into  { type ifname : verdict }   # "<bridge>" : jump net-<id>
+//		map outof { type ifname : verdict }   # an internal network's bridge : drop
+//		chain forward {                       # hook forward, priority filter - 5
+//			oifname vmap @into                # judged by the destination network
+//			oifgroup 0x6f75 drop              # an ournet bridge with no network
+//			iifname vmap @outof
+//		}
+//		chain net-<id> {                      # what may enter the network's bridge
+//			ct state established,related accept
+//			ct status dnat accept             # published ports (not internal)
+//			iifname "<bridge>" accept         # icc
+//			drop
+//		}
+//		chain postrouting {                   # hook postrouting, priority srcnat - 5
+//			ip saddr <subnet> oifname != "<bridge>" masquerade   # per subnet
+//		}
+//	}
+//
+// A nat-unprotected network's chain accepts, before its drop, whatever
+// does not come from a container bridge (ournet's group, docker0, br-*).
+// Each rule carries a comment naming its network ("ournet:<id> icc on
+// ...") by which drift is judged and the network's rules found.
+//
+// The table's forward chain runs before iptables' filter table, so what
+// it drops never meets dockerd's ACCEPT rules, whatever FORWARD's policy.
+// What it lets through still has to pass iptables' FORWARD (dockerd sets
+// its policy to DROP): there, right after dockerd's DOCKER-USER jump, so
+// that the user's rules come first,
+//
+//	filter FORWARD -> OURNET-FORWARD
+//		-m devgroup --dst-group 0x6f75 -j ACCEPT   # judged by the table
+//		-m devgroup --src-group 0x6f75 -j OURNET-FOREIGN
 //	filter OURNET-FOREIGN: the way out of every ournet network: dropped into
 //	                   bridges on the host that are not ournet's, else accepted
 //
-// and, per network (ID cut to 12 characters), one chain and a few lines in
-// the base chains, each line tagged with the comment "ournet:<id>" so that
-// it can be found and removed by the network's ID alone:
-//
-//	filter OURNET-I-<id>   every packet that leaves through the network's
-//	                       bridge: replies, published ports, same-network
-//	                       traffic (icc), and nothing else
-//	filter OURNET-INTO     -o <bridge> -j OURNET-I-<id>
-//	filter OURNET-OUTOF    -i <bridge> -j OURNET-FOREIGN (internal: DROP)
-//	mangle OURNET-GUARD    the I chain's final DROP again, in a table
-//	                       dockerd never reorders: isolation and "no direct
-//	                       routing" hold even if dockerd inserts its own
-//	                       ACCEPTs above ournet's jump, or FORWARD's policy
-//	                       is ACCEPT
-//	nat OURNET-POSTROUTING masquerade of each of the network's subnets
-//
-// That is 7 rules for a default IPv4 network (the bridge driver adds 8).
-//
-// OURNET-FORWARD sends every packet through all "-o <bridge>" lines
-// (OURNET-INTO) before any "-i <bridge>" line (OURNET-OUTOF), and every I
-// chain ends in a verdict. So a packet bound for an ournet
-// bridge is judged by the destination network alone, whoever sent it: that
-// alone isolates networks from each other with a constant number of rules
-// per network.
-//
-// A network's rules are rewritten whole in one iptables-restore --noflush
-// transaction (declaring a chain there flushes it; its tagged lines are
-// deleted and appended again only when they differ), so adding a network twice
-// is harmless and a failure leaves the previous rules intact.
+// These do not change with the networks: adding one is one nftables
+// transaction that only creates objects (a chain, its rules, a map
+// element, a masquerade rule), which costs the same however many networks
+// exist, and no process.
 package firewall
 
 import (
-	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 
 	"github.com/ournet/ournet/internal/iptables"
+	"github.com/ournet/ournet/internal/nft"
 )
 
-// Base chains, as the registry in internal/iptables names them.
+// Static iptables chains, as the registry in internal/iptables names them.
 const (
-	ForwardChain     = iptables.ForwardChain
-	IntoChain        = iptables.IntoChain
-	OutofChain       = iptables.OutofChain
-	GuardChain       = iptables.GuardChain
-	PostroutingChain = iptables.PostroutingChain
-	ForeignChain     = iptables.ForeignChain
-	// BridgesChain lists every container bridge on the host (ournet's and
-	// the engine's), each "-i <bridge> -j RETURN", then accepts: the I
-	// chain of a nat-unprotected network jumps here, so that the outside
-	// reaches every port while other container networks stay isolated.
-	BridgesChain = iptables.BridgesChain
+	ForwardChain = iptables.ForwardChain
+	ForeignChain = iptables.ForeignChain
 )
 
-// tables in the order scripts touch them.
+// tables are those the cleaner and Setup read, in the order scripts
+// touch them.
 var tables = []string{"filter", "mangle", "nat"}
 
 // Firewall serialises rule changes; it is safe for concurrent use.
 type Firewall struct {
 	mu       sync.Mutex
 	run      iptables.Runner
+	dial     func() (nft.Conn, error)
 	families []iptables.Family
-	// jumps caches, per family, the lines of the base chains (OURNET-INTO,
-	// OURNET-OUTOF, OURNET-GUARD, OURNET-POSTROUTING) as they were after
-	// ournet's last change, so that adding or removing a network is one
-	// iptables-restore, not a dump of every table first: the cost stays
-	// flat however many networks exist. A stale cache (someone else
-	// deleted a jump) makes the restore fail; the change is then retried
-	// once from a fresh dump.
-	jumps map[iptables.Family]iptables.Tables
+	// known, when not nil, says that the table's base is as ensureBase
+	// makes it and holds every network that has objects in the table,
+	// each with what they were last written or found to be for (nil:
+	// present, contents not known): all as of this firewall's last change
+	// or read. A network absent from it has nothing in the table, so
+	// adding it only creates. nil: nothing is known.
+	known map[string]*Network
 	// vxlan is the VXLAN guard as this firewall last made or found it
 	// (EnsureVXLAN's arguments, or vxlanGone), "" when not known: the
 	// cluster's sync asks every few seconds, and reads the table only
 	// after a change or a Setup (every full repair round).
 	vxlan string
-	// gen counts the writes: a table read without the lock goes into the
-	// cache only if nothing was written meanwhile.
-	gen uint64
 }
 
-// New returns a Firewall that programs the given families.
-func New(run iptables.Runner, families ...iptables.Family) *Firewall {
-	return &Firewall{run: run, families: families, jumps: map[iptables.Family]iptables.Tables{}}
+// New returns a Firewall that programs the given iptables families and
+// the nftables table, over connections from dial (nft.Dialer(), or a
+// nft.Fake's Dial in tests).
+func New(run iptables.Runner, dial func() (nft.Conn, error), families ...iptables.Family) *Firewall {
+	return &Firewall{run: run, dial: dial, families: families}
 }
 
-// Families lists the families this firewall programs.
+// Families lists the iptables families this firewall programs.
 func (fw *Firewall) Families() []iptables.Family { return fw.families }
-
-// families of n: an IPv4-only network gets no ip6tables rules (nothing
-// routes IPv6 into or out of its bridge: it has no IPv6 address but the
-// link-local one), which halves its rules.
-func (fw *Firewall) familiesOf(n Network) []iptables.Family {
-	var out []iptables.Family
-	for _, f := range fw.families {
-		if f == iptables.IPv4 || len(n.subnets(iptables.IPv6)) > 0 {
-			out = append(out, f)
-		}
-	}
-	return out
-}
 
 // AddNetwork installs (or rewrites) every rule of network n.
 func (fw *Firewall) AddNetwork(n Network) error {
 	return fw.AddNetworks([]Network{n})
 }
 
-// AddNetworks installs (or rewrites) the rules of nets, in one
-// iptables-restore per family: the restore at start uses it for all.
+// chunk bounds one transaction: a batch and the kernel's acknowledgements
+// of it must fit the netlink socket's buffers.
+const chunk = 32
+
+// AddNetworks installs (or rewrites) the rules of nets. Networks this
+// firewall knows have nothing in the table yet are only created, in one
+// transaction; any other case reads the table and rewrites the base and
+// each network whole (a repeated add, a repair, the restore at start).
 func (fw *Firewall) AddNetworks(nets []Network) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	for _, f := range fw.families {
-		var mine []Network
-		for _, n := range nets {
-			if slices.Contains(fw.familiesOf(n), f) {
-				mine = append(mine, n)
+	if fw.known != nil && fw.createOnly(nets) {
+		return nil
+	}
+	c, err := fw.dial()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	s, err := readNFT(c, false)
+	if err != nil {
+		fw.known = nil
+		return fmt.Errorf("nftables: %w", err)
+	}
+	for i := 0; i < len(nets); i += chunk {
+		part := nets[i:min(i+chunk, len(nets))]
+		if err := ensureBase(c); err != nil {
+			return err
+		}
+		for _, n := range part {
+			if err := rewriteNFT(c, s, n); err != nil {
+				return err
 			}
 		}
-		if len(mine) == 0 {
-			continue
-		}
-		err := fw.change(f, func(saved iptables.Tables) string {
-			var b strings.Builder
-			for _, n := range mine {
-				b.WriteString(AddScript(f, n, saved))
-			}
-			return b.String()
-		}, func(saved iptables.Tables) {
-			for _, n := range mine {
-				for table, tr := range rules(f, n) {
-					cacheJumps(saved, table, tr.jumps, n.ID)
-				}
-			}
-		})
-		if err != nil {
-			return fmt.Errorf("%s: adding the rules of %d network(s): %w", f, len(mine), err)
+		if err := c.Flush(); err != nil {
+			fw.known = nil
+			return fmt.Errorf("nftables: adding the rules of %d network(s): %w", len(part), err)
 		}
 	}
+	s.baseIntact = true // ensureBase made it so
+	fw.known = s.present()
+	for _, n := range nets {
+		fw.known[iptables.Short(n.ID)] = &n
+	}
 	return nil
+}
+
+// createOnly adds nets that are all either absent from the table or
+// already there as wanted, creating the absent ones in one transaction.
+// false: that transaction failed (the kernel is not as known), and the
+// caller must rewrite.
+func (fw *Firewall) createOnly(nets []Network) bool {
+	var todo []Network
+	for _, n := range nets {
+		switch have, ok := fw.known[iptables.Short(n.ID)]; {
+		case !ok:
+			todo = append(todo, n)
+		case have == nil || !have.same(n):
+			return false
+		}
+	}
+	if len(todo) == 0 {
+		return true
+	}
+	if len(todo) > chunk {
+		return false
+	}
+	c, err := fw.dial()
+	if err != nil {
+		return false
+	}
+	for _, n := range todo {
+		if createNFT(c, n) != nil {
+			return false
+		}
+	}
+	if c.Flush() != nil {
+		fw.known = nil
+		return false
+	}
+	for _, n := range todo {
+		fw.known[iptables.Short(n.ID)] = &n
+	}
+	return true
 }
 
 // DelNetwork removes every rule of network id; rules already gone are fine.
 func (fw *Firewall) DelNetwork(id string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	var errs []error
-	for _, f := range fw.families {
-		err := fw.change(f, func(saved iptables.Tables) string { return DelScript(id, saved) }, func(saved iptables.Tables) {
-			for _, table := range tables {
-				cacheJumps(saved, table, nil, id)
-			}
-		})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: removing the rules of network %s: %w", f, iptables.Short(id), err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// change applies script(cached jumps); if that fails it retries once with a
-// fresh dump. On success, update records the change in the cache.
-func (fw *Firewall) change(f iptables.Family, script func(iptables.Tables) string, update func(iptables.Tables)) error {
-	saved, err := fw.cached(f)
+	c, err := fw.dial()
 	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	s, err := readNFT(c, false)
+	if err != nil {
+		fw.known = nil
+		return fmt.Errorf("nftables: %w", err)
+	}
+	short := iptables.Short(id)
+	if !s.exists {
+		delete(fw.known, short)
+		return nil
+	}
+	// The base first: the deletes below need the maps, and a base that
+	// drifted is mended on the way.
+	if err := ensureBase(c); err != nil {
 		return err
 	}
-	fw.gen++
-	if err := fw.run.Restore(f, script(saved)); err != nil {
-		if saved, err = iptables.Read(fw.run, f, tables...); err != nil {
-			return err
-		}
-		if err := fw.run.Restore(f, script(saved)); err != nil {
-			delete(fw.jumps, f)
-			return err
-		}
+	if err := delNFT(c, s, short); err != nil {
+		return err
 	}
-	update(saved)
-	fw.jumps[f] = saved
+	if err := c.Flush(); err != nil {
+		fw.known = nil
+		return fmt.Errorf("nftables: removing the rules of network %s: %w", short, err)
+	}
+	delete(fw.known, short)
 	return nil
-}
-
-func (fw *Firewall) cached(f iptables.Family) (iptables.Tables, error) {
-	if s, ok := fw.jumps[f]; ok {
-		return s, nil
-	}
-	return iptables.Read(fw.run, f, tables...)
-}
-
-// cacheJumps records that table's shared chains now hold want as network
-// id's lines, in place of whatever it had there before.
-func cacheJumps(saved iptables.Tables, table string, want []string, id string) {
-	if saved[table] == nil {
-		saved[table] = iptables.Chains{}
-	}
-	own := ownedBy(id)
-	for _, base := range basesOf(table) {
-		saved[table][base] = slices.DeleteFunc(slices.Clone(saved[table][base]), own)
-	}
-	for _, l := range want {
-		c := iptables.ChainOf(l)
-		saved[table][c] = append(saved[table][c], l)
-	}
 }

@@ -7,10 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/ournet/ournet/internal/iptables"
+	"github.com/ournet/ournet/internal/nft"
 	"github.com/ournet/ournet/internal/testns"
 )
 
@@ -61,87 +63,100 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// The scripts for a fresh install and for removal, per option combination.
-func TestScriptsGolden(t *testing.T) {
-	for _, c := range cases {
-		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-			golden(t, c.name+"."+f.String()+".add", AddScript(f, c.n, iptables.Tables{}))
+// nftList is table inet ournet as nft lists it, without handles or
+// counters ("" if there is none).
+func nftList(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("nft", "-s", "list", "table", "inet", TableName).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "No such file") {
+			return ""
 		}
-		saved := iptables.Tables{}
-		for table, tr := range rules(iptables.IPv4, c.n) {
-			saved[table] = iptables.Chains{}
-			for _, l := range tr.jumps {
-				saved[table][iptables.ChainOf(l)] = append(saved[table][iptables.ChainOf(l)], l)
-			}
-		}
-		golden(t, c.name+".del", DelScript(c.n.ID, saved))
-		if s := AddScript(iptables.IPv4, c.n, saved); strings.Contains(s, "OURNET-INTO") || strings.Contains(s, "OURNET-OUTOF") || strings.Contains(s, "OURNET-GUARD") || strings.Contains(s, "OURNET-POSTROUTING") {
-			t.Errorf("%s: lines that exist are added again:\n%s", c.name, s)
-		}
-		// An older version's chains and jumps are removed.
-		old := iptables.Tables{
-			"filter": {ForwardChain: {"-A OURNET-FORWARD -i " + c.n.Bridge + " -j OURNET-O-" + iptables.Short(c.n.ID)}, "OURNET-O-" + iptables.Short(c.n.ID): nil},
-			"nat":    {PostroutingChain: {"-A OURNET-POSTROUTING -j OURNET-N-" + iptables.Short(c.n.ID)}, "OURNET-N-" + iptables.Short(c.n.ID): nil},
-		}
-		golden(t, c.name+".upgrade", CleanScript(old))
+		t.Fatalf("nft list: %v: %s", err, out)
 	}
+	return string(out)
 }
 
-var counters = regexp.MustCompile(`\[\d+:\d+\]|^#.*$`)
+func nftDo(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("nft", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
 
 func save(t *testing.T, r iptables.Runner, f iptables.Family) string {
 	t.Helper()
 	var b strings.Builder
-	for _, table := range []string{"filter", "nat"} {
+	for _, table := range tables {
 		out, err := r.Save(f, table)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, l := range strings.Split(out, "\n") {
-			if !strings.HasPrefix(l, "#") {
-				b.WriteString(counters.ReplaceAllString(l, "") + "\n")
-			}
-		}
+		b.WriteString(out)
 	}
-	return b.String()
+	return volatile.ReplaceAllString(b.String(), "")
+}
+
+// volatile is what iptables-save prints that changes from run to run.
+var volatile = regexp.MustCompile(`(?m)^#.*\n|\[\d+:\d+\]`)
+
+// newKernelFirewall is a Firewall on the real tools and the kernel's
+// nftables, in the current (throwaway) netns.
+func newKernelFirewall(t *testing.T) (*Firewall, iptables.Runner) {
+	t.Helper()
+	r, err := iptables.NewExec(iptables.IPv4, iptables.IPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6), r
 }
 
 // In a throwaway netns: the rules land as the golden files say, adding twice
-// changes nothing, and removal restores the exact previous ruleset.
+// changes nothing, and removal leaves the table as it was before.
 func TestApplyInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		r, err := iptables.NewExec(iptables.IPv4, iptables.IPv6)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fw := New(r, iptables.IPv4, iptables.IPv6)
-		if err := fw.Setup(); err != nil {
-			t.Fatal(err)
-		}
-		if err := fw.Setup(); err != nil {
-			t.Fatal(err)
+		fw, r := newKernelFirewall(t)
+		for range 2 {
+			if err := fw.Setup(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := fw.EnsureForeignBridges(nil); err != nil {
 			t.Fatal(err)
 		}
-		empty := map[iptables.Family]string{iptables.IPv4: save(t, r, iptables.IPv4), iptables.IPv6: save(t, r, iptables.IPv6)}
+		empty := nftList(t)
+		golden(t, "empty.nft", empty)
+		golden(t, "static.iptables-save", save(t, r, iptables.IPv4))
+		var nets []Network
 		for _, c := range cases {
+			nets = append(nets, c.n)
 			if err := fw.AddNetwork(c.n); err != nil {
 				t.Fatalf("%s: %v", c.name, err)
 			}
 		}
-		all := map[iptables.Family]string{iptables.IPv4: save(t, r, iptables.IPv4), iptables.IPv6: save(t, r, iptables.IPv6)}
-		golden(t, "all.iptables-save", all[iptables.IPv4])
-		golden(t, "all.ip6tables-save", all[iptables.IPv6])
+		all := nftList(t)
+		golden(t, "all.nft", all)
 		for _, c := range cases {
 			if err := fw.AddNetwork(c.n); err != nil {
 				t.Fatalf("%s again: %v", c.name, err)
 			}
 		}
-		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-			if got := save(t, r, f); got != all[f] {
-				t.Fatalf("%s: adding every network again changed the rules:\n%s\nwant\n%s", f, got, all[f])
-			}
+		if got := nftList(t); got != all {
+			t.Fatalf("adding every network again changed the table:\n%s\nwant\n%s", got, all)
+		}
+		// A fresh firewall (a restarted plugin) adds them all in one go:
+		// the same table.
+		fw2, _ := newKernelFirewall(t)
+		if err := fw2.AddNetworks(nets); err != nil {
+			t.Fatal(err)
+		}
+		if got := nftList(t); got != all {
+			t.Fatalf("AddNetworks of a fresh firewall changed the table:\n%s\nwant\n%s", got, all)
+		}
+		if d, err := fw2.Drifted(nets); err != nil || len(d) != 0 {
+			t.Fatalf("fresh rules drifted: %v %v", d, err)
 		}
 		for _, c := range cases {
 			if err := fw.DelNetwork(c.n.ID); err != nil {
@@ -151,32 +166,37 @@ func TestApplyInNetns(t *testing.T) {
 				t.Fatalf("del %s again: %v", c.name, err)
 			}
 		}
-		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-			if got := save(t, r, f); got != empty[f] {
-				t.Fatalf("%s: after removing every network:\n%s\nwant\n%s", f, got, empty[f])
-			}
+		if got := nftList(t); got != empty {
+			t.Fatalf("after removing every network:\n%s\nwant\n%s", got, empty)
 		}
-		// An upgrade from the layout with four chains per network: the
-		// restart's Setup (its cleaner) removes the old ones.
+		// An upgrade from the older layouts: the restart's Setup (its
+		// cleaner) removes their chains and jumps.
 		old := iptables.Short(cases[0].n.ID)
 		ipt(t, "-N", "OURNET-O-"+old)
 		ipt(t, "-A", ForwardChain, "-i", cases[0].n.Bridge, "-j", "OURNET-O-"+old)
+		ipt(t, "-N", "OURNET-I-"+old)
+		ipt(t, "-N", "OURNET-INTO")
+		ipt(t, "-A", "OURNET-INTO", "-o", cases[0].n.Bridge, "-j", "OURNET-I-"+old)
+		ipt(t, "-A", ForwardChain, "-j", "OURNET-INTO")
+		ipt(t, "-t", "mangle", "-N", "OURNET-GUARD")
+		ipt(t, "-t", "mangle", "-A", "FORWARD", "-j", "OURNET-GUARD")
+		ipt(t, "-t", "nat", "-N", "OURNET-POSTROUTING")
 		ipt(t, "-t", "nat", "-N", "OURNET-N-"+old)
-		ipt(t, "-t", "nat", "-A", PostroutingChain, "-j", "OURNET-N-"+old)
-		fw = New(r, iptables.IPv4, iptables.IPv6)
+		ipt(t, "-t", "nat", "-A", "POSTROUTING", "-j", "OURNET-POSTROUTING")
+		ipt(t, "-t", "nat", "-A", "OURNET-POSTROUTING", "-j", "OURNET-N-"+old)
+		fw = New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
 		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
 			t.Fatal(err)
 		}
-		if got := save(t, r, iptables.IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") {
+		if got := save(t, r, iptables.IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") ||
+			strings.Contains(got, "OURNET-I") || strings.Contains(got, "OURNET-GUARD") || strings.Contains(got, "OURNET-POSTROUTING") {
 			t.Fatalf("old chains left after an upgrade:\n%s", got)
 		}
-		// Teardown leaves no OURNET chain or jump, even with networks left.
-		if err := fw.AddNetwork(cases[0].n); err != nil {
-			t.Fatal(err)
-		}
+		// Teardown leaves no OURNET chain or jump and no table, even with
+		// networks left.
 		ipt(t, "-t", "raw", "-N", "OURNET-LOCALHOST")
 		ipt(t, "-t", "raw", "-I", "PREROUTING", "-j", "OURNET-LOCALHOST")
 		if err := fw.Teardown(); err != nil {
@@ -188,6 +208,12 @@ func TestApplyInNetns(t *testing.T) {
 				t.Fatalf("%s: after Teardown:\n%s", f, got)
 			}
 		}
+		if got := nftList(t); got != "" {
+			t.Fatalf("table left after Teardown:\n%s", got)
+		}
+		if err := fw.Teardown(); err != nil {
+			t.Fatalf("Teardown again: %v", err)
+		}
 	})
 }
 
@@ -198,16 +224,28 @@ func ipt(t *testing.T, args ...string) {
 	}
 }
 
-// Drift (a flushed chain, a deleted jump) is seen and repaired, and the
-// FORWARD jump goes back right after DOCKER-USER when dockerd's restart
-// inserts its own rules above it.
+// handleOf is the handle of the first rule of chain whose comment
+// contains text, as nft -a lists it.
+func handleOf(t *testing.T, chain, text string) string {
+	t.Helper()
+	for _, l := range strings.Split(nftDo(t, "-a", "list", "chain", "inet", TableName, chain), "\n") {
+		if strings.Contains(l, text) {
+			if _, h, ok := strings.Cut(l, "# handle "); ok {
+				return strings.TrimSpace(h)
+			}
+		}
+	}
+	t.Fatalf("no rule with %q in %s", text, chain)
+	return ""
+}
+
+// Drift (a flushed chain, a deleted element, an added or deleted rule, a
+// flushed base chain) is seen and repaired, and the FORWARD jump goes back
+// right after DOCKER-USER when dockerd's restart inserts its own rules
+// above it.
 func TestDriftAndJumpOrderInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		r, err := iptables.NewExec(iptables.IPv4, iptables.IPv6)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fw := New(r, iptables.IPv4, iptables.IPv6)
+		fw, r := newKernelFirewall(t)
 		ipt(t, "-N", "DOCKER-USER")
 		ipt(t, "-A", "FORWARD", "-j", "DOCKER-USER")
 		if err := fw.Setup(); err != nil {
@@ -225,14 +263,14 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 			}
 			ipt(t, "-F", ForeignChain)
 		}
-		// OURNET-FORWARD holds its two jumps and nothing else (an older
+		// OURNET-FORWARD holds its two rules and nothing else (an older
 		// version's lines are replaced).
 		ipt(t, "-A", ForwardChain, "-i", "brx", "-j", "ACCEPT")
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
 		out, _ := r.Save(iptables.IPv4, "filter")
-		if got := iptables.Parse(out)[ForwardChain]; len(got) != 2 || got[0] != "-A "+ForwardChain+" -j "+IntoChain || got[1] != "-A "+ForwardChain+" -j "+OutofChain {
+		if got := iptables.Parse(out)[ForwardChain]; !slices.Equal(got, forwardRules) {
 			t.Fatalf("OURNET-FORWARD after Setup = %q", got)
 		}
 		var nets []Network
@@ -249,20 +287,47 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err != nil || len(ids) != len(cases) || !ids["0123456789ab"] {
 			t.Fatalf("OwnedNetworks = %v, %v", ids, err)
 		}
-		ipt(t, "-F", inChain(cases[0].n.ID))
-		ipt(t, "-t", "nat", "-D", PostroutingChain, "2")
-		ipt(t, "-t", "mangle", "-A", GuardChain, "-m", "comment", "--comment", "ournet:"+iptables.Short(cases[2].n.ID), "-j", "DROP")
+		nftDo(t, "flush", "chain", "inet", TableName, NetPrefix+iptables.Short(cases[0].n.ID))
+		nftDo(t, "delete", "element", "inet", TableName, IntoMap, "{", `"`+cases[1].n.Bridge+`"`, "}")
+		nftDo(t, "add", "rule", "inet", TableName, NetPrefix+iptables.Short(cases[2].n.ID), "accept")
+		nftDo(t, "delete", "rule", "inet", TableName, NATBase, "handle", handleOf(t, NATBase, "ournet:"+iptables.Short(cases[4].n.ID)))
 		d, err := fw.Drifted(nets)
-		if err != nil || len(d) != 3 || d[0].ID != cases[0].n.ID || d[1].ID != cases[1].n.ID || d[2].ID != cases[2].n.ID {
-			t.Fatalf("Drifted = %v, %v; want the three damaged networks", d, err)
-		}
+		var got []string
 		for _, n := range d {
-			if err := fw.AddNetwork(n); err != nil {
-				t.Fatal(err)
-			}
+			got = append(got, n.ID)
+		}
+		if want := []string{cases[0].n.ID, cases[1].n.ID, cases[2].n.ID, cases[4].n.ID}; err != nil || !slices.Equal(got, want) {
+			t.Fatalf("Drifted = %v, %v; want the damaged networks %v", got, err, want)
+		}
+		if err := fw.AddNetworks(d); err != nil {
+			t.Fatal(err)
 		}
 		if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
 			t.Fatalf("repaired rules still drifted: %v %v", d, err)
+		}
+		// The base chain flushed: every network drifts (nothing of theirs
+		// is in force); Setup rewrites the base, and then none does.
+		nftDo(t, "flush", "chain", "inet", TableName, ForwardBase)
+		if d, err := fw.Drifted(nets); err != nil || len(d) != len(nets) {
+			t.Fatalf("with the base flushed, Drifted = %d networks, %v; want all %d", len(d), err, len(nets))
+		}
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
+			t.Fatalf("after Setup mended the base: %d drifted, %v", len(d), err)
+		}
+		// A network added now, with the firewall knowing the table, only
+		// creates: the base's rules keep their handles.
+		before := handleOf(t, ForwardBase, "judged by its network")
+		extra := cases[0].n
+		extra.ID, extra.Bridge = "8123456789abcdef", "ournet-81234567"
+		extra.Subnets = []netip.Prefix{netip.MustParsePrefix("198.18.10.0/24")}
+		if err := fw.AddNetwork(extra); err != nil {
+			t.Fatal(err)
+		}
+		if after := handleOf(t, ForwardBase, "judged by its network"); after != before {
+			t.Fatalf("adding a network rewrote the base (handle %s -> %s)", before, after)
 		}
 
 		// dockerd's restart: its bridge rules, then its jumps, on top.

@@ -32,12 +32,6 @@ func (fw *Firewall) EnsureForeignBridges(names []string) error {
 	return fw.ensureChain(ForeignChain, ForeignScript(names), "listing foreign bridges")
 }
 
-// EnsureBridges rewrites OURNET-BRIDGES, where it differs, to list the
-// given container bridges (the engine's docker0 and br-+ always).
-func (fw *Firewall) EnsureBridges(names []string) error {
-	return fw.ensureChain(BridgesChain, BridgesScript(names), "listing container bridges")
-}
-
 // ensureChain rewrites one filter chain with script where, in a family,
 // its rules differ from what script writes.
 // The table is read without the lock; the chain is ournet's alone and
@@ -53,23 +47,11 @@ func (fw *Firewall) ensureChain(chain, script, what string) error {
 		if slices.Equal(iptables.Parse(dump)[chain], want) {
 			continue
 		}
-		if err := fw.write(f, script, false); err != nil {
+		if err := fw.write(f, script); err != nil {
 			return fmt.Errorf("%s: %s: %w", f, what, err)
 		}
 	}
 	return nil
-}
-
-// BridgesScript is the iptables-restore input that rewrites OURNET-BRIDGES.
-func BridgesScript(names []string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "*filter\n:%s - [0:0]\n", BridgesChain)
-	for _, n := range withEngineBridges(names) {
-		fmt.Fprintf(&b, "-A %s -i %s -j RETURN\n", BridgesChain, n)
-	}
-	fmt.Fprintf(&b, "-A %s -j ACCEPT\n", BridgesChain)
-	b.WriteString("COMMIT\n")
-	return b.String()
 }
 
 // withEngineBridges is names with the engine's own bridges, sorted.

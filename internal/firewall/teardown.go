@@ -10,18 +10,20 @@ import (
 	"github.com/ournet/ournet/internal/iptables"
 )
 
-// Teardown removes every chain whose name starts with OURNET- from every
-// table, and the jumps to them from the built-in chains: what ournet leaves
-// when it has no network left and is shut down, so that uninstalling it
-// leaves nothing behind. The chains of published ports (internal/portmap,
-// the same registry) go too.
+// Teardown removes table inet ournet, and every chain whose name starts
+// with OURNET- from every iptables table with the jumps to them from the
+// built-in chains: what ournet does when it has no network left and is
+// shut down, so that uninstalling it leaves nothing behind. The chains of
+// published ports (internal/portmap, the same registry) go too.
 func (fw *Firewall) Teardown() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	fw.jumps = map[iptables.Family]iptables.Tables{}
+	fw.known = nil
 	fw.vxlan = ""
-	fw.gen++
 	var errs []error
+	if err := fw.deleteTable(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, f := range fw.families {
 		var b strings.Builder
 		for _, table := range append(slices.Clone(tables), "raw") {
@@ -73,4 +75,19 @@ func TeardownScript(table string, chains iptables.Chains) string {
 	}
 	b.WriteString("COMMIT\n")
 	return b.String()
+}
+
+// deleteTable removes table inet ournet; a missing one is fine.
+func (fw *Firewall) deleteTable() error {
+	c, err := fw.dial()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	// Adding the table first makes deleting it valid when it is absent.
+	c.AddTable(table)
+	c.DelTable(table)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: removing table inet %s: %w", TableName, err)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"github.com/ournet/ournet/internal/iptables"
+	"github.com/ournet/ournet/internal/nft"
 
 	"net/netip"
 	"slices"
@@ -20,7 +21,7 @@ func TestVXLANGuardInNetns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fw := New(r, iptables.IPv4, iptables.IPv6)
+		fw := New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
 		raw := func() map[string][]string {
 			out, err := r.Save(iptables.IPv4, "raw")
 			if err != nil {

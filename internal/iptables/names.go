@@ -8,16 +8,12 @@ import "strings"
 // below followed by its ID cut to 12 characters.
 const Prefix = "OURNET-"
 
-// Base chains of the network firewall (internal/firewall).
+// Base chains of the network firewall (internal/firewall), whose
+// per-network rules are in nftables (table inet ournet).
 const (
-	ForwardChain     = "OURNET-FORWARD"     // filter FORWARD, after DOCKER-USER
-	IntoChain        = "OURNET-INTO"        // from ForwardChain: -o <bridge> lines
-	OutofChain       = "OURNET-OUTOF"       // from ForwardChain: -i <bridge> lines
-	GuardChain       = "OURNET-GUARD"       // mangle FORWARD, first
-	PostroutingChain = "OURNET-POSTROUTING" // nat POSTROUTING
-	ForeignChain     = "OURNET-FOREIGN"     // every network's way out
-	BridgesChain     = "OURNET-BRIDGES"     // the container bridges (nat-unprotected)
-	VXLANChain       = "OURNET-VXLAN"       // raw PREROUTING: who may send VXLAN
+	ForwardChain = "OURNET-FORWARD" // filter FORWARD, after DOCKER-USER
+	ForeignChain = "OURNET-FOREIGN" // every network's way out
+	VXLANChain   = "OURNET-VXLAN"   // raw PREROUTING: who may send VXLAN
 )
 
 // Base chains of published ports (internal/portmap).
@@ -29,17 +25,20 @@ const (
 
 // Per-ID chain prefixes.
 const (
-	NetworkPrefix   = "OURNET-I-"  // filter: what may enter a network's bridge
 	PortsPrefix     = "OURNET-P-"  // nat: an endpoint's DNAT rules
 	PortsMasqPrefix = "OURNET-PM-" // nat: an endpoint's hairpin masquerade
 )
 
-// LegacyNetworkPrefixes are the per-network chains of versions before 7
-// rules per network, per table: removed by the firewall's cleaner.
-var LegacyNetworkPrefixes = map[string]string{
-	"filter": "OURNET-O-",
-	"mangle": "OURNET-G-",
-	"nat":    "OURNET-N-",
+// Legacy are the chains of older layouts of the network firewall, per
+// table, removed by its cleaner: exact names, and prefixes (ending in "-")
+// of per-network chains. Before 7 rules per network: four chains per
+// network (OURNET-O-, -G-, -N-<id>); before the nftables table: one filter
+// chain per network (OURNET-I-<id>) and the base chains that held each
+// network's lines.
+var Legacy = map[string][]string{
+	"filter": {"OURNET-O-", "OURNET-I-", "OURNET-INTO", "OURNET-OUTOF", "OURNET-BRIDGES"},
+	"mangle": {"OURNET-G-", "OURNET-GUARD"},
+	"nat":    {"OURNET-N-", "OURNET-POSTROUTING"},
 }
 
 // Short cuts an ID to the 12 characters chain names and tags use.

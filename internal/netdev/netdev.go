@@ -46,6 +46,7 @@ type Bridge struct {
 	MTU   int    // 0: kernel default
 	MAC   net.HardwareAddr
 	Addrs []netip.Prefix // gateway addresses, in the subnet's prefix length
+	Group uint32         // the device group (0: the kernel's default)
 }
 
 // ErrNotOurs is returned when a device of the wanted name exists but is not
@@ -67,6 +68,7 @@ func (m *Manager) EnsureBridge(b Bridge) error {
 		attrs.Name = b.Name
 		attrs.MTU = b.MTU
 		attrs.HardwareAddr = b.MAC
+		attrs.Group = b.Group
 		if err := m.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("creating bridge %s: %w", b.Name, err)
 		}
@@ -82,6 +84,11 @@ func (m *Manager) EnsureBridge(b Bridge) error {
 	if b.MTU != 0 && link.Attrs().MTU != b.MTU {
 		if err := m.h.LinkSetMTU(link, b.MTU); err != nil {
 			return fmt.Errorf("setting MTU %d on %s: %w", b.MTU, b.Name, err)
+		}
+	}
+	if link.Attrs().Group != b.Group {
+		if err := m.h.LinkSetGroup(link, int(b.Group)); err != nil {
+			return fmt.Errorf("setting device group %d on %s: %w", b.Group, b.Name, err)
 		}
 	}
 	if len(b.MAC) != 0 && link.Attrs().HardwareAddr.String() != b.MAC.String() {

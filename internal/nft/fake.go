@@ -13,9 +13,10 @@ import (
 
 // Fake is an in-memory nftables for tests without root: Dial hands out
 // connections that queue changes and apply them on Flush, all or nothing,
-// refusing what the kernel refuses (a missing table, chain, set or
-// element; a chain deleted while it has rules or a map element jumps to
-// it; a base chain's hook changed). Rules are kept as given.
+// refusing what the kernel refuses (a missing table, chain, set, element
+// or rule; a chain deleted while it has rules or a map element jumps to
+// it; a base chain's hook changed). Rules are kept as given, each with a
+// handle of its own.
 type Fake struct {
 	mu     sync.Mutex
 	tables map[string]*fakeTable // by family and name
@@ -27,6 +28,7 @@ type Fake struct {
 
 type fakeTable struct {
 	t      nftables.Table
+	handle uint64 // the last rule handle handed out
 	chains map[string]*fakeChain
 	sets   map[string]map[string]nftables.SetElement // set -> key -> element
 }
@@ -45,7 +47,7 @@ func (k *Fake) Dial() (Conn, error) { return &fakeConn{k: k}, nil }
 func tableKey(t *nftables.Table) string { return fmt.Sprintf("%d/%s", t.Family, t.Name) }
 
 func (t *fakeTable) clone() *fakeTable {
-	c := &fakeTable{t: t.t, chains: map[string]*fakeChain{}, sets: map[string]map[string]nftables.SetElement{}}
+	c := &fakeTable{t: t.t, handle: t.handle, chains: map[string]*fakeChain{}, sets: map[string]map[string]nftables.SetElement{}}
 	for n, ch := range t.chains {
 		c.chains[n] = &fakeChain{c: ch.c, rules: slices.Clone(ch.rules)}
 	}
@@ -178,8 +180,27 @@ func (c *fakeConn) DelChain(ch *nftables.Chain) {
 }
 
 func (c *fakeConn) AddRule(r *nftables.Rule) *nftables.Rule {
-	c.chainOp(r.Chain, func(_ *fakeTable, fc *fakeChain) error { fc.rules = append(fc.rules, r); return nil })
+	c.chainOp(r.Chain, func(ft *fakeTable, fc *fakeChain) error {
+		ft.handle++
+		kept := *r
+		kept.Handle = ft.handle
+		fc.rules = append(fc.rules, &kept)
+		return nil
+	})
 	return r
+}
+
+func (c *fakeConn) DelRule(r *nftables.Rule) error {
+	c.chainOp(r.Chain, func(_ *fakeTable, fc *fakeChain) error {
+		for i, have := range fc.rules {
+			if have.Handle == r.Handle {
+				fc.rules = slices.Delete(fc.rules, i, i+1)
+				return nil
+			}
+		}
+		return enoent(fmt.Sprintf("rule %d", r.Handle))
+	})
+	return nil
 }
 
 func (c *fakeConn) SetAddElements(s *nftables.Set, vals []nftables.SetElement) error {

@@ -23,6 +23,7 @@ type Conn interface {
 	FlushChain(*nftables.Chain)
 	DelChain(*nftables.Chain)
 	AddRule(*nftables.Rule) *nftables.Rule
+	DelRule(*nftables.Rule) error
 	SetAddElements(*nftables.Set, []nftables.SetElement) error
 	SetDeleteElements(*nftables.Set, []nftables.SetElement) error
 	Flush() error
