@@ -328,7 +328,9 @@ func (d *Driver) Watch(cfg WatchConfig, stop <-chan struct{}, also ...func()) {
 		for _, fn := range also {
 			fn()
 		}
-		hold, pending = time.After(max(fullGap, fullShare*time.Since(start))), false
+		took := time.Since(start)
+		logNet("").WithField("took", took).Debug("repair round")
+		hold, pending = time.After(max(fullGap, fullShare*took)), false
 	}
 	wantFull := func() {
 		if hold == nil {

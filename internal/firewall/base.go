@@ -52,6 +52,7 @@ func (fw *Firewall) setupNFT() error {
 		return nil
 	}
 	fw.known = nil // the networks' objects are checked again by Drifted
+	fw.gen++
 	if err := ensureBase(c); err != nil {
 		return err
 	}

@@ -8,26 +8,34 @@ import (
 
 // Drifted returns the networks among nets whose objects in the table
 // differ from what they should be (a chain flushed, an element deleted, a
-// rule edited), all of them when the table's base is not intact. What it
-// read becomes what the firewall knows, so that the repairs to come
-// rewrite exactly the drifted ones.
+// rule edited), all of them when the table's base is not intact. The table
+// is read without the lock, so that networks are added and removed
+// meanwhile (one added during the read may be reported: adding it again is
+// harmless); what it read becomes what the firewall knows, if nothing was
+// written meanwhile, so that the repairs to come rewrite exactly the
+// drifted ones.
 func (fw *Firewall) Drifted(nets []Network) ([]Network, error) {
 	fw.mu.Lock()
-	defer fw.mu.Unlock()
+	gen := fw.gen
+	fw.mu.Unlock()
 	c, err := fw.dial()
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	s, err := readNFT(c, true)
 	if err != nil {
-		fw.known = nil
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
 	known := s.present()
+	if fw.gen != gen {
+		known = fw.known // written meanwhile: what the read saw is stale
+	}
 	var out []Network
 	for _, n := range nets {
 		if s.matches(n) {
-			if known != nil {
+			if known != nil && fw.gen == gen {
 				known[iptables.Short(n.ID)] = &n
 			}
 		} else {

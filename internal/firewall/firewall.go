@@ -95,6 +95,9 @@ type Firewall struct {
 	// cluster's sync asks every few seconds, and reads the table only
 	// after a change or a Setup (every full repair round).
 	vxlan string
+	// gen counts the table's writes: a read made without the lock goes
+	// into known only if nothing was written meanwhile.
+	gen uint64
 }
 
 // New returns a Firewall that programs the given iptables families and
@@ -135,6 +138,7 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 		fw.known = nil
 		return fmt.Errorf("nftables: %w", err)
 	}
+	fw.gen++
 	for i := 0; i < len(nets); i += chunk {
 		part := nets[i:min(i+chunk, len(nets))]
 		if err := ensureBase(c); err != nil {
@@ -182,6 +186,7 @@ func (fw *Firewall) createOnly(nets []Network) bool {
 	if err != nil {
 		return false
 	}
+	fw.gen++
 	for _, n := range todo {
 		if createNFT(c, n) != nil {
 			return false
@@ -215,6 +220,7 @@ func (fw *Firewall) DelNetwork(id string) error {
 		delete(fw.known, short)
 		return nil
 	}
+	fw.gen++
 	// The base first: the deletes below need the maps, and a base that
 	// drifted is mended on the way.
 	if err := ensureBase(c); err != nil {

@@ -20,6 +20,7 @@ func (fw *Firewall) Teardown() error {
 	defer fw.mu.Unlock()
 	fw.known = nil
 	fw.vxlan = ""
+	fw.gen++
 	var errs []error
 	if err := fw.deleteTable(); err != nil {
 		errs = append(errs, err)

@@ -9,6 +9,7 @@
 package watch
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -49,10 +50,15 @@ func kick(c chan struct{}) {
 }
 
 // Rules triggers on every nftables commit in this network namespace that
-// mine does not claim (ournet's own writes: the tools it ran, its own
-// threads). It reads only the commit's generation message, which names the
-// process that made it; a lost message (the socket's buffer overran) is a
-// trigger too. It fails when nftables notifications cannot be had at all.
+// touches ournet's objects and that mine does not claim (ournet's own
+// writes: the tools it ran, its own threads). A commit touches ournet's
+// objects when one of its messages names one (Ours): a chain or table of
+// ournet's, a rule in one or jumping to one, a rule with ournet's
+// comment; so a flush or a rule deleted by hand triggers, the engine's
+// rules for its own bridges do not. The commit's generation message names
+// the process that made it; a lost message (the socket's buffer overran)
+// is a trigger too. It fails when nftables notifications cannot be had at
+// all.
 func Rules(stop <-chan struct{}, mine func(pid uint32) bool) (<-chan struct{}, error) {
 	conn, err := dialRules()
 	if err != nil {
@@ -114,6 +120,7 @@ func dialRules() (*mnl.Conn, error) {
 const newGen = mnl.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWGEN)
 
 func readRules(conn *mnl.Conn, out chan struct{}, mine func(uint32) bool) error {
+	touched := false // by the commit whose messages are being read
 	for {
 		msgs, err := conn.Receive()
 		if errors.Is(err, unix.ENOBUFS) {
@@ -125,13 +132,26 @@ func readRules(conn *mnl.Conn, out chan struct{}, mine func(uint32) bool) error 
 		}
 		for _, m := range msgs {
 			if m.Header.Type != newGen {
+				// The commit's objects come before its generation.
+				touched = touched || Ours(m.Data)
 				continue
 			}
-			if pid, ok := genPID(m.Data); !ok || !mine(pid) {
+			if pid, ok := genPID(m.Data); touched && (!ok || !mine(pid)) {
 				kick(out)
 			}
+			touched = false
 		}
 	}
+}
+
+// Ours reports whether an nftables notification (a table, chain, rule,
+// set or element added or deleted) names something of ournet's: the
+// registry's chains ("OURNET-", iptables-nft's chains and jump targets are
+// strings in the message), ournet's tables ("ournet", in the inet and
+// bridge families), ournet's rule comments ("ournet:"), its bridges
+// ("ournet-...").
+func Ours(msg []byte) bool {
+	return bytes.Contains(msg, []byte("OURNET-")) || bytes.Contains(msg, []byte("ournet"))
 }
 
 // genPID is the process that made the commit a generation message reports.

@@ -49,6 +49,35 @@ func TestRulesAndLinksInNetns(t *testing.T) {
 		if triggered(rules, 300*time.Millisecond) {
 			t.Fatal("one change triggered twice")
 		}
+		// Someone else's rules that name nothing of ournet's (the engine's
+		// for its own bridges) do not trigger; deleting a jump to one of
+		// ournet's chains does.
+		for _, args := range [][]string{{"-N", "DOCKER-T"}, {"-A", "FORWARD", "-o", "br-t", "-j", "DOCKER-T"}, {"-D", "FORWARD", "-o", "br-t", "-j", "DOCKER-T"}} {
+			if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+				t.Fatalf("%v %s", err, out)
+			}
+		}
+		if triggered(rules, 500*time.Millisecond) {
+			t.Fatal("the engine's rules triggered")
+		}
+		if out, err := exec.Command("iptables", "-A", "FORWARD", "-j", "OURNET-T").CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		if !triggered(rules, 2*time.Second) {
+			t.Fatal("a jump to an ournet chain added by someone else did not trigger")
+		}
+		if out, err := exec.Command("iptables", "-F", "FORWARD").CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		if !triggered(rules, 2*time.Second) {
+			t.Fatal("flushing FORWARD, which held a jump to ournet's chain, did not trigger")
+		}
+		if out, err := exec.Command("iptables", "-A", "FORWARD", "-o", "br-t", "-j", "DOCKER-T").CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		if triggered(rules, 500*time.Millisecond) {
+			t.Fatal("a rule of the engine's triggered")
+		}
 
 		lc, err := Links(stop, func(u netlink.LinkUpdate) bool { return u.Link.Attrs().Name == "ournet-t" })
 		if err != nil {
