@@ -307,14 +307,7 @@ func (d *Driver) checkHostRoutes(n *Network) error {
 // dockerd failed the command, and the user runs it again).
 func (d *Driver) reclaimOverlapping(n *Network) error {
 	for _, other := range d.networks {
-		var mine, overlap string
-		for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
-			for _, o := range append(append([]Subnet{}, other.IPv4...), other.IPv6...) {
-				if s.Pool.Overlaps(o.Pool) {
-					mine, overlap = s.Pool.String(), o.Pool.String()
-				}
-			}
-		}
+		mine, overlap := overlapping(n, other)
 		if overlap == "" {
 			continue
 		}
@@ -331,6 +324,24 @@ func (d *Driver) reclaimOverlapping(n *Network) error {
 		d.journalDone(other.ID)
 	}
 	return nil
+}
+
+// overlapping returns a subnet of a that overlaps one of b's, and that
+// one ("" if none does). It allocates nothing: a create checks every
+// network.
+func overlapping(a, b *Network) (mine, theirs string) {
+	for _, as := range [2][]Subnet{a.IPv4, a.IPv6} {
+		for _, s := range as {
+			for _, bs := range [2][]Subnet{b.IPv4, b.IPv6} {
+				for _, o := range bs {
+					if s.Pool.Overlaps(o.Pool) {
+						return s.Pool.String(), o.Pool.String()
+					}
+				}
+			}
+		}
+	}
+	return "", ""
 }
 
 func newBootID() string {

@@ -172,13 +172,16 @@ func TestNetworksWithoutRoot(t *testing.T) {
 	}
 	// A second firewall (a restarted plugin) adds them all again: the
 	// same table.
-	nat := fakeRules(t, kn, NATBase)
+	nat := fakeRules(t, kn, natChain(cases[4].n.ID).Name)
 	fw2 := New(iptables.NewFake(), kn.Dial, iptables.IPv4)
 	if err := fw2.AddNetworks(nets); err != nil {
 		t.Fatal(err)
 	}
-	if got := fakeRules(t, kn, NATBase); !slices.Equal(got, nat) {
+	if got := fakeRules(t, kn, natChain(cases[4].n.ID).Name); !slices.Equal(got, nat) {
 		t.Fatalf("nat chain after a second AddNetworks = %q, want %q", got, nat)
+	}
+	if d, err := fw2.Drifted(nets); err != nil || len(d) != 0 {
+		t.Fatalf("after a second AddNetworks: drifted %v, %v", d, err)
 	}
 	for _, c := range cases {
 		if err := fw.DelNetwork(c.n.ID); err != nil {
@@ -190,6 +193,13 @@ func TestNetworksWithoutRoot(t *testing.T) {
 	}
 	if got := fakeRules(t, kn, NATBase); !slices.Equal(got, empty) {
 		t.Fatalf("nat chain after removing every network = %q", got)
+	}
+	if conn, _ := kn.Dial(); true {
+		for _, m := range []*nftables.Set{intoMap(), outofMap(), masqMap(false), masqMap(true)} {
+			if el, _ := conn.GetSetElements(m); len(el) != 0 {
+				t.Fatalf("map %s keeps %d elements after removing every network", m.Name, len(el))
+			}
+		}
 	}
 	if ids, err := fw.OwnedNetworks(); err != nil || len(ids) != 0 {
 		t.Fatalf("after removing every network: OwnedNetworks = %v, %v", ids, err)
@@ -231,14 +241,10 @@ func TestDriftWithoutRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.AddRule(&nftables.Rule{Table: table, Chain: netChain(cases[2].n.ID)})
-	masq, _ := kn.Rules(table, NATBase)
-	for _, r := range masq {
-		if owner(r) == iptables.Short(cases[4].n.ID) {
-			if err := c.DelRule(r); err != nil {
-				t.Fatal(err)
-			}
-			break
-		}
+	// Network 4's masquerade: its chain's rule removed.
+	nat, _ := kn.Rules(table, natChain(cases[4].n.ID).Name)
+	if err := c.DelRule(nat[0]); err != nil {
+		t.Fatal(err)
 	}
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)

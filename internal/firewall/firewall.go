@@ -31,8 +31,14 @@
 //			iifname "<bridge>" accept         # icc
 //			drop
 //		}
+//		map masq4 { type ipv4_addr : verdict; flags interval }  # "<subnet>" : jump nat-<id>
+//		map masq6 { type ipv6_addr : verdict; flags interval }
 //		chain postrouting {                   # hook postrouting, priority srcnat - 5
-//			ip saddr <subnet> oifname != "<bridge>" masquerade   # per subnet
+//			ip saddr vmap @masq4
+//			ip6 saddr vmap @masq6
+//		}
+//		chain nat-<id> {                      # a network that masquerades
+//			oifname != "<bridge>" masquerade
 //		}
 //	}
 //
@@ -54,9 +60,10 @@
 //	                   bridges on the host that are not ournet's, else accepted
 //
 // These do not change with the networks: adding one is one nftables
-// transaction that only creates objects (a chain, its rules, a map
-// element, a masquerade rule), which costs the same however many networks
-// exist, and no process.
+// transaction that only creates objects (its chains and their rules, its
+// map elements) and no process. Nothing per network goes into a shared
+// chain: the kernel copies a chain's rules whole at every commit that
+// changes it.
 package firewall
 
 import (

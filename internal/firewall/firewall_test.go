@@ -290,7 +290,7 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		nftDo(t, "flush", "chain", "inet", TableName, NetPrefix+iptables.Short(cases[0].n.ID))
 		nftDo(t, "delete", "element", "inet", TableName, IntoMap, "{", `"`+cases[1].n.Bridge+`"`, "}")
 		nftDo(t, "add", "rule", "inet", TableName, NetPrefix+iptables.Short(cases[2].n.ID), "accept")
-		nftDo(t, "delete", "rule", "inet", TableName, NATBase, "handle", handleOf(t, NATBase, "ournet:"+iptables.Short(cases[4].n.ID)))
+		nftDo(t, "delete", "element", "inet", TableName, Masq4Map, "{", "198.18.6.0/24", "}")
 		d, err := fw.Drifted(nets)
 		var got []string
 		for _, n := range d {

@@ -2,7 +2,6 @@ package firewall
 
 import (
 	"fmt"
-	"net/netip"
 
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -58,23 +57,6 @@ func famName(f iptables.Family) string {
 		return "IPv6"
 	}
 	return "IPv4"
-}
-
-// from matches a source address in prefix p.
-func from(p netip.Prefix) []expr.Any {
-	off, n := uint32(12), uint32(4) // IPv4 header: saddr
-	if p.Addr().Is6() {
-		off, n = 8, 16
-	}
-	mask := make([]byte, n)
-	for i := 0; i < p.Bits(); i++ {
-		mask[i/8] |= 0x80 >> (i % 8)
-	}
-	return []expr.Any{
-		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
-		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: n, Mask: mask, Xor: make([]byte, n)},
-		eq(p.Masked().Addr().AsSlice()),
-	}
 }
 
 func join(parts ...[]expr.Any) []expr.Any {
@@ -134,23 +116,32 @@ func netRules(n Network) []nftRule {
 	return append(rs, nftRule{t + " drop", one(drop)})
 }
 
-// natRules are network n's lines in the nat chain: masquerade of each of
-// its subnets, for what leaves by another way than its own bridge.
-func natRules(n Network) []nftRule {
-	if n.Internal {
-		return nil
-	}
+// natBaseRules is all the nat chain holds: a packet from one of a
+// network's subnets goes to that network's nat chain.
+func natBaseRules() []nftRule {
 	var rs []nftRule
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-		if !n.Masquerade[f] {
-			continue
+		off, n := uint32(12), uint32(4) // IPv4 header: saddr
+		if f == iptables.IPv6 {
+			off, n = 8, 16
 		}
-		for _, s := range n.subnets(f) {
-			rs = append(rs, nftRule{
-				fmt.Sprintf("ournet:%s masquerade %s not to %s", iptables.Short(n.ID), s, n.Bridge),
-				join(family(f), from(s), one(meta(expr.MetaKeyOIFNAME), neq(nft.IfName(n.Bridge)), &expr.Masq{})),
-			})
-		}
+		m := masqMap(f == iptables.IPv6)
+		rs = append(rs, nftRule{"ournet base: " + famName(f) + " masquerade, by the source's network", join(family(f),
+			one(&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+				&expr.Lookup{SourceRegister: reg, IsDestRegSet: true, SetName: m.Name, SetID: m.ID}))})
 	}
 	return rs
+}
+
+// natRules is network n's nat chain: masquerade of what leaves by another
+// way than its own bridge (the nat map sends only its masqueraded
+// subnets here).
+func natRules(n Network) []nftRule {
+	if len(masqIntervals(n)) == 0 {
+		return nil
+	}
+	return []nftRule{{
+		fmt.Sprintf("ournet:%s masquerade not to %s", iptables.Short(n.ID), n.Bridge),
+		one(meta(expr.MetaKeyOIFNAME), neq(nft.IfName(n.Bridge)), &expr.Masq{}),
+	}}
 }

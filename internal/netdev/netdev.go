@@ -279,7 +279,8 @@ func (m *Manager) linkList() ([]netlink.Link, error) {
 // HostPrefixes lists the destinations of the main table's routes in this
 // namespace (every address has one), for picking default pools that clash
 // with nothing and refusing subnets that cover a host route. With
-// WatchRoutes running it answers from the watched set, without a dump.
+// WatchRoutes running it answers from the watched set, without a dump; the
+// slice is then shared, and callers must not change it.
 func (m *Manager) HostPrefixes() ([]netip.Prefix, error) {
 	if out, ok := m.watchedPrefixes(); ok {
 		return out, nil

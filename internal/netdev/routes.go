@@ -25,6 +25,9 @@ type routeSet struct {
 	live  bool // false: not (or no longer) watched, HostPrefixes dumps
 	stale bool // a device with IPv4 routes went down or away
 	dsts  map[routeKey]netip.Prefix
+	// prefixes is dsts' prefixes, each once, as HostPrefixes hands them
+	// out; nil after a change (built again at the next ask).
+	prefixes []netip.Prefix
 }
 
 // routeKey tells routes apart as the kernel does, near enough: two routes
@@ -124,7 +127,7 @@ func (m *Manager) redump() error {
 			set[k] = k.dst
 		}
 	}
-	m.routes.dsts, m.routes.stale = set, false
+	m.routes.dsts, m.routes.stale, m.routes.prefixes = set, false, nil
 	return nil
 }
 
@@ -164,6 +167,7 @@ func (m *Manager) applyRoute(u netlink.RouteUpdate) {
 	case unix.RTM_DELROUTE:
 		delete(m.routes.dsts, k)
 	}
+	m.routes.prefixes = nil
 }
 
 // watchedPrefixes is HostPrefixes from the watched set, if it is live.
@@ -176,15 +180,19 @@ func (m *Manager) watchedPrefixes() ([]netip.Prefix, bool) {
 	if m.routes.stale && m.redump() != nil {
 		return nil, false
 	}
+	if m.routes.prefixes != nil {
+		return m.routes.prefixes, true
+	}
+	// Each once, in no order: sorting a thousand routes would cost more
+	// than every check made with them.
+	seen := make(map[netip.Prefix]bool, len(m.routes.dsts))
 	out := make([]netip.Prefix, 0, len(m.routes.dsts))
 	for _, p := range m.routes.dsts {
-		out = append(out, p)
-	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
 		}
-		return a.Bits() - b.Bits()
-	})
-	return slices.Compact(out), true
+	}
+	m.routes.prefixes = slices.Clip(out)
+	return m.routes.prefixes, true
 }

@@ -53,6 +53,13 @@ func TestWatchedRoutesInNetns(t *testing.T) {
 				if !ok {
 					t.Fatal("the watched set is not live")
 				}
+				got = slices.Clone(got)
+				slices.SortFunc(got, func(a, b netip.Prefix) int {
+					if c := a.Addr().Compare(b.Addr()); c != 0 {
+						return c
+					}
+					return a.Bits() - b.Bits()
+				})
 				if slices.Contains(got, want) == has && slices.Equal(got, dumped()) {
 					return
 				}

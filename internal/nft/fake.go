@@ -121,9 +121,18 @@ func addElems(ft *fakeTable, set string, vals []nftables.SetElement) error {
 		if v.VerdictData != nil && v.VerdictData.Kind == expr.VerdictJump && ft.chains[v.VerdictData.Chain] == nil {
 			return enoent("chain " + v.VerdictData.Chain)
 		}
-		m[string(v.Key)] = v
+		m[elemKey(v)] = v
 	}
 	return nil
+}
+
+// elemKey tells elements apart as the kernel does: an interval's end is
+// another element than a start with the same key.
+func elemKey(v nftables.SetElement) string {
+	if v.IntervalEnd {
+		return string(v.Key) + "/end"
+	}
+	return string(v.Key)
 }
 
 func (c *fakeConn) AddChain(ch *nftables.Chain) *nftables.Chain {
@@ -225,10 +234,10 @@ func (c *fakeConn) SetDeleteElements(s *nftables.Set, vals []nftables.SetElement
 			return enoent("set " + s.Name)
 		}
 		for _, v := range vals {
-			if _, ok := m[string(v.Key)]; !ok {
+			if _, ok := m[elemKey(v)]; !ok {
 				return enoent("element")
 			}
-			delete(m, string(v.Key))
+			delete(m, elemKey(v))
 		}
 		return nil
 	})
