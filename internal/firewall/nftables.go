@@ -194,7 +194,10 @@ func masqIntervals(n Network) []interval {
 		if !n.Masquerade[f] {
 			continue
 		}
-		for _, s := range n.subnets(f) {
+		subnets := n.subnets(f)
+		// In address order, as the kernel lists them.
+		slices.SortFunc(subnets, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+		for _, s := range subnets {
 			lo, hi, top := bounds(s)
 			iv := interval{v6: f == iptables.IPv6,
 				start: nftables.SetElement{Key: lo, VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch}}}
