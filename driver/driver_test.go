@@ -82,9 +82,8 @@ func (f *fakeLinks) Exists(name string) (bool, error) {
 }
 
 type fakeFW struct {
-	bridges []string
-	nets    map[string]firewall.Network
-	fail    error
+	nets map[string]firewall.Network
+	fail error
 	// rounds counts the full comparisons (Drifted), foreignSets the
 	// rewrites of OURNET-FOREIGN asked for.
 	rounds, foreignSets atomic.Int32
@@ -125,7 +124,6 @@ func (f *fakeFW) Drifted(nets []firewall.Network) ([]firewall.Network, error) {
 	return out, nil
 }
 func (f *fakeFW) EnsureForeignBridges([]string) error { f.foreignSets.Add(1); return nil }
-func (f *fakeFW) EnsureBridges(names []string) error  { f.bridges = names; return nil }
 func (f *fakeFW) OwnedNetworks() (map[string]bool, error) {
 	out := map[string]bool{}
 	for id := range f.nets {

@@ -40,13 +40,9 @@ func (fw *Firewall) Setup() error {
 func (fw *Firewall) setupNFT() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	c, err := fw.dial()
+	c, s, err := fw.read(false)
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	s, err := readNFT(c, false)
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
 	if s.baseIntact {
 		return nil

@@ -1,8 +1,6 @@
 package firewall
 
 import (
-	"fmt"
-
 	"github.com/ournet/ournet/internal/iptables"
 )
 
@@ -18,13 +16,9 @@ func (fw *Firewall) Drifted(nets []Network) ([]Network, error) {
 	fw.mu.Lock()
 	gen := fw.gen
 	fw.mu.Unlock()
-	c, err := fw.dial()
+	_, s, err := fw.read(true)
 	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
-	s, err := readNFT(c, true)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
+		return nil, err
 	}
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
@@ -52,13 +46,9 @@ func (fw *Firewall) Drifted(nets []Network) ([]Network, error) {
 func (fw *Firewall) OwnedNetworks() (map[string]bool, error) {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	c, err := fw.dial()
+	_, s, err := fw.read(false)
 	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
-	s, err := readNFT(c, false)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
+		return nil, err
 	}
 	return s.ids(), nil
 }

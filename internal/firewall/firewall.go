@@ -136,14 +136,10 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 	if fw.known != nil && fw.createOnly(nets) {
 		return nil
 	}
-	c, err := fw.dial()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	s, err := readNFT(c, false)
+	c, s, err := fw.read(false)
 	if err != nil {
 		fw.known = nil
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
 	fw.gen++
 	for i := 0; i < len(nets); i += chunk {
@@ -167,6 +163,20 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 		fw.known[iptables.Short(n.ID)] = &n
 	}
 	return nil
+}
+
+// read opens a connection and reads the table through it (withRules: the
+// networks' chains' rules too).
+func (fw *Firewall) read(withRules bool) (nft.Conn, *nftState, error) {
+	c, err := fw.dial()
+	if err != nil {
+		return nil, nil, fmt.Errorf("nftables: %w", err)
+	}
+	s, err := readNFT(c, withRules)
+	if err != nil {
+		return nil, nil, fmt.Errorf("nftables: %w", err)
+	}
+	return c, s, nil
 }
 
 // createOnly adds nets that are all either absent from the table or
@@ -213,14 +223,10 @@ func (fw *Firewall) createOnly(nets []Network) bool {
 func (fw *Firewall) DelNetwork(id string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	c, err := fw.dial()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	s, err := readNFT(c, false)
+	c, s, err := fw.read(false)
 	if err != nil {
 		fw.known = nil
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
 	short := iptables.Short(id)
 	if !s.exists {

@@ -121,10 +121,13 @@ func ensureBase(c nft.Conn) error {
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(forwardPriority), Policy: &accept})
 	nat := c.AddChain(&nftables.Chain{Name: NATBase, Table: table, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(natPriority), Policy: &accept})
-	for ch, rules := range map[*nftables.Chain][]nftRule{fwd: forwardBaseRules(), nat: natBaseRules()} {
-		c.FlushChain(ch)
-		for _, r := range rules {
-			c.AddRule(r.in(ch))
+	for _, b := range []struct {
+		ch    *nftables.Chain
+		rules []nftRule
+	}{{fwd, forwardBaseRules()}, {nat, natBaseRules()}} {
+		c.FlushChain(b.ch)
+		for _, r := range b.rules {
+			c.AddRule(r.in(b.ch))
 		}
 	}
 	return nil
