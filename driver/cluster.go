@@ -93,7 +93,7 @@ type clusterState struct {
 	cfg    *Cluster
 	mu     sync.Mutex
 	agents map[string]*agent // network ID -> its data path's watcher
-	down   time.Time         // when the store last failed to answer
+	down   bool              // the store did not answer (noteStore)
 	kick   chan struct{}
 	// guardMu orders the guard's updates (each writes what it read of the
 	// agents under mu): the last one written is the newest.
@@ -220,21 +220,37 @@ func (d *Driver) device(n *Network) overlay.Device {
 		Bridge: n.Bridge, MTU: n.Cluster.MTU, Owner: n.ID, Isolated: !n.Options.ICC}
 }
 
-// noteStore remembers that the store did not answer, so that deletes do
-// not wait on it for a while (the sync catches up).
+// noteStore remembers that the store did not answer, so that calls do not
+// wait on it again until it does: until then the sync asks it every
+// storeRetry, and the first answer (the sync's or any call's) clears it.
 func (d *Driver) noteStore(err error) {
 	if d.cl != nil && errors.Is(err, cluster.ErrUnavailable) {
 		d.cl.mu.Lock()
-		d.cl.down = time.Now()
+		was := d.cl.down
+		d.cl.down = true
 		d.cl.mu.Unlock()
+		if !was {
+			d.kickSync() // the sync waits storeRetry from now on
+		}
 	}
+}
+
+// storeAnswered clears what noteStore remembered.
+func (d *Driver) storeAnswered() {
+	d.cl.mu.Lock()
+	d.cl.down = false
+	d.cl.mu.Unlock()
 }
 
 func (d *Driver) storeDown() bool {
 	d.cl.mu.Lock()
 	defer d.cl.mu.Unlock()
-	return time.Since(d.cl.down) < 10*time.Second
+	return d.cl.down
 }
+
+// storeRetry is how often the sync asks a store that did not answer: the
+// longest a user is refused after it answers again.
+const storeRetry = time.Second
 
 // publish puts ep's addresses in the store; on failure none stays. A
 // store that did not answer moments ago is not waited for again: calls
@@ -559,15 +575,20 @@ func (d *Driver) RunCluster(stop <-chan struct{}) {
 		return
 	}
 	<-d.ready
-	t := time.NewTicker(d.cl.cfg.SyncEvery)
-	defer t.Stop()
 	for {
 		d.syncCluster()
+		wait := d.cl.cfg.SyncEvery
+		if d.storeDown() {
+			wait = storeRetry
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-stop:
+			t.Stop()
 			return
 		case <-t.C:
 		case <-d.cl.kick:
+			t.Stop()
 		}
 	}
 }
@@ -583,9 +604,7 @@ func (d *Driver) syncCluster() {
 		logNet("").WithError(err).Debug("cluster: sync: store not answering")
 		return
 	}
-	d.cl.mu.Lock()
-	d.cl.down = time.Time{}
-	d.cl.mu.Unlock()
+	d.storeAnswered()
 
 	// Read the store first, then the host under the lock: a network or
 	// endpoint being created holds the lock from before its store write

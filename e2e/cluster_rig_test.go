@@ -343,8 +343,12 @@ func (c *Cluster) newEtcdClient(from int, endpoints []string) (*clientv3.Client,
 	return clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 2 * time.Second,
-		Logger:      zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(nsDialer(c.H(from).NetNS))},
+		// As the plugin's client: a member cut off silently is noticed
+		// within 3 s, and calls go to the others.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: time.Second,
+		Logger:               zap.NewNop(),
+		DialOptions:          []grpc.DialOption{grpc.WithContextDialer(nsDialer(c.H(from).NetNS))},
 	})
 }
 
@@ -420,17 +424,26 @@ func (c *Cluster) WaitEtcd(timeout time.Duration) error {
 }
 
 // EtcdGet returns the keys under prefix and their values, read from host
-// 1's namespace (5 s bound).
+// 1's namespace (10 s bound).
 func (c *Cluster) EtcdGet(prefix string) (map[string]string, error) {
 	cli, err := c.Etcd(1)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	r, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
-	if err != nil {
-		return nil, fmt.Errorf("etcd get %s: %w", prefix, err)
+	// Tries of 2 s within 10 s: a try on a member just cut off hangs
+	// until keepalive gives up on it; the next goes to another member.
+	var r *clientv3.GetResponse
+	for start := time.Now(); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		r, err = cli.Get(ctx, prefix, clientv3.WithPrefix())
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Since(start) > 8*time.Second {
+			return nil, fmt.Errorf("etcd get %s: %w", prefix, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	out := map[string]string{}
 	for _, kv := range r.Kvs {

@@ -51,11 +51,15 @@ type clusterSuite struct {
 }
 
 func TestCluster(t *testing.T) {
+	// Registered first, so it runs last: after the hosts' log tails, which
+	// would otherwise bury what failed (CI shows the end of a test).
+	var failed failures
+	t.Cleanup(func() { failed.sayAgain(t) })
 	s := &clusterSuite{Cluster: NewCluster(t, 3), top: t, appIPs: map[string]string{}}
 	t.Logf("rig start-up: %s", s.Startup.Round(time.Millisecond))
 	for _, c := range []struct {
 		name string
-		fn   func(*testing.T)
+		fn   func(testing.TB)
 	}{
 		{"rig", s.rig},
 		{"create-and-talk", s.createAndTalk},
@@ -75,12 +79,51 @@ func TestCluster(t *testing.T) {
 		{"nothing-left", s.nothingLeft},
 	} {
 		start := time.Now()
-		t.Run(c.name, c.fn)
+		t.Run(c.name, func(t *testing.T) { c.fn(&recorded{T: t, to: &failed}) })
 		t.Logf("case %s: %s", c.name, time.Since(start).Round(time.Millisecond))
 	}
 }
 
 // --- helpers -----------------------------------------------------------
+
+// failures are what the cases reported as failed, each with its case.
+type failures struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (f *failures) sayAgain(t *testing.T) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.msgs) > 0 {
+		t.Logf("what failed, again:\n%s", strings.Join(f.msgs, "\n"))
+	}
+}
+
+// recorded is a case's T that also notes each failure in failures.
+type recorded struct {
+	*testing.T
+	to *failures
+}
+
+func (r *recorded) note(msg string) {
+	r.to.mu.Lock()
+	r.to.msgs = append(r.to.msgs, r.Name()+": "+msg)
+	r.to.mu.Unlock()
+}
+
+func (r *recorded) Error(args ...any) { r.Helper(); r.note(fmt.Sprint(args...)); r.T.Error(args...) }
+func (r *recorded) Errorf(format string, args ...any) {
+	r.Helper()
+	r.note(fmt.Sprintf(format, args...))
+	r.T.Errorf(format, args...)
+}
+func (r *recorded) Fatal(args ...any) { r.Helper(); r.note(fmt.Sprint(args...)); r.T.Fatal(args...) }
+func (r *recorded) Fatalf(format string, args ...any) {
+	r.Helper()
+	r.note(fmt.Sprintf(format, args...))
+	r.T.Fatalf(format, args...)
+}
 
 // poll runs fn every 250 ms until it succeeds or d passes; it returns how
 // long that took and fn's last error.
@@ -120,7 +163,7 @@ func each[T any](items []T, fn func(T) error) error {
 	return nil
 }
 
-func (s *clusterSuite) needApp(t *testing.T) {
+func (s *clusterSuite) needApp(t testing.TB) {
 	t.Helper()
 	if !s.appReady {
 		t.Fatal("needs the cluster network app with a1-a3, which create-and-talk did not make")
@@ -138,7 +181,7 @@ func createArgs(name, subnet string, opts ...string) []string {
 
 // clusterNet runs the same create of cluster network name on hosts, in
 // order (the first defines it), and removes it from each when owner ends.
-func (s *clusterSuite) clusterNet(t, owner *testing.T, name, subnet string, hosts []int, opts ...string) {
+func (s *clusterSuite) clusterNet(t, owner testing.TB, name, subnet string, hosts []int, opts ...string) {
 	t.Helper()
 	for _, i := range hosts {
 		h := s.H(i)
@@ -159,7 +202,7 @@ func (c ctr) String() string { return fmt.Sprintf("%s@h%d", c.name, c.h.I) }
 
 // startAll runs sleeping containers at once (args before the image),
 // removed when owner ends.
-func startAll(t, owner *testing.T, cs []ctr, args ...string) {
+func startAll(t, owner testing.TB, cs []ctr, args ...string) {
 	t.Helper()
 	for _, c := range cs {
 		owner.Cleanup(func() { _, _ = c.h.Docker(time.Minute, "rm", "-f", c.name) })
@@ -175,11 +218,11 @@ func startAll(t, owner *testing.T, cs []ctr, args ...string) {
 	}
 }
 
-func (c ctr) ip(t *testing.T, network string) string { t.Helper(); return c.h.IP(t, c.name, network) }
+func (c ctr) ip(t testing.TB, network string) string { t.Helper(); return c.h.IP(t, c.name, network) }
 
 func (c ctr) exec(cmd ...string) (string, error) { return c.h.Exec(c.name, cmd...) }
 
-func (c ctr) mac(t *testing.T) string {
+func (c ctr) mac(t testing.TB) string {
 	t.Helper()
 	out, err := c.exec("cat", "/sys/class/net/eth0/address")
 	if err != nil || out == "" {
@@ -197,7 +240,7 @@ func (c ctr) ping(addr string) error {
 
 // reaches waits (bounded) until c pings addr: the first packets may race
 // the other hosts' watches.
-func reaches(t *testing.T, c ctr, addr string, d time.Duration) time.Duration {
+func reaches(t testing.TB, c ctr, addr string, d time.Duration) time.Duration {
 	t.Helper()
 	took, err := poll(d, func() error { return c.ping(addr) })
 	if err != nil {
@@ -214,7 +257,7 @@ type probe struct {
 
 // cannotReach: for every probe, neither ping nor TCP (port 8080) gets
 // there; all tried at once, since each waits for its timeout.
-func cannotReach(t *testing.T, ps ...probe) {
+func cannotReach(t testing.TB, ps ...probe) {
 	t.Helper()
 	var tries []func()
 	for _, p := range ps {
@@ -234,7 +277,7 @@ func cannotReach(t *testing.T, ps ...probe) {
 // gateway is the IPv4 gateway of network on h: the address of the
 // network's bridge in h's namespace (docker network inspect shows no
 // gateway the user did not give when the IPAM driver is a plugin).
-func gateway(t *testing.T, h *CHost, network string) string {
+func gateway(t testing.TB, h *CHost, network string) string {
 	t.Helper()
 	id := h.Run(t, "network", "inspect", "-f", "{{.Id}}", network)
 	out, err := h.Sh("ip", "-o", "-4", "addr", "show", "dev", "ournet-"+id[:8])
@@ -333,7 +376,7 @@ func (s *clusterSuite) endpointsMatch(name string) error {
 }
 
 // vni is cluster network name's VXLAN network identifier, from its spec.
-func (s *clusterSuite) vni(t *testing.T, name string) int {
+func (s *clusterSuite) vni(t testing.TB, name string) int {
 	t.Helper()
 	kv, err := s.EtcdGet(EtcdPrefix + "networks/" + name + "/spec")
 	if err != nil {
@@ -350,7 +393,7 @@ func (s *clusterSuite) vni(t *testing.T, name string) int {
 }
 
 // vxTool builds testdata/vxlan once.
-func (s *clusterSuite) vxTool(t *testing.T) string {
+func (s *clusterSuite) vxTool(t testing.TB) string {
 	t.Helper()
 	if s.tool != "" {
 		return s.tool
@@ -367,7 +410,7 @@ func (s *clusterSuite) vxTool(t *testing.T) string {
 
 // listen starts the vxlan tool's UDP listener on port 9999 in c, and
 // returns what it received so far.
-func listen(t *testing.T, c ctr) func() string {
+func listen(t testing.TB, c ctr) func() string {
 	t.Helper()
 	if _, err := c.h.Docker(time.Minute, "exec", "-d", c.name, "sh", "-c", "/bin/vxlan listen -t 5m 9999 > /tmp/got 2>&1"); err != nil {
 		t.Fatal(err)
@@ -377,7 +420,7 @@ func listen(t *testing.T, c ctr) func() string {
 }
 
 // arrives waits until got() holds msg.
-func arrives(t *testing.T, what string, got func() string, msg string) {
+func arrives(t testing.TB, what string, got func() string, msg string) {
 	t.Helper()
 	if _, err := poll(5*time.Second, func() error {
 		if !strings.Contains(got(), msg) {
@@ -392,7 +435,7 @@ func arrives(t *testing.T, what string, got func() string, msg string) {
 // crossStream sends lines lines, 10 a second, over one TCP connection
 // from container from to container to (on port), and returns a function
 // counting the lines received so far; the connection is up on return.
-func crossStream(t *testing.T, from, to ctr, toIP string, port, lines int) func() int {
+func crossStream(t testing.TB, from, to ctr, toIP string, port, lines int) func() int {
 	t.Helper()
 	recv := fmt.Sprintf("sleep 300 | nc -l -p %d > /tmp/recv%d", port, port)
 	if _, err := to.h.Docker(time.Minute, "exec", "-d", to.name, "sh", "-c", recv); err != nil {
@@ -423,7 +466,7 @@ func crossStream(t *testing.T, from, to ctr, toIP string, port, lines int) func(
 }
 
 // links is the set of link names in h's namespace.
-func (h *CHost) links(t *testing.T) []string {
+func (h *CHost) links(t testing.TB) []string {
 	t.Helper()
 	out, err := h.Sh("ip", "-o", "link")
 	if err != nil {
@@ -444,7 +487,7 @@ func (h *CHost) links(t *testing.T) []string {
 // rig: the rig itself, with nothing of issue #13 needed: the underlay, etcd
 // from inside each host, the plugin enabled with the cluster settings, and
 // an ordinary (single-host) ournet network working on each host.
-func (s *clusterSuite) rig(t *testing.T) {
+func (s *clusterSuite) rig(t testing.TB) {
 	for _, a := range s.Hosts {
 		// (not /sys/class/net: nsenter --net keeps the real host's /sys)
 		if out, err := a.Sh("ip", "-o", "link", "show", UnderIf); err != nil || !strings.Contains(out, fmt.Sprintf(" mtu %d ", UnderMTU)) {
@@ -503,7 +546,7 @@ func (s *clusterSuite) rig(t *testing.T) {
 // createAndTalk: the same create on every host; cross-host ping and TCP
 // both ways; one gateway address everywhere; the hosts and the network in
 // etcd (the last host found its address by itself).
-func (s *clusterSuite) createAndTalk(t *testing.T) {
+func (s *clusterSuite) createAndTalk(t testing.TB) {
 	start := time.Now()
 	s.clusterNet(t, s.top, appNet, appSubnet, []int{1, 2, 3})
 	t.Logf("network %s created on 3 hosts in %s", appNet, time.Since(start).Round(time.Millisecond))
@@ -578,7 +621,7 @@ func (s *clusterSuite) createAndTalk(t *testing.T) {
 
 // parallelRuns: 18 `docker run` at once, 6 per host: 18 distinct
 // addresses, each reachable from a container on another host.
-func (s *clusterSuite) parallelRuns(t *testing.T) {
+func (s *clusterSuite) parallelRuns(t testing.TB) {
 	s.needApp(t)
 	var cs []ctr
 	for _, h := range s.Hosts {
@@ -644,7 +687,7 @@ func (s *clusterSuite) parallelRuns(t *testing.T) {
 // transferAndMTU: 4 MiB between hosts arrives whole, both ways round the
 // hosts, and the MTU inside containers is the underlay's less 50 on every
 // host.
-func (s *clusterSuite) transferAndMTU(t *testing.T) {
+func (s *clusterSuite) transferAndMTU(t testing.TB) {
 	s.needApp(t)
 	for i := 1; i <= 3; i++ {
 		c := ctr{s.H(i), fmt.Sprintf("a%d", i)}
@@ -672,7 +715,7 @@ func (s *clusterSuite) transferAndMTU(t *testing.T) {
 
 // iccOff: enable_icc=false holds between hosts; each container still
 // reaches its gateway.
-func (s *clusterSuite) iccOff(t *testing.T) {
+func (s *clusterSuite) iccOff(t testing.TB) {
 	s.clusterNet(t, t, "quiet", "198.18.212.0/24", []int{1, 2}, "com.docker.network.bridge.enable_icc=false")
 	q1, q2 := ctr{s.H(1), "q1"}, ctr{s.H(2), "q2"}
 	startAll(t, t, []ctr{q1, q2}, "--network", "quiet")
@@ -699,7 +742,7 @@ func (s *clusterSuite) iccOff(t *testing.T) {
 
 // isolation: two cluster networks on the same two hosts: neither reaches
 // the other across hosts, both ways, while each works within itself.
-func (s *clusterSuite) isolation(t *testing.T) {
+func (s *clusterSuite) isolation(t testing.TB) {
 	s.needApp(t)
 	s.clusterNet(t, t, "other", "198.18.213.0/24", []int{1, 2})
 	o1, o2 := ctr{s.H(1), "o1"}, ctr{s.H(2), "o2"}
@@ -716,7 +759,7 @@ func (s *clusterSuite) isolation(t *testing.T) {
 // antiSpoofing: a container on host 1 that takes the address of a peer on
 // host 2 gets nothing through with it, and poisons no neighbour entry, on
 // either host.
-func (s *clusterSuite) antiSpoofing(t *testing.T) {
+func (s *clusterSuite) antiSpoofing(t testing.TB) {
 	tool := s.vxTool(t)
 	s.clusterNet(t, t, "guard", "198.18.214.0/24", []int{1, 2}, "ournet.anti_spoofing=true")
 	victim, bystander1, bystander2 := ctr{s.H(2), "g-victim"}, ctr{s.H(1), "g-by1"}, ctr{s.H(2), "g-by2"}
@@ -822,7 +865,7 @@ func (s *clusterSuite) antiSpoofing(t *testing.T) {
 // another host (or its own) by sending UDP to port 4789, nor can a machine
 // that is not a cluster host; the same packet sent by a cluster host does
 // arrive, so the packet itself is right.
-func (s *clusterSuite) noVXLANFromContainers(t *testing.T) {
+func (s *clusterSuite) noVXLANFromContainers(t testing.TB) {
 	s.needApp(t)
 	tool := s.vxTool(t)
 	vni := s.vni(t, appNet)
@@ -886,7 +929,7 @@ func (s *clusterSuite) noVXLANFromContainers(t *testing.T) {
 
 // outboundAndPorts: on host 2, a container goes out masqueraded to host
 // 2's own address, and -p 8080:80 there is reachable from outside.
-func (s *clusterSuite) outboundAndPorts(t *testing.T) {
+func (s *clusterSuite) outboundAndPorts(t testing.TB) {
 	s.needApp(t)
 	h := s.H(2)
 	u := NewUplink(t, h.Engine)
@@ -913,7 +956,7 @@ func (s *clusterSuite) outboundAndPorts(t *testing.T) {
 // another option is refused with what differs, and so are a cluster
 // network on the default IPAM and one without --subnet; none leaves a link
 // or a key.
-func (s *clusterSuite) mismatchRefused(t *testing.T) {
+func (s *clusterSuite) mismatchRefused(t testing.TB) {
 	s.clusterNet(t, t, "solo", "198.18.215.0/24", []int{1})
 	h := s.H(2)
 	for _, c := range []struct {
@@ -952,7 +995,7 @@ func (s *clusterSuite) mismatchRefused(t *testing.T) {
 
 // oneMemberDown: with one etcd member of three stopped (the first
 // endpoint's), containers come and go on every host and talk across hosts.
-func (s *clusterSuite) oneMemberDown(t *testing.T) {
+func (s *clusterSuite) oneMemberDown(t testing.TB) {
 	s.needApp(t)
 	s.StopEtcd(1)
 	defer func() {
@@ -991,7 +1034,7 @@ func (s *clusterSuite) oneMemberDown(t *testing.T) {
 // quorumLost: two members of three stopped: established traffic flows;
 // new containers are refused within seconds naming the store; rm -f works;
 // with quorum back, everything works again without restarting anything.
-func (s *clusterSuite) quorumLost(t *testing.T) {
+func (s *clusterSuite) quorumLost(t testing.TB) {
 	s.needApp(t)
 	r2, r3 := ctr{s.H(2), "r2"}, ctr{s.H(3), "r3"}
 	startAll(t, t, []ctr{r2, r3}, "--network", appNet)
@@ -1087,20 +1130,34 @@ func (s *clusterSuite) quorumLost(t *testing.T) {
 
 	// Quorum back: nothing is restarted but etcd.
 	restart()
-	b3 := ctr{s.H(3), "back3"}
-	t.Cleanup(func() { _, _ = b3.h.Docker(time.Minute, "rm", "-f", b3.name) })
-	ran, err := poll(30*time.Second, func() error {
-		_, err := b3.h.Docker(time.Minute, "run", "-d", "--name", b3.name, "--network", appNet, Image, "sleep", "3600")
-		if err != nil {
-			_, _ = b3.h.Docker(time.Minute, "rm", "-f", b3.name)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatalf("with quorum back, docker run on host 3: %v", err)
+	// Every host takes new containers again (a host that saw the store
+	// fail keeps asking it, and stops refusing at its first answer).
+	var backs []ctr
+	for _, h := range s.Hosts {
+		backs = append(backs, ctr{h, fmt.Sprintf("back%d", h.I)})
 	}
-	reach := reaches(t, a1, b3.ip(t, appNet), 15*time.Second)
-	t.Logf("quorum back: docker run on host 3 ok after %s, reachable from host 1 %s later", ran.Round(time.Millisecond), reach.Round(time.Millisecond))
+	ran := make([]time.Duration, len(backs))
+	_ = each(backs, func(b ctr) error {
+		t.Cleanup(func() { _, _ = b.h.Docker(time.Minute, "rm", "-f", b.name) })
+		took, err := poll(30*time.Second, func() error {
+			_, err := b.h.Docker(time.Minute, "run", "-d", "--name", b.name, "--network", appNet, Image, "sleep", "3600")
+			if err != nil {
+				_, _ = b.h.Docker(time.Minute, "rm", "-f", b.name)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("with quorum back, docker run on host %d: %v", b.h.I, err)
+		}
+		ran[b.h.I-1] = took
+		return nil
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	reach := reaches(t, a1, backs[2].ip(t, appNet), 15*time.Second)
+	t.Logf("quorum back: docker run ok on host 1 after %s, host 2 %s, host 3 %s; host 3's reachable from host 1 %s later",
+		ran[0].Round(time.Millisecond), ran[1].Round(time.Millisecond), ran[2].Round(time.Millisecond), reach.Round(time.Millisecond))
 	reaches(t, a3, s.appIPs["a1"], 10*time.Second)
 	if _, err := poll(30*time.Second, func() error { return s.endpointsMatch(appNet) }); err != nil {
 		t.Error(err)
@@ -1110,10 +1167,11 @@ func (s *clusterSuite) quorumLost(t *testing.T) {
 // hostCutOff: host 3 off the underlay for 20 s: hosts 1 and 2 go on with
 // old and new containers; once back, host 3's containers are reachable
 // again within seconds, and no address is held twice.
-func (s *clusterSuite) hostCutOff(t *testing.T) {
+func (s *clusterSuite) hostCutOff(t testing.TB) {
 	s.needApp(t)
 	a1, a2, a3 := ctr{s.H(1), "a1"}, ctr{s.H(2), "a2"}, ctr{s.H(3), "a3"}
 	reaches(t, a1, s.appIPs["a3"], 10*time.Second)
+	dev1 := s.dev(t, 1, appNet) // read while etcd has all its members
 	cut := time.Now()
 	if err := s.Cut(3); err != nil {
 		t.Fatal(err)
@@ -1158,7 +1216,7 @@ func (s *clusterSuite) hostCutOff(t *testing.T) {
 		if err != nil || len(kv) > 0 {
 			return fmt.Errorf("a3's endpoint is still in etcd (%v)", err)
 		}
-		if neigh, _ := s.H(1).Sh("ip", "neigh", "show", s.appIPs["a3"], "dev", s.dev(t, 1, appNet)); strings.TrimSpace(neigh) != "" {
+		if neigh, _ := s.H(1).Sh("ip", "neigh", "show", s.appIPs["a3"], "dev", dev1); strings.TrimSpace(neigh) != "" {
 			return fmt.Errorf("host 1 still has a neighbour entry for a3: %s", neigh)
 		}
 		return nil
@@ -1204,7 +1262,7 @@ func (s *clusterSuite) hostCutOff(t *testing.T) {
 // nothingLeft: every container and network removed on every host: no
 // VXLAN device or link of ournet's, no rule of the networks, and no etcd
 // key of any network.
-func (s *clusterSuite) nothingLeft(t *testing.T) {
+func (s *clusterSuite) nothingLeft(t testing.TB) {
 	ids := map[int][]string{}
 	var mu sync.Mutex
 	if err := each(s.Hosts, func(h *CHost) error {
@@ -1272,7 +1330,7 @@ func (s *clusterSuite) nothingLeft(t *testing.T) {
 // stay in etcd and in the other hosts' kernels throughout (the restarted
 // plugin registers under a new lease and writes its endpoints again
 // before the old lease expires); afterwards etcd matches the hosts.
-func (s *clusterSuite) pluginKill(t *testing.T) {
+func (s *clusterSuite) pluginKill(t testing.TB) {
 	s.needApp(t)
 	a1, a2 := ctr{s.H(1), "a1"}, ctr{s.H(2), "a2"}
 	count := crossStream(t, a1, a2, s.appIPs["a2"], 9100, 600)
@@ -1321,12 +1379,12 @@ func (s *clusterSuite) pluginKill(t *testing.T) {
 }
 
 // dev is host i's VXLAN device of cluster network name.
-func (s *clusterSuite) dev(t *testing.T, i int, name string) string {
+func (s *clusterSuite) dev(t testing.TB, i int, name string) string {
 	return "ovx" + strconv.Itoa(s.vni(t, name))
 }
 
 // hostID is host i's ID in the cluster store (its hosts/ key names it).
-func (s *clusterSuite) hostID(t *testing.T, i int) string {
+func (s *clusterSuite) hostID(t testing.TB, i int) string {
 	t.Helper()
 	kv, err := s.EtcdGet(EtcdPrefix + "hosts/")
 	if err != nil {
@@ -1348,7 +1406,7 @@ func (s *clusterSuite) hostID(t *testing.T, i int) string {
 // host, then retires host 3: its blocks and membership leave etcd. When
 // host 3 comes back, its part of the network refuses new containers,
 // saying to create it again, and can be removed.
-func (s *clusterSuite) retireHost(t *testing.T) {
+func (s *clusterSuite) retireHost(t testing.TB) {
 	s.needApp(t)
 	id2, id3 := s.hostID(t, 2), s.hostID(t, 3)
 	h1, h3 := s.H(1), s.H(3)

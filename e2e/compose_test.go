@@ -164,7 +164,7 @@ func TestCompose(t *testing.T) {
 // assertNetworksGone checks that nothing of the ournet networks ids (as
 // `docker network ls -q` prints them) is left in e's kernel: no bridge, no
 // chain or tagged rule, no rule of the published host ports.
-func assertNetworksGone(t *testing.T, e *Engine, ids []string, hostPorts ...string) {
+func assertNetworksGone(t testing.TB, e *Engine, ids []string, hostPorts ...string) {
 	t.Helper()
 	links, _ := e.Sh("ip", "-o", "link")
 	for _, id := range ids {

@@ -130,7 +130,7 @@ func (e *Engine) Exec(container string, cmd ...string) (string, error) {
 }
 
 // IP is a container's IPv4 address on a network.
-func (e *Engine) IP(t *testing.T, container, network string) string {
+func (e *Engine) IP(t testing.TB, container, network string) string {
 	t.Helper()
 	ip := e.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+network+"\").IPAddress}}", container)
 	if ip == "" {
