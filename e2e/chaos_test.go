@@ -224,11 +224,11 @@ func checkConsistent(t *testing.T, e *Engine, stage string) {
 			}
 		}
 	}
-	for _, l := range strings.Split(e.Rules(), "\n") {
-		if c, ok := strings.CutPrefix(strings.TrimSpace(l), "chain net-"); ok {
-			if id := strings.Fields(c)[0]; !knownNet[id] {
-				e.Errorf(t, "%s: table inet ournet keeps the chain of network %s, which dockerd does not have", stage, id)
-			}
+	// Every element of table inet ournet names its network: comment
+	// "ournet:<id>".
+	for _, l := range strings.Split(e.Rules(), `comment "ournet:`)[1:] {
+		if id, _, _ := strings.Cut(l, `"`); !knownNet[id] {
+			e.Errorf(t, "%s: table inet ournet keeps elements of network %s, which dockerd does not have", stage, id)
 		}
 	}
 	out, err := e.ournetStatus("--json")

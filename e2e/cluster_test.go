@@ -1299,8 +1299,8 @@ func (s *clusterSuite) nothingLeft(t testing.TB) {
 		}
 		assertNetworksGone(t, h.Engine, ids[h.I])
 		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-			if dump, _ := h.Sh("nft", "list", "table", "inet", "ournet"); strings.Contains(dump, "chain net-") {
-				t.Errorf("host %d: table inet ournet keeps a network's chain:\n%s", h.I, dump)
+			if dump, _ := h.Sh("nft", "list", "table", "inet", "ournet"); strings.Contains(dump, `"ournet:`) {
+				t.Errorf("host %d: table inet ournet keeps a network's elements:\n%s", h.I, dump)
 			}
 			// The VXLAN guard goes with the last cluster network.
 			if _, err := poll(10*time.Second, func() error {

@@ -225,13 +225,13 @@ func TestDriftRepair(t *testing.T) {
 	}
 	waitFor(t, 15*time.Second, "rules restored after a flush", func() error { return e.Ping("keep-a", "keep-b") })
 	// ournet's nftables table deleted (as `nft flush ruleset` would): it
-	// comes back, with the network's chain.
+	// comes back, with the network's elements.
 	id := e.Run(t, "network", "inspect", "-f", "{{.Id}}", "keep")
 	if out, err := e.Sh("nft", "delete", "table", "inet", "ournet"); err != nil {
 		t.Fatal(out, err)
 	}
 	waitFor(t, 15*time.Second, "table inet ournet restored", func() error {
-		if out, _ := e.Sh("nft", "list", "chain", "inet", "ournet", "net-"+id[:12]); !strings.Contains(out, "icc on") {
+		if out, _ := e.Sh("nft", "list", "set", "inet", "ournet", "icc"); !strings.Contains(out, `comment "ournet:`+id[:12]) {
 			return fmt.Errorf("not yet: %s", out)
 		}
 		return e.Ping("keep-a", "keep-b")

@@ -40,7 +40,7 @@ func (fw *Firewall) Setup() error {
 func (fw *Firewall) setupNFT() error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	c, s, err := fw.read(false)
+	c, s, err := fw.read()
 	if err != nil {
 		return err
 	}
@@ -49,7 +49,7 @@ func (fw *Firewall) setupNFT() error {
 	}
 	fw.known = nil // the networks' objects are checked again by Drifted
 	fw.gen++
-	if err := ensureBase(c); err != nil {
+	if err := ensureBase(c, s); err != nil {
 		return err
 	}
 	if err := c.Flush(); err != nil {

@@ -16,7 +16,7 @@ func (fw *Firewall) Drifted(nets []Network) ([]Network, error) {
 	fw.mu.Lock()
 	gen := fw.gen
 	fw.mu.Unlock()
-	_, s, err := fw.read(true)
+	_, s, err := fw.read()
 	if err != nil {
 		return nil, err
 	}
@@ -46,7 +46,7 @@ func (fw *Firewall) Drifted(nets []Network) ([]Network, error) {
 func (fw *Firewall) OwnedNetworks() (map[string]bool, error) {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	_, s, err := fw.read(false)
+	_, s, err := fw.read()
 	if err != nil {
 		return nil, err
 	}

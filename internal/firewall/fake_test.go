@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -64,6 +65,30 @@ func fakeRules(t *testing.T, kn *nft.Fake, chain string) []string {
 	return out
 }
 
+func ruleComments(rs []nftRule) []string {
+	out := []string{}
+	for _, r := range rs {
+		out = append(out, r.comment)
+	}
+	return out
+}
+
+// fakeElems lists every element of the table's sets, as "set key/end
+// comment" strings, sorted.
+func fakeElems(t *testing.T, kn *nft.Fake) []string {
+	t.Helper()
+	c, _ := kn.Dial()
+	var out []string
+	for _, d := range allSets {
+		el, _ := c.GetSetElements(d.set())
+		for _, e := range fromKernel(d, el) {
+			out = append(out, fmt.Sprintf("%s %x/%x %s", d.name, e.key, e.end, e.comment))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Setup writes nothing when all is in place, puts the FORWARD jump back
 // right after DOCKER-USER when dockerd's restart put its rules above, and
 // removes the older layouts' chains.
@@ -73,7 +98,7 @@ func TestSetupWithoutRoot(t *testing.T) {
 	if !slices.Equal(fwd, []string{"-A FORWARD -j DOCKER-USER", "-A FORWARD -j " + ForwardChain, "-A FORWARD -o docker0 -j DOCKER"}) {
 		t.Fatalf("FORWARD = %q", fwd)
 	}
-	if got := fakeRules(t, kn, ForwardBase); !slices.Equal(got, comments(forwardBaseRules())) {
+	if got := fakeRules(t, kn, ForwardBase); !slices.Equal(got, ruleComments(forwardBaseRules())) {
 		t.Fatalf("table's forward chain = %q", got)
 	}
 	before, txs := k.Restores, kn.Transactions
@@ -122,7 +147,7 @@ func TestSetupWithoutRoot(t *testing.T) {
 	if err := fw.Setup(); err != nil {
 		t.Fatal(err)
 	}
-	if got := fakeRules(t, kn, ForwardBase); !slices.Equal(got, comments(forwardBaseRules())) {
+	if got := fakeRules(t, kn, ForwardBase); !slices.Equal(got, ruleComments(forwardBaseRules())) {
 		t.Fatalf("table's forward chain after a flush and Setup = %q", got)
 	}
 }
@@ -151,8 +176,9 @@ func TestNetworksWithoutRoot(t *testing.T) {
 		} else {
 			base = now
 		}
-		if got := fakeRules(t, kn, NetPrefix+iptables.Short(c.n.ID)); !slices.Equal(got, comments(netRules(c.n))) {
-			t.Fatalf("%s: chain = %q", c.name, got)
+		conn, _ := kn.Dial()
+		if s, err := readNFT(conn); err != nil || !s.matches(c.n) || len(s.byOwner[iptables.Short(c.n.ID)]) != len(netElems(c.n)) {
+			t.Fatalf("%s: its elements are not as written (%v)", c.name, err)
 		}
 	}
 	txs := kn.Transactions
@@ -172,13 +198,13 @@ func TestNetworksWithoutRoot(t *testing.T) {
 	}
 	// A second firewall (a restarted plugin) adds them all again: the
 	// same table.
-	nat := fakeRules(t, kn, natChain(cases[4].n.ID).Name)
+	elems := fakeElems(t, kn)
 	fw2 := New(iptables.NewFake(), kn.Dial, iptables.IPv4)
 	if err := fw2.AddNetworks(nets); err != nil {
 		t.Fatal(err)
 	}
-	if got := fakeRules(t, kn, natChain(cases[4].n.ID).Name); !slices.Equal(got, nat) {
-		t.Fatalf("nat chain after a second AddNetworks = %q, want %q", got, nat)
+	if got := fakeElems(t, kn); !slices.Equal(got, elems) {
+		t.Fatalf("elements after a second AddNetworks = %q, want %q", got, elems)
 	}
 	if d, err := fw2.Drifted(nets); err != nil || len(d) != 0 {
 		t.Fatalf("after a second AddNetworks: drifted %v, %v", d, err)
@@ -195,9 +221,9 @@ func TestNetworksWithoutRoot(t *testing.T) {
 		t.Fatalf("nat chain after removing every network = %q", got)
 	}
 	if conn, _ := kn.Dial(); true {
-		for _, m := range []*nftables.Set{intoMap(), outofMap(), masqMap(false), masqMap(true)} {
-			if el, _ := conn.GetSetElements(m); len(el) != 0 {
-				t.Fatalf("map %s keeps %d elements after removing every network", m.Name, len(el))
+		for _, d := range allSets {
+			if el, _ := conn.GetSetElements(d.set()); len(el) != 0 {
+				t.Fatalf("set %s keeps %d elements after removing every network", d.name, len(el))
 			}
 		}
 	}
@@ -236,15 +262,22 @@ func TestDriftWithoutRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := kn.Dial()
-	c.FlushChain(netChain(cases[0].n.ID))
-	if err := c.SetDeleteElements(intoMap(), []nftables.SetElement{{Key: nft.IfName(cases[1].n.Bridge)}}); err != nil {
+	// Network 0 loses its bridge from nets, network 1 gains an icc
+	// element by its name, network 4 loses a masquerade exception.
+	if err := c.SetDeleteElements(setNets.set(), []nftables.SetElement{{Key: nft.IfName(cases[0].n.Bridge)}}); err != nil {
 		t.Fatal(err)
 	}
-	c.AddRule(&nftables.Rule{Table: table, Chain: netChain(cases[2].n.ID)})
-	// Network 4's masquerade: its chain's rule removed.
-	nat, _ := kn.Rules(table, natChain(cases[4].n.ID).Name)
-	if err := c.DelRule(nat[0]); err != nil {
+	br1 := nft.IfName(cases[1].n.Bridge)
+	if err := c.SetAddElements(setICC.set(), []nftables.SetElement{{Key: concat(br1, br1), Comment: owner(cases[1].n.ID)}}); err != nil {
 		t.Fatal(err)
+	}
+	for _, e := range netElems(cases[4].n) {
+		if e.set == setOwn4 {
+			if err := c.SetDeleteElements(e.set.set(), e.elements()); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
 	}
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
@@ -254,7 +287,7 @@ func TestDriftWithoutRoot(t *testing.T) {
 	for _, n := range d {
 		got = append(got, n.ID)
 	}
-	if want := []string{cases[0].n.ID, cases[1].n.ID, cases[2].n.ID, cases[4].n.ID}; err != nil || !slices.Equal(got, want) {
+	if want := []string{cases[0].n.ID, cases[1].n.ID, cases[4].n.ID}; err != nil || !slices.Equal(got, want) {
 		t.Fatalf("Drifted = %v, %v; want %v", got, err, want)
 	}
 	if err := fw.AddNetworks(d); err != nil {
@@ -262,6 +295,23 @@ func TestDriftWithoutRoot(t *testing.T) {
 	}
 	if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
 		t.Fatalf("repaired rules still drifted: %v %v", d, err)
+	}
+	// An element that names no network (added by hand) drifts them all,
+	// and the repair removes it.
+	if err := c.SetAddElements(setDNAT.set(), []nftables.SetElement{{Key: nft.IfName("eth0")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := fw.Drifted(nets); err != nil || len(d) != len(nets) {
+		t.Fatalf("a stray element: %d drifted, %v", len(d), err)
+	}
+	if err := fw.AddNetworks(nets); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := fw.Drifted(nets); err != nil || len(d) != 0 || slices.ContainsFunc(fakeElems(t, kn), func(e string) bool { return strings.HasSuffix(e, " ") }) {
+		t.Fatalf("after repairing a stray element: %d drifted, %v; %q", len(d), err, fakeElems(t, kn))
 	}
 	// The table deleted whole (nft flush ruleset): everything drifts, and
 	// comes back.
@@ -355,5 +405,35 @@ func TestVXLANGuardWithoutRoot(t *testing.T) {
 	}
 	if _, ok := k.Rules(iptables.IPv4, "raw", VXLANChain); ok {
 		t.Fatal("guard still there")
+	}
+}
+
+// A table of the layout before sets (per-network chains, verdict maps) is
+// deleted and made anew at the restore's add.
+func TestLegacyTableWithoutRoot(t *testing.T) {
+	fw, _, kn := fakeFirewall(t)
+	c, _ := kn.Dial()
+	c.DelTable(table)
+	c.AddTable(table)
+	if err := c.AddSet(&nftables.Set{Table: table, Name: "masq4", ID: 3, IsMap: true, Interval: true,
+		KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.AddChain(nftChain("net-0123456789ab"))
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := fw.Drifted([]Network{cases[0].n}); err != nil || len(d) != 1 {
+		t.Fatalf("a legacy table: drifted %v, %v", d, err)
+	}
+	nets := []Network{cases[0].n, cases[4].n}
+	if err := fw.AddNetworks(nets); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := kn.Rules(table, "net-0123456789ab"); ok {
+		t.Fatal("the legacy chain is left")
+	}
+	if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
+		t.Fatalf("after the legacy table was replaced: drifted %v, %v", d, err)
 	}
 }

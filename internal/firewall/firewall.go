@@ -16,36 +16,36 @@
 //	vxlan.go     the VXLAN port's guard (cluster networks)
 //
 // Layout. Every ournet bridge is in device group BridgeGroup (0x6f75).
+// The table holds sets, one or a few elements per network, and two base
+// chains whose rules never change:
 //
 //	table inet ournet {
-//		map into  { type ifname : verdict }   # "<bridge>" : jump net-<id>
-//		map outof { type ifname : verdict }   # an internal network's bridge : drop
+//		set nets         { type ifname }            # every network's bridge
+//		set published    { type ifname }            # not internal: takes published ports
+//		set icc          { type ifname . ifname }   # "<bridge>" . "<bridge>": icc on
+//		set unprotected4 { type ifname }            # nat-unprotected (and unprotected6)
+//		set internal     { type ifname }
+//		set masq4 { type ipv4_addr; flags interval }            # subnets that masquerade (and masq6)
+//		set own4  { type ipv4_addr . ifname; flags interval }   # such a subnet . its bridge (and own6)
 //		chain forward {                       # hook forward, priority filter - 5
-//			oifname vmap @into                # judged by the destination network
+//			oifname @nets ct state established,related accept
+//			oifname @published ct status dnat accept
+//			iifname . oifname @icc accept
+//			meta nfproto ipv4 oifname @unprotected4 iifgroup != 0x6f75 iifname != "docker0" iifname != "br-*" accept
+//			(the same for IPv6)
+//			oifname @nets drop                # nothing else into a network
 //			oifgroup 0x6f75 drop              # an ournet bridge with no network
-//			iifname vmap @outof
+//			iifname @internal drop            # out of an internal network
 //		}
-//		chain net-<id> {                      # what may enter the network's bridge
-//			ct state established,related accept
-//			ct status dnat accept             # published ports (not internal)
-//			iifname "<bridge>" accept         # icc
-//			drop
-//		}
-//		map masq4 { type ipv4_addr : verdict; flags interval }  # "<subnet>" : jump nat-<id>
-//		map masq6 { type ipv6_addr : verdict; flags interval }
 //		chain postrouting {                   # hook postrouting, priority srcnat - 5
-//			ip saddr vmap @masq4
-//			ip6 saddr vmap @masq6
-//		}
-//		chain nat-<id> {                      # a network that masquerades
-//			oifname != "<bridge>" masquerade
+//			ip saddr @masq4 ip saddr . oifname != @own4 masquerade
+//			ip6 saddr @masq6 ip6 saddr . oifname != @own6 masquerade
 //		}
 //	}
 //
-// A nat-unprotected network's chain accepts, before its drop, whatever
-// does not come from a container bridge (ournet's group, docker0, br-*).
-// Each rule carries a comment naming its network ("ournet:<id> icc on
-// ...") by which drift is judged and the network's rules found.
+// Every element carries a comment naming its network ("ournet:<id>"), by
+// which drift is judged and a network's elements found; an element that
+// names none is drift, and is removed.
 //
 // The table's forward chain runs before iptables' filter table, so what
 // it drops never meets dockerd's ACCEPT rules, whatever FORWARD's policy.
@@ -60,10 +60,10 @@
 //	                   bridges on the host that are not ournet's, else accepted
 //
 // These do not change with the networks: adding one is one nftables
-// transaction that only creates objects (its chains and their rules, its
-// map elements) and no process. Nothing per network goes into a shared
-// chain: the kernel copies a chain's rules whole at every commit that
-// changes it.
+// transaction that only adds set elements, and no process. No rule, chain
+// or jump per network: the kernel copies a chain's rules whole at every
+// commit that changes it, and checks every jump of the table at every
+// commit that adds one, both costs that grow with the networks.
 package firewall
 
 import (
@@ -136,7 +136,7 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 	if fw.known != nil && fw.createOnly(nets) {
 		return nil
 	}
-	c, s, err := fw.read(false)
+	c, s, err := fw.read()
 	if err != nil {
 		fw.known = nil
 		return err
@@ -144,7 +144,7 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 	fw.gen++
 	for i := 0; i < len(nets); i += chunk {
 		part := nets[i:min(i+chunk, len(nets))]
-		if err := ensureBase(c); err != nil {
+		if err := ensureBase(c, s); err != nil {
 			return err
 		}
 		for _, n := range part {
@@ -165,14 +165,13 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 	return nil
 }
 
-// read opens a connection and reads the table through it (withRules: the
-// networks' chains' rules too).
-func (fw *Firewall) read(withRules bool) (nft.Conn, *nftState, error) {
+// read opens a connection and reads the table through it.
+func (fw *Firewall) read() (nft.Conn, *nftState, error) {
 	c, err := fw.dial()
 	if err != nil {
 		return nil, nil, fmt.Errorf("nftables: %w", err)
 	}
-	s, err := readNFT(c, withRules)
+	s, err := readNFT(c)
 	if err != nil {
 		return nil, nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -223,7 +222,7 @@ func (fw *Firewall) createOnly(nets []Network) bool {
 func (fw *Firewall) DelNetwork(id string) error {
 	fw.mu.Lock()
 	defer fw.mu.Unlock()
-	c, s, err := fw.read(false)
+	c, s, err := fw.read()
 	if err != nil {
 		fw.known = nil
 		return err
@@ -236,7 +235,7 @@ func (fw *Firewall) DelNetwork(id string) error {
 	fw.gen++
 	// The base first: the deletes below need the maps, and a base that
 	// drifted is mended on the way.
-	if err := ensureBase(c); err != nil {
+	if err := ensureBase(c, s); err != nil {
 		return err
 	}
 	if err := delNFT(c, s, short); err != nil {

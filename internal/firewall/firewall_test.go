@@ -184,12 +184,30 @@ func TestApplyInNetns(t *testing.T) {
 		ipt(t, "-t", "nat", "-N", "OURNET-N-"+old)
 		ipt(t, "-t", "nat", "-A", "POSTROUTING", "-j", "OURNET-POSTROUTING")
 		ipt(t, "-t", "nat", "-A", "OURNET-POSTROUTING", "-j", "OURNET-N-"+old)
+		// And the table as the layout before sets made it: per-network
+		// chains behind verdict maps.
+		nftDo(t, "delete", "table", "inet", TableName)
+		cmd := exec.Command("nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(`table inet ournet {
+	map into { type ifname : verdict; }
+	map masq4 { type ipv4_addr : verdict; flags interval; }
+	chain net-0123456789ab { drop; }
+	chain forward { type filter hook forward priority -5; oifname vmap @into; }
+}
+add element inet ournet into { "ournet-01234567" : jump net-0123456789ab }
+`)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("the table before sets: %v: %s", err, out)
+		}
 		fw = New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
 		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
 			t.Fatal(err)
+		}
+		if d, err := fw.Drifted([]Network{cases[0].n}); err != nil || len(d) != 0 || strings.Contains(nftList(t), "chain net-") || strings.Contains(nftList(t), "verdict") {
+			t.Fatalf("after an upgrade from the table with chains: drifted %v, %v\n%s", d, err, nftList(t))
 		}
 		if got := save(t, r, iptables.IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") ||
 			strings.Contains(got, "OURNET-I") || strings.Contains(got, "OURNET-GUARD") || strings.Contains(got, "OURNET-POSTROUTING") {
@@ -239,8 +257,8 @@ func handleOf(t *testing.T, chain, text string) string {
 	return ""
 }
 
-// Drift (a flushed chain, a deleted element, an added or deleted rule, a
-// flushed base chain) is seen and repaired, and the FORWARD jump goes back
+// Drift (elements deleted or added by hand, a flushed base chain, an
+// element that names no network) is seen and repaired, and the FORWARD jump goes back
 // right after DOCKER-USER when dockerd's restart inserts its own rules
 // above it.
 func TestDriftAndJumpOrderInNetns(t *testing.T) {
@@ -287,10 +305,11 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err != nil || len(ids) != len(cases) || !ids["0123456789ab"] {
 			t.Fatalf("OwnedNetworks = %v, %v", ids, err)
 		}
-		nftDo(t, "flush", "chain", "inet", TableName, NetPrefix+iptables.Short(cases[0].n.ID))
-		nftDo(t, "delete", "element", "inet", TableName, IntoMap, "{", `"`+cases[1].n.Bridge+`"`, "}")
-		nftDo(t, "add", "rule", "inet", TableName, NetPrefix+iptables.Short(cases[2].n.ID), "accept")
-		nftDo(t, "delete", "element", "inet", TableName, Masq4Map, "{", "198.18.6.0/24", "}")
+		nftDo(t, "delete", "element", "inet", TableName, NetsSet, "{", `"`+cases[0].n.Bridge+`"`, "}")
+		nftDo(t, "delete", "element", "inet", TableName, DNATSet, "{", `"`+cases[1].n.Bridge+`"`, "}")
+		nftDo(t, "add", "element", "inet", TableName, ICCSet, "{", `"`+cases[2].n.Bridge+`" . "eth0"`, "comment", `"ournet:`+iptables.Short(cases[2].n.ID)+`"`, "}")
+		nftDo(t, "delete", "element", "inet", TableName, Masq4Set, "{", "198.18.6.0/24", "}")
+		nftDo(t, "delete", "element", "inet", TableName, Own4Set, "{", `198.18.1.0/24 . "`+cases[0].n.Bridge+`"`, "}")
 		d, err := fw.Drifted(nets)
 		var got []string
 		for _, n := range d {
@@ -317,16 +336,28 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if d, err := fw.Drifted(nets); err != nil || len(d) != 0 {
 			t.Fatalf("after Setup mended the base: %d drifted, %v", len(d), err)
 		}
+		// An element that names no network: all drift; the repair removes
+		// it and keeps theirs.
+		nftDo(t, "add", "element", "inet", TableName, DNATSet, "{", `"eth0"`, "}")
+		if d, err := fw.Drifted(nets); err != nil || len(d) != len(nets) {
+			t.Fatalf("with a stray element, Drifted = %d networks, %v; want all %d", len(d), err, len(nets))
+		}
+		if err := fw.AddNetworks(nets); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := fw.Drifted(nets); err != nil || len(d) != 0 || strings.Contains(nftList(t), `"eth0"`) {
+			t.Fatalf("after the stray's repair: %d drifted, %v\n%s", len(d), err, nftList(t))
+		}
 		// A network added now, with the firewall knowing the table, only
 		// creates: the base's rules keep their handles.
-		before := handleOf(t, ForwardBase, "judged by its network")
+		before := handleOf(t, ForwardBase, "replies")
 		extra := cases[0].n
 		extra.ID, extra.Bridge = "8123456789abcdef", "ournet-81234567"
 		extra.Subnets = []netip.Prefix{netip.MustParsePrefix("198.18.10.0/24")}
 		if err := fw.AddNetwork(extra); err != nil {
 			t.Fatal(err)
 		}
-		if after := handleOf(t, ForwardBase, "judged by its network"); after != before {
+		if after := handleOf(t, ForwardBase, "replies"); after != before {
 			t.Fatalf("adding a network rewrote the base (handle %s -> %s)", before, after)
 		}
 

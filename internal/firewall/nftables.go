@@ -2,7 +2,6 @@ package firewall
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,10 +11,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/nft"
@@ -24,14 +19,18 @@ import (
 // Names in table inet ournet (see the package comment).
 const (
 	TableName   = "ournet"
-	ForwardBase = "forward"     // hook forward
-	NATBase     = "postrouting" // hook postrouting
-	IntoMap     = "into"        // bridge : jump net-<id>
-	OutofMap    = "outof"       // an internal network's bridge : drop
-	Masq4Map    = "masq4"       // an IPv4 subnet : jump nat-<id>
-	Masq6Map    = "masq6"       // an IPv6 subnet : jump nat-<id>
-	NetPrefix   = "net-"        // net-<id>: what may enter the network's bridge
-	NATPrefix   = "nat-"        // nat-<id>: the network's masquerade
+	ForwardBase = "forward"      // hook forward
+	NATBase     = "postrouting"  // hook postrouting
+	NetsSet     = "nets"         // every network's bridge
+	DNATSet     = "published"    // bridges that take published ports (not internal)
+	ICCSet      = "icc"          // "<bridge>" . "<bridge>": icc on
+	Unprot4Set  = "unprotected4" // bridges of IPv4 nat-unprotected networks
+	Unprot6Set  = "unprotected6"
+	InternalSet = "internal" // bridges of internal networks
+	Masq4Set    = "masq4"    // IPv4 subnets that masquerade
+	Masq6Set    = "masq6"
+	Own4Set     = "own4" // such a subnet . its own bridge (no masquerade there)
+	Own6Set     = "own6"
 )
 
 // BridgeGroup is the device group of every ournet bridge: how the static
@@ -50,120 +49,157 @@ const (
 
 var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 
-// The maps have fixed IDs: an ID names a set inside a transaction, and
-// the library's own allocator is a global counter not safe across
-// connections.
-func intoMap() *nftables.Set  { return ifMap(IntoMap, 1) }
-func outofMap() *nftables.Set { return ifMap(OutofMap, 2) }
+// setKind is how a set's elements are made.
+type setKind int
 
-func ifMap(name string, id uint32) *nftables.Set {
-	return &nftables.Set{Table: table, Name: name, ID: id, IsMap: true,
-		KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict,
+const (
+	keys      setKind = iota // one key per element
+	ranges                   // an interval: a start element and an end element
+	keyRanges                // concatenated, the first field a range: key and key end in one element
+)
+
+// setDef is one of the table's sets. The IDs are fixed: an ID names a set
+// inside a transaction, and the library's own allocator is a global
+// counter not safe across connections.
+type setDef struct {
+	name string
+	id   uint32
+	kind setKind
+	key  nftables.SetDatatype
+}
+
+var (
+	ifname2 = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+	own4    = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIFName)
+	own6    = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIFName)
+)
+
+var (
+	setNets     = &setDef{NetsSet, 1, keys, nftables.TypeIFName}
+	setDNAT     = &setDef{DNATSet, 2, keys, nftables.TypeIFName}
+	setICC      = &setDef{ICCSet, 3, keys, ifname2}
+	setUnprot4  = &setDef{Unprot4Set, 4, keys, nftables.TypeIFName}
+	setUnprot6  = &setDef{Unprot6Set, 5, keys, nftables.TypeIFName}
+	setInternal = &setDef{InternalSet, 6, keys, nftables.TypeIFName}
+	setMasq4    = &setDef{Masq4Set, 7, ranges, nftables.TypeIPAddr}
+	setMasq6    = &setDef{Masq6Set, 8, ranges, nftables.TypeIP6Addr}
+	setOwn4     = &setDef{Own4Set, 9, keyRanges, own4}
+	setOwn6     = &setDef{Own6Set, 10, keyRanges, own6}
+	allSets     = []*setDef{setNets, setDNAT, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setOwn4, setOwn6}
+)
+
+func (d *setDef) set() *nftables.Set {
+	s := &nftables.Set{Table: table, Name: d.name, ID: d.id, KeyType: d.key,
+		Interval: d.kind != keys, Concatenation: d.kind == keyRanges || d.key.Name == ifname2.Name}
+	if d.key.Name == nftables.TypeIFName.Name || d.key.Name == ifname2.Name {
 		// Interface names are strings, which nft prints in host order.
-		KeyByteOrder: binaryutil.NativeEndian}
-}
-
-// masqMap maps the subnets of one family to their network's nat chain.
-// A map, not a rule per subnet in the base chain: the kernel copies a
-// chain's rules whole at every commit that changes it, so a rule added to
-// a chain of 500 costs more than one added to a chain of its own.
-func masqMap(v6 bool) *nftables.Set {
-	if v6 {
-		return &nftables.Set{Table: table, Name: Masq6Map, ID: 4, IsMap: true, Interval: true,
-			KeyType: nftables.TypeIP6Addr, DataType: nftables.TypeVerdict}
+		s.KeyByteOrder = binaryutil.NativeEndian
 	}
-	return &nftables.Set{Table: table, Name: Masq4Map, ID: 3, IsMap: true, Interval: true,
-		KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
+	return s
 }
 
-func netChain(id string) *nftables.Chain {
-	return &nftables.Chain{Name: NetPrefix + iptables.Short(id), Table: table}
+// same reports whether a set found in the table is this one.
+func (d *setDef) same(s *nftables.Set) bool {
+	return !s.IsMap && s.Interval == (d.kind != keys) && s.KeyType.Bytes == d.key.Bytes
 }
 
-func natChain(id string) *nftables.Chain {
-	return &nftables.Chain{Name: NATPrefix + iptables.Short(id), Table: table}
+func unprotSet(f iptables.Family) *setDef { return pick(f, setUnprot4, setUnprot6) }
+func masqSet(f iptables.Family) *setDef   { return pick(f, setMasq4, setMasq6) }
+func ownSet(f iptables.Family) *setDef    { return pick(f, setOwn4, setOwn6) }
+
+func pick(f iptables.Family, v4, v6 *setDef) *setDef {
+	if f == iptables.IPv6 {
+		return v6
+	}
+	return v4
 }
 
 func nftChain(name string) *nftables.Chain { return &nftables.Chain{Name: name, Table: table} }
 
-// comment is a rule's userdata: the comment nft prints, which names the
-// rule's network ("ournet:<id>") and what the rule is for. Drift is
-// judged on these: a rule edited, added or removed by hand changes them.
-func comment(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }
+// owner is the comment every element of network id carries: by it the
+// table's elements are known as a network's (drift, orphans, deletes).
+func owner(id string) string { return "ournet:" + iptables.Short(id) }
 
-func commentOf(r *nftables.Rule) string {
-	s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-	return s
+// elem is one element as ournet writes it. end is, for ranges, the first
+// key after the range (nil: it runs to the top of the address space); for
+// keyRanges the last key in it.
+type elem struct {
+	set      *setDef
+	key, end []byte
+	comment  string
 }
 
-// nftRule is one rule as ournet writes it.
-type nftRule struct {
-	comment string
-	exprs   []expr.Any
+func (e elem) id() string { return e.set.name + "|" + string(e.key) + "|" + string(e.end) }
+
+// elements are e as the kernel takes them (ranges: two).
+func (e elem) elements() []nftables.SetElement {
+	switch e.set.kind {
+	case ranges:
+		out := []nftables.SetElement{{Key: e.key, Comment: e.comment}}
+		if e.end != nil {
+			out = append(out, nftables.SetElement{Key: e.end, IntervalEnd: true})
+		}
+		return out
+	case keyRanges:
+		return []nftables.SetElement{{Key: e.key, KeyEnd: e.end, Comment: e.comment}}
+	}
+	return []nftables.SetElement{{Key: e.key, Comment: e.comment}}
 }
 
-func (r nftRule) in(ch *nftables.Chain) *nftables.Rule {
-	return &nftables.Rule{Table: table, Chain: ch, Exprs: r.exprs, UserData: comment(r.comment)}
+// overlaps reports whether two elements of a ranges set share an address.
+func (e elem) overlaps(o elem) bool {
+	if e.set != o.set {
+		return false
+	}
+	if e.set.kind != ranges {
+		return bytes.Equal(e.key, o.key)
+	}
+	below := func(a, b elem) bool { return a.end != nil && bytes.Compare(a.end, b.key) <= 0 }
+	return !below(e, o) && !below(o, e)
 }
 
-// ensureBase queues the table, the maps and the base chains, creating what
-// is missing, and rewrites the base chains' rules so they are never
-// doubled.
-func ensureBase(c nft.Conn) error {
-	c.AddTable(table)
-	for _, m := range []*nftables.Set{intoMap(), outofMap(), masqMap(false), masqMap(true)} {
-		if err := c.AddSet(m, nil); err != nil {
-			return err
+// netElems are the elements network n should have, in a fixed order.
+func netElems(n Network) []elem {
+	c := owner(n.ID)
+	br := nft.IfName(n.Bridge)
+	out := []elem{{set: setNets, key: br, comment: c}}
+	if n.Internal {
+		out = append(out, elem{set: setInternal, key: br, comment: c})
+		return append(out, iccElem(n, br, c)...)
+	}
+	out = append(out, elem{set: setDNAT, key: br, comment: c})
+	out = append(out, iccElem(n, br, c)...)
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if n.Unprotected[f] {
+			out = append(out, elem{set: unprotSet(f), key: br, comment: c})
 		}
 	}
-	accept := nftables.ChainPolicyAccept
-	fwd := c.AddChain(&nftables.Chain{Name: ForwardBase, Table: table, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(forwardPriority), Policy: &accept})
-	nat := c.AddChain(&nftables.Chain{Name: NATBase, Table: table, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(natPriority), Policy: &accept})
-	for _, b := range []struct {
-		ch    *nftables.Chain
-		rules []nftRule
-	}{{fwd, forwardBaseRules()}, {nat, natBaseRules()}} {
-		c.FlushChain(b.ch)
-		for _, r := range b.rules {
-			c.AddRule(r.in(b.ch))
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if !n.Masquerade[f] {
+			continue
 		}
-	}
-	return nil
-}
-
-// interval is one element of a masquerade map: a start (which jumps to a
-// network's nat chain) and the end that closes it (none for a range that
-// runs to the top of the address space).
-type interval struct {
-	v6         bool
-	start, end nftables.SetElement
-	hasEnd     bool
-}
-
-func (iv interval) target() string { return jumpTarget(iv.start) }
-
-// elements are the interval's elements, as a delete names them.
-func (iv interval) elements() []nftables.SetElement {
-	out := []nftables.SetElement{{Key: iv.start.Key}}
-	if iv.hasEnd {
-		out = append(out, nftables.SetElement{Key: iv.end.Key, IntervalEnd: true})
+		subnets := n.subnets(f)
+		slices.SortFunc(subnets, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+		for _, s := range subnets {
+			lo, hi, top := bounds(s)
+			if top {
+				hi = nil
+			}
+			out = append(out, elem{set: masqSet(f), key: lo, end: hi, comment: c},
+				elem{set: ownSet(f), key: concat(lo, br), end: concat(last(s), br), comment: c})
+		}
 	}
 	return out
 }
 
-// overlaps reports whether the interval covers any address of p.
-func (iv interval) overlaps(p netip.Prefix) bool {
-	lo, hi, top := bounds(p)
-	if p.Addr().Is6() != iv.v6 {
-		return false
+func iccElem(n Network, br []byte, c string) []elem {
+	if !n.ICC {
+		return nil
 	}
-	if !top && bytes.Compare(iv.start.Key, hi) >= 0 {
-		return false
-	}
-	return !iv.hasEnd || bytes.Compare(lo, iv.end.Key) < 0
+	return []elem{{set: setICC, key: concat(br, br), comment: c}}
 }
+
+func concat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
 // bounds is p's first address and the first one after it (top: none, p
 // runs to the end of the address space).
@@ -186,48 +222,29 @@ func bounds(p netip.Prefix) (lo, hi []byte, top bool) {
 	return lo, hi, false
 }
 
-// masqIntervals are the masquerade elements network n should have.
-func masqIntervals(n Network) []interval {
-	if n.Internal {
-		return nil
+// last is p's last address.
+func last(p netip.Prefix) []byte {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
 	}
-	ch := natChain(n.ID).Name
-	var out []interval
-	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-		if !n.Masquerade[f] {
-			continue
-		}
-		subnets := n.subnets(f)
-		// In address order, as the kernel lists them.
-		slices.SortFunc(subnets, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
-		for _, s := range subnets {
-			lo, hi, top := bounds(s)
-			iv := interval{v6: f == iptables.IPv6,
-				start: nftables.SetElement{Key: lo, VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch}}}
-			if !top {
-				iv.end, iv.hasEnd = nftables.SetElement{Key: hi, IntervalEnd: true}, true
-			}
-			out = append(out, iv)
-		}
-	}
-	return out
+	return b
 }
 
 // nftState is what table inet ournet holds, as far as drift and the fast
 // path need to know.
 type nftState struct {
 	exists     bool
-	baseIntact bool                // the base chains hold their rules
-	chains     map[string][]string // net-<id>, nat-<id> -> its rules' comments (nil: not read)
-	into       map[string]string   // bridge -> the chain its element jumps to
-	outof      map[string]bool     // bridges with a drop element
-	masq       []interval
+	legacy     bool // objects of another layout: the table is made anew
+	baseIntact bool // the sets are there, the base chains hold their rules, no stray element
+	// byOwner: network (12 characters) -> its elements, by elem.id.
+	byOwner map[string]map[string]elem
+	strays  []elem // elements that name no network
 }
 
-// readNFT reads the table; an absent table is an empty state. withRules
-// reads the networks' chains' rules too.
-func readNFT(c nft.Conn, withRules bool) (*nftState, error) {
-	s := &nftState{chains: map[string][]string{}, into: map[string]string{}, outof: map[string]bool{}}
+// readNFT reads the table; an absent table is an empty state.
+func readNFT(c nft.Conn) (*nftState, error) {
+	s := &nftState{byOwner: map[string]map[string]elem{}}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("listing nftables chains: %w", err)
@@ -238,40 +255,56 @@ func readNFT(c nft.Conn, withRules bool) (*nftState, error) {
 			continue
 		}
 		s.exists = true
-		switch {
-		case ch.Name == ForwardBase:
+		switch ch.Name {
+		case ForwardBase:
 			hooked[ch.Name] = ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookForward
-		case ch.Name == NATBase:
+		case NATBase:
 			hooked[ch.Name] = ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookPostrouting
-		case strings.HasPrefix(ch.Name, NetPrefix), strings.HasPrefix(ch.Name, NATPrefix):
-			s.chains[ch.Name] = nil
+		default:
+			s.legacy = true // a network's chain of the layout before sets
 		}
 	}
 	if !s.exists {
 		return s, nil
 	}
-	for _, m := range []*nftables.Set{intoMap(), outofMap()} {
-		elems, err := elements(c, m)
-		if err != nil {
-			return nil, err
+	sets, err := c.GetSets(table)
+	if err != nil && !isNoEnt(err) {
+		return nil, fmt.Errorf("listing the sets of table inet %s: %w", TableName, err)
+	}
+	found := map[string]bool{}
+	for _, set := range sets {
+		i := slices.IndexFunc(allSets, func(d *setDef) bool { return d.name == set.Name })
+		if i < 0 || !allSets[i].same(set) {
+			s.legacy = true
+			continue
 		}
-		for _, e := range elems {
-			br := strings.TrimRight(string(e.Key), "\x00")
-			if m.Name == IntoMap {
-				s.into[br] = jumpTarget(e)
-			} else {
-				s.outof[br] = true
+		found[set.Name] = true
+	}
+	if s.legacy {
+		return s, nil
+	}
+	s.baseIntact = len(found) == len(allSets)
+	for _, d := range allSets {
+		if !found[d.name] {
+			continue
+		}
+		elems, err := c.GetSetElements(d.set())
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !isNoEnt(err) {
+			return nil, fmt.Errorf("listing set %s: %w", d.name, err)
+		}
+		for _, e := range fromKernel(d, elems) {
+			id, ok := strings.CutPrefix(e.comment, "ournet:")
+			if !ok || id == "" {
+				s.strays = append(s.strays, e)
+				continue
 			}
+			if s.byOwner[id] == nil {
+				s.byOwner[id] = map[string]elem{}
+			}
+			s.byOwner[id][e.id()] = e
 		}
 	}
-	for _, v6 := range []bool{false, true} {
-		elems, err := elements(c, masqMap(v6))
-		if err != nil {
-			return nil, err
-		}
-		s.masq = append(s.masq, pairIntervals(v6, elems)...)
-	}
-	s.baseIntact = true
+	s.baseIntact = s.baseIntact && len(s.strays) == 0
 	for name, want := range map[string][]nftRule{ForwardBase: forwardBaseRules(), NATBase: natBaseRules()} {
 		if !hooked[name] {
 			s.baseIntact = false
@@ -283,34 +316,24 @@ func readNFT(c nft.Conn, withRules bool) (*nftState, error) {
 		}
 		s.baseIntact = s.baseIntact && sameComments(rules, want)
 	}
-	if withRules {
-		for name := range s.chains {
-			rules, err := c.GetRules(table, nftChain(name))
-			if err != nil {
-				return nil, fmt.Errorf("listing chain %s: %w", name, err)
-			}
-			cs := []string{}
-			for _, r := range rules {
-				cs = append(cs, commentOf(r))
-			}
-			s.chains[name] = cs
-		}
-	}
 	return s, nil
 }
 
-// elements lists a map's elements; a missing map has none.
-func elements(c nft.Conn, m *nftables.Set) ([]nftables.SetElement, error) {
-	elems, err := c.GetSetElements(m)
-	if err != nil && !errors.Is(err, os.ErrNotExist) && !isNoEnt(err) {
-		return nil, fmt.Errorf("listing map %s: %w", m.Name, err)
+// fromKernel turns a set's elements as listed into elems: a ranges set's
+// starts paired with their ends (the next end after each start: the
+// intervals never overlap).
+func fromKernel(d *setDef, elems []nftables.SetElement) []elem {
+	if d.kind != ranges {
+		out := make([]elem, 0, len(elems))
+		for _, e := range elems {
+			var end []byte
+			if d.kind == keyRanges {
+				end = e.KeyEnd
+			}
+			out = append(out, elem{set: d, key: e.Key, end: end, comment: e.Comment})
+		}
+		return out
 	}
-	return elems, nil
-}
-
-// pairIntervals pairs each start element of an interval map with its end:
-// the next end element after it (the intervals never overlap).
-func pairIntervals(v6 bool, elems []nftables.SetElement) []interval {
 	slices.SortFunc(elems, func(a, b nftables.SetElement) int {
 		if c := bytes.Compare(a.Key, b.Key); c != 0 {
 			return c
@@ -325,15 +348,15 @@ func pairIntervals(v6 bool, elems []nftables.SetElement) []interval {
 		}
 		return 1
 	})
-	var out []interval
+	var out []elem
 	for i, e := range elems {
 		if e.IntervalEnd {
 			continue
 		}
-		iv := interval{v6: v6, start: e}
+		iv := elem{set: d, key: e.Key, comment: e.Comment}
 		for _, f := range elems[i+1:] {
 			if f.IntervalEnd {
-				iv.end, iv.hasEnd = f, true
+				iv.end = f.Key
 				break
 			}
 		}
@@ -342,24 +365,11 @@ func pairIntervals(v6 bool, elems []nftables.SetElement) []interval {
 	return out
 }
 
-// ids lists the networks (IDs cut to 12) that have objects in the table.
+// ids lists the networks (IDs cut to 12) that have elements in the table.
 func (s *nftState) ids() map[string]bool {
 	out := map[string]bool{}
-	add := func(ch string) {
-		for _, p := range []string{NetPrefix, NATPrefix} {
-			if id, ok := strings.CutPrefix(ch, p); ok {
-				out[id] = true
-			}
-		}
-	}
-	for ch := range s.chains {
-		add(ch)
-	}
-	for _, ch := range s.into {
-		add(ch)
-	}
-	for _, iv := range s.masq {
-		add(iv.target())
+	for id := range s.byOwner {
+		out[id] = true
 	}
 	return out
 }
@@ -377,225 +387,131 @@ func (s *nftState) present() map[string]*Network {
 	return out
 }
 
-// jumpTarget is the chain a map element's verdict jumps to ("?" if it is
-// another verdict). The library hands a dumped element's verdict over
-// undecoded, as the netlink attributes of NFTA_DATA_VERDICT.
-func jumpTarget(e nftables.SetElement) string {
-	if e.VerdictData != nil {
-		if e.VerdictData.Kind == expr.VerdictJump {
-			return e.VerdictData.Chain
-		}
-		return "?"
-	}
-	attrs, err := netlink.UnmarshalAttributes(e.Val)
-	if err != nil {
-		return "?"
-	}
-	var code int32
-	chain := ""
-	for _, a := range attrs {
-		switch a.Type {
-		case unix.NFTA_VERDICT_CODE:
-			if len(a.Data) == 4 {
-				code = int32(binary.BigEndian.Uint32(a.Data))
-			}
-		case unix.NFTA_VERDICT_CHAIN:
-			chain = strings.TrimRight(string(a.Data), "\x00")
-		}
-	}
-	if code != unix.NFT_JUMP || chain == "" {
-		return "?"
-	}
-	return chain
-}
-
 func isNoEnt(err error) bool { return err != nil && strings.Contains(err.Error(), "no such file") }
 
 func sameComments(have []*nftables.Rule, want []nftRule) bool {
-	return slices.Equal(commentsOf(have), comments(want))
-}
-
-func commentsOf(rs []*nftables.Rule) []string {
-	out := []string{}
-	for _, r := range rs {
-		out = append(out, commentOf(r))
-	}
-	return out
-}
-
-func comments(rs []nftRule) []string {
-	out := []string{}
-	for _, r := range rs {
-		out = append(out, r.comment)
-	}
-	return out
-}
-
-// matches reports whether n's objects in the table are exactly what
-// fillNFT writes.
-func (s *nftState) matches(n Network) bool {
-	if !s.baseIntact {
+	if len(have) != len(want) {
 		return false
 	}
-	ch := netChain(n.ID).Name
-	if have, ok := s.chains[ch]; !ok || !slices.Equal(have, comments(netRules(n))) {
-		return false
-	}
-	if s.into[n.Bridge] != ch || s.outof[n.Bridge] != n.Internal {
-		return false
-	}
-	nat := natChain(n.ID).Name
-	want := masqIntervals(n)
-	have, ok := s.chains[nat]
-	switch {
-	case len(want) == 0:
-		return !ok && len(s.masqOf(nat)) == 0
-	case !ok || !slices.Equal(have, comments(natRules(n))):
-		return false
-	}
-	got := s.masqOf(nat)
-	if len(got) != len(want) {
-		return false
-	}
-	for i := range got {
-		if got[i].v6 != want[i].v6 || !bytes.Equal(got[i].start.Key, want[i].start.Key) ||
-			got[i].hasEnd != want[i].hasEnd || (got[i].hasEnd && !bytes.Equal(got[i].end.Key, want[i].end.Key)) {
+	for i := range have {
+		if commentOf(have[i]) != want[i].comment {
 			return false
 		}
 	}
 	return true
 }
 
-// masqOf lists the masquerade intervals that jump to chain, IPv4 first,
-// each family in address order (as masqIntervals lists them for subnets
-// in that order).
-func (s *nftState) masqOf(chain string) []interval {
-	var out []interval
-	for _, iv := range s.masq {
-		if iv.target() == chain {
-			out = append(out, iv)
+// matches reports whether n's elements in the table are exactly what
+// createNFT writes.
+func (s *nftState) matches(n Network) bool {
+	if !s.baseIntact {
+		return false
+	}
+	have := s.byOwner[iptables.Short(n.ID)]
+	want := netElems(n)
+	if len(have) != len(want) {
+		return false
+	}
+	for _, e := range want {
+		if _, ok := have[e.id()]; !ok {
+			return false
 		}
 	}
-	return out
+	return true
 }
 
-// createNFT queues network n's objects, none of which exists yet.
+// ensureBase queues the table, its sets and the base chains, creating
+// what is missing, and rewrites the base chains' rules so they are never
+// doubled. A table of another layout is deleted first; elements that name
+// no network are deleted.
+func ensureBase(c nft.Conn, s *nftState) error {
+	if s.legacy {
+		c.DelTable(table)
+		*s = nftState{byOwner: map[string]map[string]elem{}}
+	}
+	c.AddTable(table)
+	for _, d := range allSets {
+		if err := c.AddSet(d.set(), nil); err != nil {
+			return err
+		}
+	}
+	for _, e := range s.strays {
+		if err := c.SetDeleteElements(e.set.set(), e.elements()); err != nil {
+			return err
+		}
+	}
+	s.strays = nil
+	accept := nftables.ChainPolicyAccept
+	fwd := c.AddChain(&nftables.Chain{Name: ForwardBase, Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(forwardPriority), Policy: &accept})
+	nat := c.AddChain(&nftables.Chain{Name: NATBase, Table: table, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(natPriority), Policy: &accept})
+	for _, b := range []struct {
+		ch    *nftables.Chain
+		rules []nftRule
+	}{{fwd, forwardBaseRules()}, {nat, natBaseRules()}} {
+		c.FlushChain(b.ch)
+		for _, r := range b.rules {
+			c.AddRule(r.in(b.ch))
+		}
+	}
+	return nil
+}
+
+// createNFT queues network n's elements, none of which exists yet.
 func createNFT(c nft.Conn, n Network) error {
-	return fillNFT(c, c.AddChain(netChain(n.ID)), n)
+	return addElems(c, netElems(n))
 }
 
-// fillNFT queues n's rules into its (empty) chain, its elements, and its
-// nat chain with its masquerade elements, if it masquerades.
-func fillNFT(c nft.Conn, ch *nftables.Chain, n Network) error {
-	for _, r := range netRules(n) {
-		c.AddRule(r.in(ch))
-	}
-	if err := c.SetAddElements(intoMap(), []nftables.SetElement{{Key: nft.IfName(n.Bridge),
-		VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}}); err != nil {
-		return err
-	}
-	if n.Internal {
-		if err := c.SetAddElements(outofMap(), []nftables.SetElement{{Key: nft.IfName(n.Bridge),
-			VerdictData: &expr.Verdict{Kind: expr.VerdictDrop}}}); err != nil {
-			return err
-		}
-	}
-	ivs := masqIntervals(n)
-	if len(ivs) == 0 {
-		return nil
-	}
-	nat := c.AddChain(natChain(n.ID))
-	for _, r := range natRules(n) {
-		c.AddRule(r.in(nat))
-	}
-	for _, iv := range ivs {
-		elems := []nftables.SetElement{iv.start}
-		if iv.hasEnd {
-			elems = append(elems, iv.end)
-		}
-		if err := c.SetAddElements(masqMap(iv.v6), elems); err != nil {
+func addElems(c nft.Conn, es []elem) error {
+	for _, e := range es {
+		if err := c.SetAddElements(e.set.set(), e.elements()); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// rewriteNFT queues n's objects rewritten whole, whatever the table holds
-// of them now (s: as read in this round). Its chain is flushed, not
-// deleted, so that it never goes missing.
+// rewriteNFT queues n's elements rewritten whole, whatever the table
+// holds of them now (s: as read in this round, and kept current): its own
+// are deleted, and any other network's that has one of its keys or
+// overlaps one of its subnets (stale: it would refuse n's own).
 func rewriteNFT(c nft.Conn, s *nftState, n Network) error {
-	ch, nat, err := clearNFT(c, s, iptables.Short(n.ID), n.Bridge, n.Subnets)
-	if err != nil {
+	want := netElems(n)
+	short := iptables.Short(n.ID)
+	if err := delNFT(c, s, short); err != nil {
 		return err
 	}
-	if len(masqIntervals(n)) == 0 {
-		c.DelChain(nat)
+	for id, have := range s.byOwner {
+		for k, e := range have {
+			if slices.ContainsFunc(want, e.overlaps) {
+				if err := c.SetDeleteElements(e.set.set(), e.elements()); err != nil {
+					return err
+				}
+				delete(have, k)
+			}
+		}
+		if len(have) == 0 {
+			delete(s.byOwner, id)
+		}
 	}
-	return fillNFT(c, ch, n)
-}
-
-// delNFT queues the removal of network id's objects.
-func delNFT(c nft.Conn, s *nftState, id string) error {
-	ch, nat, err := clearNFT(c, s, id, "", nil)
-	if err != nil {
+	if err := addElems(c, want); err != nil {
 		return err
 	}
-	c.DelChain(ch)
-	c.DelChain(nat)
+	s.byOwner[short] = map[string]elem{}
+	for _, e := range want {
+		s.byOwner[short][e.id()] = e
+	}
 	return nil
 }
 
-// clearNFT queues the removal of what network id has in the table: its
-// chains' rules, the elements of bridge and of any other bridge whose
-// element jumps to its chain, its masquerade elements and any that covers
-// one of subnets (a stale one would refuse the network's own). It returns
-// its two chains, which it creates if missing. An element not known to be
-// there is created first, in the same transaction, so that deleting it
-// cannot fail: an absent object fails the whole batch.
-func clearNFT(c nft.Conn, s *nftState, id, bridge string, subnets []netip.Prefix) (ch, nat *nftables.Chain, err error) {
-	ch, nat = c.AddChain(netChain(id)), c.AddChain(natChain(id))
-	bridges := map[string]bool{}
-	if bridge != "" {
-		bridges[bridge] = true
-	}
-	for br, target := range s.into {
-		if target == ch.Name {
-			bridges[br] = true
+// delNFT queues the removal of network id's elements (those read in s).
+func delNFT(c nft.Conn, s *nftState, id string) error {
+	for _, e := range s.byOwner[id] {
+		if err := c.SetDeleteElements(e.set.set(), e.elements()); err != nil {
+			return err
 		}
 	}
-	for br := range bridges {
-		key := []nftables.SetElement{{Key: nft.IfName(br)}}
-		if s.into[br] == "" {
-			if err := c.SetAddElements(intoMap(), []nftables.SetElement{{Key: nft.IfName(br),
-				VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: ch.Name}}}); err != nil {
-				return nil, nil, err
-			}
-		}
-		if err := c.SetDeleteElements(intoMap(), key); err != nil {
-			return nil, nil, err
-		}
-		if !s.outof[br] {
-			if err := c.SetAddElements(outofMap(), []nftables.SetElement{{Key: nft.IfName(br),
-				VerdictData: &expr.Verdict{Kind: expr.VerdictDrop}}}); err != nil {
-				return nil, nil, err
-			}
-		}
-		if err := c.SetDeleteElements(outofMap(), key); err != nil {
-			return nil, nil, err
-		}
-	}
-	for _, iv := range s.masq {
-		stale := iv.target() == nat.Name
-		for _, p := range subnets {
-			stale = stale || iv.overlaps(p)
-		}
-		if stale {
-			if err := c.SetDeleteElements(masqMap(iv.v6), iv.elements()); err != nil {
-				return nil, nil, err
-			}
-		}
-	}
-	c.FlushChain(ch)
-	c.FlushChain(nat)
-	return ch, nat, nil
+	delete(s.byOwner, id)
+	return nil
 }

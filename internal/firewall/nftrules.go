@@ -1,10 +1,10 @@
 package firewall
 
 import (
-	"fmt"
-
+	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
 	"github.com/ournet/ournet/internal/iptables"
@@ -69,55 +69,52 @@ func join(parts ...[]expr.Any) []expr.Any {
 
 func one(e ...expr.Any) []expr.Any { return e }
 
-// forwardBaseRules is all the forward chain holds. A packet bound for an
-// ournet bridge is judged by the destination network's chain alone,
-// whoever sent it, and every such chain ends in a verdict: that alone
-// isolates networks from each other with one map lookup per packet. A
-// bridge of ournet's without an element (it can only be drift) gets
-// nothing through. Then a packet that leaves an internal network's bridge
-// for anywhere else is dropped.
+// The 32-bit registers a concatenation is loaded into, field after field
+// (each field padded to 4 bytes); reg (16 bytes) starts where reg32 does.
+const reg32 = 8 // NFT_REG32_00
+
+// lookup matches when the key in register r is in set d (invert: is not).
+func lookup(d *setDef, r uint32, invert bool) expr.Any {
+	return &expr.Lookup{SourceRegister: r, SetName: d.name, SetID: d.id, Invert: invert}
+}
+
+// forwardBaseRules is all the forward chain holds. A packet bound for a
+// network's bridge is judged by that network's elements alone, whoever
+// sent it: replies, published ports (connections ournet's DNAT sent
+// there), same-network traffic (icc), for a nat-unprotected network what
+// does not come from a container bridge (ournet's group, docker0, br-*),
+// and nothing else: no direct routing to container addresses, whatever
+// FORWARD's policy, and no traffic between networks. A bridge of ournet's
+// without a network (it can only be drift) gets nothing through. Then a
+// packet that leaves an internal network's bridge for anywhere else is
+// dropped. Sets only: a new network adds elements, never a rule or a
+// jump, so that a commit costs the same with 500 networks as with one.
 func forwardBaseRules() []nftRule {
-	return []nftRule{
-		{"ournet base: into a bridge, judged by its network", join(one(meta(expr.MetaKeyOIFNAME)),
-			one(&expr.Lookup{SourceRegister: reg, IsDestRegSet: true, SetName: IntoMap, SetID: intoMap().ID}))},
-		{"ournet base: into an ournet bridge that has no network", join(one(meta(expr.MetaKeyOIFGROUP), eq(native32(BridgeGroup))), one(drop))},
-		{"ournet base: out of an internal network", join(one(meta(expr.MetaKeyIIFNAME)),
-			one(&expr.Lookup{SourceRegister: reg, IsDestRegSet: true, SetName: OutofMap, SetID: outofMap().ID}))},
+	oif := one(meta(expr.MetaKeyOIFNAME))
+	rs := []nftRule{
+		{"ournet base: replies", join(oif, one(lookup(setNets, reg, false)), ctAny(expr.CtKeySTATE, ctEstablished|ctRelated), one(accept))},
+		{"ournet base: published ports", join(oif, one(lookup(setDNAT, reg, false)), ctAny(expr.CtKeySTATUS, ctStatusDNAT), one(accept))},
+		{"ournet base: icc", one(&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
+			lookup(setICC, reg32, false), accept)},
 	}
-}
-
-// netRules is network n's chain: every packet that leaves through its
-// bridge (into the network): replies, published ports (connections that
-// ournet's DNAT sent here), same-network traffic (icc), and nothing else:
-// no direct routing to container addresses, whatever FORWARD's policy.
-func netRules(n Network) []nftRule {
-	t := "ournet:" + iptables.Short(n.ID)
-	rs := []nftRule{{t + " replies", join(ctAny(expr.CtKeySTATE, ctEstablished|ctRelated), one(accept))}}
-	if !n.Internal {
-		rs = append(rs, nftRule{t + " published ports", join(ctAny(expr.CtKeySTATUS, ctStatusDNAT), one(accept))})
-	}
-	if n.ICC {
-		rs = append(rs, nftRule{t + " icc on " + n.Bridge, join(one(meta(expr.MetaKeyIIFNAME), eq(nft.IfName(n.Bridge))), one(accept))})
-	}
-	// nat-unprotected: anything that does not come from a container
-	// bridge (ournet's, the engine's docker0 and br-*) may reach any port.
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-		if !n.Unprotected[f] || n.Internal {
-			continue
-		}
-		rs = append(rs,
-			nftRule{fmt.Sprintf("%s %s not from ournet bridges", t, famName(f)), join(family(f), one(meta(expr.MetaKeyIIFGROUP), eq(native32(BridgeGroup)), drop))},
-			nftRule{fmt.Sprintf("%s %s not from docker0", t, famName(f)), join(family(f), one(meta(expr.MetaKeyIIFNAME), eq(nft.IfName("docker0")), drop))},
-			// A prefix: cmp compares only the bytes given.
-			nftRule{fmt.Sprintf("%s %s not from br-*", t, famName(f)), join(family(f), one(meta(expr.MetaKeyIIFNAME), eq([]byte("br-")), drop))},
-			nftRule{fmt.Sprintf("%s %s unprotected", t, famName(f)), join(family(f), one(accept))},
-		)
+		rs = append(rs, nftRule{"ournet base: " + famName(f) + " nat-unprotected, not from container bridges", join(family(f), oif,
+			one(lookup(unprotSet(f), reg, false),
+				meta(expr.MetaKeyIIFGROUP), neq(native32(BridgeGroup)),
+				meta(expr.MetaKeyIIFNAME), neq(nft.IfName("docker0")),
+				// A prefix: cmp compares only the bytes given.
+				meta(expr.MetaKeyIIFNAME), neq([]byte("br-")),
+				accept))})
 	}
-	return append(rs, nftRule{t + " drop", one(drop)})
+	return append(rs,
+		nftRule{"ournet base: nothing else into a network", join(oif, one(lookup(setNets, reg, false), drop))},
+		nftRule{"ournet base: into an ournet bridge that has no network", join(one(meta(expr.MetaKeyOIFGROUP), eq(native32(BridgeGroup))), one(drop))},
+		nftRule{"ournet base: out of an internal network", join(one(meta(expr.MetaKeyIIFNAME), lookup(setInternal, reg, false)), one(drop))},
+	)
 }
 
-// natBaseRules is all the nat chain holds: a packet from one of a
-// network's subnets goes to that network's nat chain.
+// natBaseRules is all the nat chain holds: a packet from a subnet that
+// masquerades is masqueraded unless it leaves by its own network's bridge.
 func natBaseRules() []nftRule {
 	var rs []nftRule
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
@@ -125,23 +122,31 @@ func natBaseRules() []nftRule {
 		if f == iptables.IPv6 {
 			off, n = 8, 16
 		}
-		m := masqMap(f == iptables.IPv6)
-		rs = append(rs, nftRule{"ournet base: " + famName(f) + " masquerade, by the source's network", join(family(f),
-			one(&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
-				&expr.Lookup{SourceRegister: reg, IsDestRegSet: true, SetName: m.Name, SetID: m.ID}))})
+		saddr := &expr.Payload{DestRegister: reg32, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
+		rs = append(rs, nftRule{"ournet base: " + famName(f) + " masquerade, not to the subnet's own bridge", join(family(f),
+			one(saddr, lookup(masqSet(f), reg32, false),
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + n/4}, lookup(ownSet(f), reg32, true),
+				&expr.Masq{}))})
 	}
 	return rs
 }
 
-// natRules is network n's nat chain: masquerade of what leaves by another
-// way than its own bridge (the nat map sends only its masqueraded
-// subnets here).
-func natRules(n Network) []nftRule {
-	if len(masqIntervals(n)) == 0 {
-		return nil
-	}
-	return []nftRule{{
-		fmt.Sprintf("ournet:%s masquerade not to %s", iptables.Short(n.ID), n.Bridge),
-		one(meta(expr.MetaKeyOIFNAME), neq(nft.IfName(n.Bridge)), &expr.Masq{}),
-	}}
+// comment is a rule's userdata: the comment nft prints. The base chains'
+// drift is judged on these: a rule edited, added or removed by hand
+// changes them.
+func comment(s string) []byte { return userdata.AppendString(nil, userdata.TypeComment, s) }
+
+func commentOf(r *nftables.Rule) string {
+	s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+	return s
+}
+
+// nftRule is one rule as ournet writes it.
+type nftRule struct {
+	comment string
+	exprs   []expr.Any
+}
+
+func (r nftRule) in(ch *nftables.Chain) *nftables.Rule {
+	return &nftables.Rule{Table: table, Chain: ch, Exprs: r.exprs, UserData: comment(r.comment)}
 }

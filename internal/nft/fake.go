@@ -31,6 +31,7 @@ type fakeTable struct {
 	handle uint64 // the last rule handle handed out
 	chains map[string]*fakeChain
 	sets   map[string]map[string]nftables.SetElement // set -> key -> element
+	defs   map[string]nftables.Set                   // set -> as created
 }
 
 type fakeChain struct {
@@ -47,7 +48,10 @@ func (k *Fake) Dial() (Conn, error) { return &fakeConn{k: k}, nil }
 func tableKey(t *nftables.Table) string { return fmt.Sprintf("%d/%s", t.Family, t.Name) }
 
 func (t *fakeTable) clone() *fakeTable {
-	c := &fakeTable{t: t.t, handle: t.handle, chains: map[string]*fakeChain{}, sets: map[string]map[string]nftables.SetElement{}}
+	c := &fakeTable{t: t.t, handle: t.handle, chains: map[string]*fakeChain{}, sets: map[string]map[string]nftables.SetElement{}, defs: map[string]nftables.Set{}}
+	for n, d := range t.defs {
+		c.defs[n] = d
+	}
 	for n, ch := range t.chains {
 		c.chains[n] = &fakeChain{c: ch.c, rules: slices.Clone(ch.rules)}
 	}
@@ -81,7 +85,7 @@ func lookup(ts map[string]*fakeTable, t *nftables.Table) (*fakeTable, error) {
 func (c *fakeConn) AddTable(t *nftables.Table) *nftables.Table {
 	c.queue(func(ts map[string]*fakeTable) error {
 		if ts[tableKey(t)] == nil {
-			ts[tableKey(t)] = &fakeTable{t: *t, chains: map[string]*fakeChain{}, sets: map[string]map[string]nftables.SetElement{}}
+			ts[tableKey(t)] = &fakeTable{t: *t, chains: map[string]*fakeChain{}, sets: map[string]map[string]nftables.SetElement{}, defs: map[string]nftables.Set{}}
 		}
 		return nil
 	})
@@ -106,6 +110,11 @@ func (c *fakeConn) AddSet(s *nftables.Set, vals []nftables.SetElement) error {
 		}
 		if ft.sets[s.Name] == nil {
 			ft.sets[s.Name] = map[string]nftables.SetElement{}
+			d := *s
+			d.Table = nil
+			ft.defs[s.Name] = d
+		} else if d := ft.defs[s.Name]; d.IsMap != s.IsMap || d.Interval != s.Interval || d.Concatenation != s.Concatenation || d.KeyType.Name != s.KeyType.Name {
+			return fmt.Errorf("set %s exists with another type: %w", s.Name, syscall.EEXIST)
 		}
 		return addElems(ft, s.Name, vals)
 	})
@@ -300,6 +309,22 @@ func (c *fakeConn) ListChainsOfTableFamily(f nftables.TableFamily) ([]*nftables.
 			cc.Table = &tt
 			out = append(out, &cc)
 		}
+	}
+	return out, nil
+}
+
+func (c *fakeConn) GetSets(t *nftables.Table) ([]*nftables.Set, error) {
+	c.k.mu.Lock()
+	defer c.k.mu.Unlock()
+	ft := c.k.tables[tableKey(t)]
+	if ft == nil {
+		return nil, enoent("table " + t.Name)
+	}
+	var out []*nftables.Set
+	for _, d := range ft.defs {
+		s, tt := d, ft.t
+		s.Table = &tt
+		out = append(out, &s)
 	}
 	return out, nil
 }

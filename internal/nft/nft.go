@@ -29,6 +29,7 @@ type Conn interface {
 	Flush() error
 	ListChainsOfTableFamily(nftables.TableFamily) ([]*nftables.Chain, error)
 	ListTablesOfFamily(nftables.TableFamily) ([]*nftables.Table, error)
+	GetSets(*nftables.Table) ([]*nftables.Set, error)
 	GetSetElements(*nftables.Set) ([]nftables.SetElement, error)
 	GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)
 }
