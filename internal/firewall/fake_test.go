@@ -298,7 +298,7 @@ func TestDriftWithoutRoot(t *testing.T) {
 	}
 	// An element that names no network (added by hand) drifts them all,
 	// and the repair removes it.
-	if err := c.SetAddElements(setDNAT.set(), []nftables.SetElement{{Key: nft.IfName("eth0")}}); err != nil {
+	if err := c.SetAddElements(setPublished.set(), []nftables.SetElement{{Key: nft.IfName("eth0")}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Flush(); err != nil {

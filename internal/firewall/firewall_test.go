@@ -306,7 +306,7 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 			t.Fatalf("OwnedNetworks = %v, %v", ids, err)
 		}
 		nftDo(t, "delete", "element", "inet", TableName, NetsSet, "{", `"`+cases[0].n.Bridge+`"`, "}")
-		nftDo(t, "delete", "element", "inet", TableName, DNATSet, "{", `"`+cases[1].n.Bridge+`"`, "}")
+		nftDo(t, "delete", "element", "inet", TableName, PublishedSet, "{", `"`+cases[1].n.Bridge+`"`, "}")
 		nftDo(t, "add", "element", "inet", TableName, ICCSet, "{", `"`+cases[2].n.Bridge+`" . "eth0"`, "comment", `"ournet:`+iptables.Short(cases[2].n.ID)+`"`, "}")
 		nftDo(t, "delete", "element", "inet", TableName, Masq4Set, "{", "198.18.6.0/24", "}")
 		nftDo(t, "delete", "element", "inet", TableName, Own4Set, "{", `198.18.1.0/24 . "`+cases[0].n.Bridge+`"`, "}")
@@ -338,7 +338,7 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		}
 		// An element that names no network: all drift; the repair removes
 		// it and keeps theirs.
-		nftDo(t, "add", "element", "inet", TableName, DNATSet, "{", `"eth0"`, "}")
+		nftDo(t, "add", "element", "inet", TableName, PublishedSet, "{", `"eth0"`, "}")
 		if d, err := fw.Drifted(nets); err != nil || len(d) != len(nets) {
 			t.Fatalf("with a stray element, Drifted = %d networks, %v; want all %d", len(d), err, len(nets))
 		}

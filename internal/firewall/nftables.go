@@ -18,19 +18,19 @@ import (
 
 // Names in table inet ournet (see the package comment).
 const (
-	TableName   = "ournet"
-	ForwardBase = "forward"      // hook forward
-	NATBase     = "postrouting"  // hook postrouting
-	NetsSet     = "nets"         // every network's bridge
-	DNATSet     = "published"    // bridges that take published ports (not internal)
-	ICCSet      = "icc"          // "<bridge>" . "<bridge>": icc on
-	Unprot4Set  = "unprotected4" // bridges of IPv4 nat-unprotected networks
-	Unprot6Set  = "unprotected6"
-	InternalSet = "internal" // bridges of internal networks
-	Masq4Set    = "masq4"    // IPv4 subnets that masquerade
-	Masq6Set    = "masq6"
-	Own4Set     = "own4" // such a subnet . its own bridge (no masquerade there)
-	Own6Set     = "own6"
+	TableName    = "ournet"
+	ForwardBase  = "forward"      // hook forward
+	NATBase      = "postrouting"  // hook postrouting
+	NetsSet      = "nets"         // every network's bridge
+	PublishedSet = "published"    // bridges that take published ports (not internal)
+	ICCSet       = "icc"          // "<bridge>" . "<bridge>": icc on
+	Unprot4Set   = "unprotected4" // bridges of IPv4 nat-unprotected networks
+	Unprot6Set   = "unprotected6"
+	InternalSet  = "internal" // bridges of internal networks
+	Masq4Set     = "masq4"    // IPv4 subnets that masquerade
+	Masq6Set     = "masq6"
+	Own4Set      = "own4" // such a subnet . its own bridge (no masquerade there)
+	Own6Set      = "own6"
 )
 
 // BridgeGroup is the device group of every ournet bridge: how the static
@@ -75,17 +75,17 @@ var (
 )
 
 var (
-	setNets     = &setDef{NetsSet, 1, keys, nftables.TypeIFName}
-	setDNAT     = &setDef{DNATSet, 2, keys, nftables.TypeIFName}
-	setICC      = &setDef{ICCSet, 3, keys, ifname2}
-	setUnprot4  = &setDef{Unprot4Set, 4, keys, nftables.TypeIFName}
-	setUnprot6  = &setDef{Unprot6Set, 5, keys, nftables.TypeIFName}
-	setInternal = &setDef{InternalSet, 6, keys, nftables.TypeIFName}
-	setMasq4    = &setDef{Masq4Set, 7, ranges, nftables.TypeIPAddr}
-	setMasq6    = &setDef{Masq6Set, 8, ranges, nftables.TypeIP6Addr}
-	setOwn4     = &setDef{Own4Set, 9, keyRanges, own4}
-	setOwn6     = &setDef{Own6Set, 10, keyRanges, own6}
-	allSets     = []*setDef{setNets, setDNAT, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setOwn4, setOwn6}
+	setNets      = &setDef{NetsSet, 1, keys, nftables.TypeIFName}
+	setPublished = &setDef{PublishedSet, 2, keys, nftables.TypeIFName}
+	setICC       = &setDef{ICCSet, 3, keys, ifname2}
+	setUnprot4   = &setDef{Unprot4Set, 4, keys, nftables.TypeIFName}
+	setUnprot6   = &setDef{Unprot6Set, 5, keys, nftables.TypeIFName}
+	setInternal  = &setDef{InternalSet, 6, keys, nftables.TypeIFName}
+	setMasq4     = &setDef{Masq4Set, 7, ranges, nftables.TypeIPAddr}
+	setMasq6     = &setDef{Masq6Set, 8, ranges, nftables.TypeIP6Addr}
+	setOwn4      = &setDef{Own4Set, 9, keyRanges, own4}
+	setOwn6      = &setDef{Own6Set, 10, keyRanges, own6}
+	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setOwn4, setOwn6}
 )
 
 func (d *setDef) set() *nftables.Set {
@@ -167,7 +167,7 @@ func netElems(n Network) []elem {
 		out = append(out, elem{set: setInternal, key: br, comment: c})
 		return append(out, iccElem(n, br, c)...)
 	}
-	out = append(out, elem{set: setDNAT, key: br, comment: c})
+	out = append(out, elem{set: setPublished, key: br, comment: c})
 	out = append(out, iccElem(n, br, c)...)
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 		if n.Unprotected[f] {

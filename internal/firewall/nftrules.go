@@ -93,7 +93,7 @@ func forwardBaseRules() []nftRule {
 	oif := one(meta(expr.MetaKeyOIFNAME))
 	rs := []nftRule{
 		{"ournet base: replies", join(oif, one(lookup(setNets, reg, false)), ctAny(expr.CtKeySTATE, ctEstablished|ctRelated), one(accept))},
-		{"ournet base: published ports", join(oif, one(lookup(setDNAT, reg, false)), ctAny(expr.CtKeySTATUS, ctStatusDNAT), one(accept))},
+		{"ournet base: published ports", join(oif, one(lookup(setPublished, reg, false)), ctAny(expr.CtKeySTATUS, ctStatusDNAT), one(accept))},
 		{"ournet base: icc", one(&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
 			lookup(setICC, reg32, false), accept)},
 	}
