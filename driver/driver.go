@@ -31,7 +31,6 @@ type Links interface {
 	Exists(name string) (bool, error)
 	DeleteLink(name, owner string) error
 	Owned() (map[string]string, error)
-	ForeignBridges() ([]string, error)
 	// HostPrefixes lists the destinations of the host's routes.
 	HostPrefixes() ([]netip.Prefix, error)
 	// SandboxIfName names the link with mac in a container's namespace
@@ -47,7 +46,6 @@ type Firewall interface {
 	AddNetworks([]firewall.Network) error
 	DelNetwork(id string) error
 	Drifted([]firewall.Network) ([]firewall.Network, error)
-	EnsureForeignBridges([]string) error
 	OwnedNetworks() (map[string]bool, error)
 }
 
@@ -79,10 +77,6 @@ type Driver struct {
 	// strays are kernel objects marked as ournet's whose IDs neither the
 	// state nor the journal knows: left alone, reported by Status.
 	strays []string
-	// foreign is the host's other bridges as OURNET-FOREIGN last listed
-	// them, sorted: a links round rewrites the chain only when they change.
-	foreignMu sync.Mutex
-	foreign   []string
 	// removeUnknown makes the restore treat every unknown object as an
 	// orphan (STATE_RECOVER=fresh).
 	removeUnknown bool

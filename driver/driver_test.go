@@ -62,7 +62,6 @@ func (f *fakeLinks) Owned() (map[string]string, error) {
 	}
 	return out, nil
 }
-func (f *fakeLinks) ForeignBridges() ([]string, error)                      { return nil, nil }
 func (f *fakeLinks) SandboxIfName(string, net.HardwareAddr) (string, error) { return "eth0", nil }
 func (f *fakeLinks) Replumb(sandbox string, p netdev.Plumb) error {
 	if f.sandboxes == nil || !f.sandboxes[sandbox] {
@@ -84,9 +83,8 @@ func (f *fakeLinks) Exists(name string) (bool, error) {
 type fakeFW struct {
 	nets map[string]firewall.Network
 	fail error
-	// rounds counts the full comparisons (Drifted), foreignSets the
-	// rewrites of OURNET-FOREIGN asked for.
-	rounds, foreignSets atomic.Int32
+	// rounds counts the full comparisons (Drifted).
+	rounds atomic.Int32
 }
 
 func (f *fakeFW) AddNetwork(n firewall.Network) error {
@@ -123,7 +121,6 @@ func (f *fakeFW) Drifted(nets []firewall.Network) ([]firewall.Network, error) {
 	}
 	return out, nil
 }
-func (f *fakeFW) EnsureForeignBridges([]string) error { f.foreignSets.Add(1); return nil }
 func (f *fakeFW) OwnedNetworks() (map[string]bool, error) {
 	out := map[string]bool{}
 	for id := range f.nets {

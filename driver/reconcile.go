@@ -2,7 +2,6 @@ package driver
 
 import (
 	"fmt"
-	"slices"
 	"sort"
 	"time"
 
@@ -99,7 +98,6 @@ func (d *Driver) Reconcile() {
 	if d.cl != nil {
 		d.updateGuard() // read again: Setup forgot what the firewall knew of it
 	}
-	d.ensureForeign()
 	nets := d.repairAllLinks()
 	// The networks' own rules before the published ports': after a flush
 	// of every table, containers talk again one step sooner.
@@ -147,59 +145,18 @@ func (d *Driver) repairAllLinks() []firewall.Network {
 
 // ReconcileLinks is the round a link change triggers, for the links named
 // (all: every link): what netlink shows (bridges, VXLAN devices,
-// endpoints' veths), and OURNET-FOREIGN only if the host's other bridges
-// changed. Its netlink calls are for the named links alone, however many
-// networks there are. It reports whether it repaired anything, after which
-// a full round follows (the rules and port settings of a bridge made
-// again).
+// endpoints' veths). Its netlink calls are for the named links of
+// ournet's alone, however many networks there are; other links (another
+// driver's bridges and veths) cost nothing. It reports whether it
+// repaired anything, after which a full round follows (the rules and port
+// settings of a bridge made again).
 func (d *Driver) ReconcileLinks(names map[string]bool, all bool) (repaired bool) {
-	repaired, foreign := d.repairNamedLinks(names, all)
-	if foreign {
-		have, err := d.links.ForeignBridges()
-		d.foreignMu.Lock()
-		changed := err == nil && !slices.Equal(sorted(have), d.foreign)
-		d.foreignMu.Unlock()
-		if changed {
-			d.ensureForeign()
-		}
-	}
-	return repaired
-}
-
-// repairNamedLinks is ReconcileLinks' part under the driver's lock; foreign
-// says whether a link not ournet's was named (or all).
-func (d *Driver) repairNamedLinks(names map[string]bool, all bool) (repaired, foreign bool) {
 	defer d.lock()()
 	d.flushUnsaved()
 	if all {
-		return d.repairLinks(nil), true
+		return d.repairLinks(nil)
 	}
-	ours := d.linkNames()
-	for name := range names {
-		foreign = foreign || !ours[name]
-	}
-	return d.repairLinks(func(name string) bool { return names[name] }), foreign
-}
-
-// linkNames are the names of the links ournet has. Called with d.mu held.
-func (d *Driver) linkNames() map[string]bool {
-	out := map[string]bool{}
-	for _, n := range d.networks {
-		out[n.Bridge] = true
-		if n.Cluster != nil {
-			out[n.Cluster.Device] = true
-		}
-	}
-	for _, ep := range d.endpoints {
-		out[ep.HostVeth], out[ep.PeerVeth] = true, true
-	}
-	return out
-}
-
-func sorted(s []string) []string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	return s
+	return d.repairLinks(func(name string) bool { return names[name] })
 }
 
 // repairLinks makes again the bridges and VXLAN devices that are gone,
@@ -241,24 +198,6 @@ func (d *Driver) repairLinks(only func(name string) bool) (repaired bool) {
 		repaired = true
 	}
 	return repaired
-}
-
-// ensureForeign makes OURNET-FOREIGN, every network's way out, list the
-// host's bridges that are not ournet's, where it differs. It needs no
-// driver lock.
-func (d *Driver) ensureForeign() {
-	foreign, err := d.links.ForeignBridges()
-	if err != nil {
-		logNet("").WithError(err).Warn("drift: listing bridges")
-		return
-	}
-	if err := d.fw.EnsureForeignBridges(foreign); err != nil {
-		logNet("").WithError(err).Warn("drift: foreign bridges")
-		return
-	}
-	d.foreignMu.Lock()
-	d.foreign = sorted(foreign)
-	d.foreignMu.Unlock()
 }
 
 // reattachEndpoints puts n's existing host veths back on its bridge.

@@ -111,9 +111,6 @@ func (d *Driver) Restore() error {
 	defer close(d.ready)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	// Before anything uses a network: without it, traffic out of every
-	// ournet network would wait for the first repair round.
-	d.ensureForeign()
 	if d.st == nil {
 		return nil
 	}

@@ -8,16 +8,19 @@ import (
 	"github.com/ournet/ournet/internal/iptables"
 )
 
-// Setup creates the static iptables chains and jumps where they are
-// missing or out of place, after the cleaner has removed what older
-// versions left, and the nftables table's base where it is not intact;
-// safe to call at any time, and it writes nothing when all is in place.
-// OURNET-FOREIGN, every network's way out, is filled by
-// Set/EnsureForeignBridges, which must follow before any network is used.
+// Setup makes the nftables table's base where it is not intact, then the
+// static iptables chains and jumps where they are missing or out of place,
+// after the cleaner has removed what older versions left; safe to call at
+// any time, and it writes nothing when all is in place. The table first:
+// what leaves a network for another bridge is dropped there, and must be
+// before OURNET-FORWARD accepts the rest.
 func (fw *Firewall) Setup() error {
 	fw.mu.Lock()
 	fw.vxlan = "" // checked again at the next EnsureVXLAN or DelVXLAN
 	fw.mu.Unlock()
+	if err := fw.setupNFT(); err != nil {
+		return err
+	}
 	for _, f := range fw.families {
 		// Read without the lock: a repair round's reads must not hold up
 		// the networks being added meanwhile.
@@ -33,7 +36,7 @@ func (fw *Firewall) Setup() error {
 			return fmt.Errorf("%s: setting up the base chains: %w", f, err)
 		}
 	}
-	return fw.setupNFT()
+	return nil
 }
 
 // setupNFT rewrites the table's base if it is not intact.
@@ -70,16 +73,16 @@ func (fw *Firewall) write(f iptables.Family, script string) error {
 type baseChain struct{ table, chain, parent string }
 
 var baseChains = []baseChain{
-	{"filter", ForeignChain, ""},
 	{"filter", ForwardChain, "FORWARD"},
 }
 
 // forwardRules is all OURNET-FORWARD holds: what goes into an ournet
-// bridge was judged by the table's forward chain (which dropped what it
-// must); what leaves one for elsewhere goes through OURNET-FOREIGN.
+// bridge, and what leaves one, was judged by the table's forward chain
+// (which dropped what it must: into another network, out of an internal
+// one, into a bridge that is not ournet's).
 var forwardRules = []string{
 	fmt.Sprintf("-A %s -m devgroup --dst-group 0x%x -j ACCEPT", ForwardChain, BridgeGroup),
-	fmt.Sprintf("-A %s -m devgroup --src-group 0x%x -j %s", ForwardChain, BridgeGroup, ForeignChain),
+	fmt.Sprintf("-A %s -m devgroup --src-group 0x%x -j ACCEPT", ForwardChain, BridgeGroup),
 }
 
 // BaseScript is the iptables-restore input that creates what is missing

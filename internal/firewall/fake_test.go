@@ -30,9 +30,6 @@ func fakeFirewall(t *testing.T) (*Firewall, *iptables.Fake, *nft.Fake) {
 	if err := fw.Setup(); err != nil {
 		t.Fatal(err)
 	}
-	if err := fw.EnsureForeignBridges(nil); err != nil {
-		t.Fatal(err)
-	}
 	return fw, k, kn
 }
 
@@ -121,8 +118,9 @@ func TestSetupWithoutRoot(t *testing.T) {
 	}
 	// The cleaner: the older layouts' chains and jumps go.
 	id := iptables.Short(cases[0].n.ID)
-	old := "*filter\n:OURNET-O-" + id + " - [0:0]\n:OURNET-I-" + id + " - [0:0]\n:OURNET-INTO - [0:0]\n:OURNET-BRIDGES - [0:0]\n" +
+	old := "*filter\n:OURNET-O-" + id + " - [0:0]\n:OURNET-I-" + id + " - [0:0]\n:OURNET-INTO - [0:0]\n:OURNET-BRIDGES - [0:0]\n:OURNET-FOREIGN - [0:0]\n" +
 		"-A " + ForwardChain + " -i br0 -j OURNET-O-" + id + "\n-A FORWARD -j OURNET-O-" + id + "\n-A " + ForwardChain + " -j OURNET-INTO\n" +
+		"-A " + ForwardChain + " -m devgroup --src-group 0x6f75 -j OURNET-FOREIGN\n-A OURNET-FOREIGN -o docker0 -j DROP\n-A OURNET-FOREIGN -j ACCEPT\n" +
 		"-A OURNET-INTO -o br0 -j OURNET-I-" + id + "\n-A OURNET-I-" + id + " -j OURNET-BRIDGES\nCOMMIT\n" +
 		"*mangle\n:OURNET-GUARD - [0:0]\n-A FORWARD -j OURNET-GUARD\nCOMMIT\n" +
 		"*nat\n:OURNET-POSTROUTING - [0:0]\n:OURNET-N-x - [0:0]\n-A POSTROUTING -j OURNET-POSTROUTING\n-A OURNET-POSTROUTING -j OURNET-N-x\nCOMMIT\n"
@@ -133,10 +131,13 @@ func TestSetupWithoutRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := dumpAll(t, k)
-	for _, c := range []string{"OURNET-O-", "OURNET-N-", "OURNET-I", "OURNET-BRIDGES", "OURNET-GUARD", "OURNET-POSTROUTING"} {
+	for _, c := range []string{"OURNET-O-", "OURNET-N-", "OURNET-I", "OURNET-BRIDGES", "OURNET-FOREIGN", "OURNET-GUARD", "OURNET-POSTROUTING"} {
 		if strings.Contains(d, c) {
 			t.Fatalf("older layout (%s) left after Setup:\n%s", c, d)
 		}
+	}
+	if got, _ := k.Rules(iptables.IPv4, "filter", ForwardChain); !slices.Equal(got, forwardRules) {
+		t.Fatalf("OURNET-FORWARD after the cleaner = %q", got)
 	}
 	// The table's base chain flushed by someone: Setup rewrites it.
 	c, _ := kn.Dial()
@@ -263,7 +264,7 @@ func TestDriftWithoutRoot(t *testing.T) {
 	}
 	c, _ := kn.Dial()
 	// Network 0 loses its bridge from nets, network 1 gains an icc
-	// element by its name, network 4 loses a masquerade exception.
+	// element by its name, network 4 loses its hairpin element.
 	if err := c.SetDeleteElements(setNets.set(), []nftables.SetElement{{Key: nft.IfName(cases[0].n.Bridge)}}); err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +273,7 @@ func TestDriftWithoutRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range netElems(cases[4].n) {
-		if e.set == setOwn4 {
+		if e.set == setHairpin {
 			if err := c.SetDeleteElements(e.set.set(), e.elements()); err != nil {
 				t.Fatal(err)
 			}
@@ -333,22 +334,10 @@ func TestDriftWithoutRoot(t *testing.T) {
 	}
 }
 
-// OURNET-FOREIGN is rewritten only when it differs; Teardown leaves no
-// ournet chain in any table (published ports' included) and no nftables
-// table.
-func TestForeignAndTeardownWithoutRoot(t *testing.T) {
+// Teardown leaves no ournet chain in any table (published ports'
+// included) and no nftables table.
+func TestTeardownWithoutRoot(t *testing.T) {
 	fw, k, kn := fakeFirewall(t)
-	before := k.Restores
-	if err := fw.EnsureForeignBridges(nil); err != nil || k.Restores != before {
-		t.Fatalf("EnsureForeignBridges with nothing to do: %v, %d restores", err, k.Restores-before)
-	}
-	if err := fw.EnsureForeignBridges([]string{"mybr0"}); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := k.Rules(iptables.IPv4, "filter", ForeignChain)
-	if len(got) != 7 || !slices.Contains(got, "-A "+ForeignChain+" -o mybr0 -j DROP") || got[6] != "-A "+ForeignChain+" -j ACCEPT" {
-		t.Fatalf("OURNET-FOREIGN = %q", got)
-	}
 	if err := fw.AddNetwork(cases[0].n); err != nil {
 		t.Fatal(err)
 	}

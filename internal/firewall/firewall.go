@@ -10,7 +10,6 @@
 //	nftrules.go  the rules of that table, as expressions
 //	base.go      the static iptables chains and their jumps (Setup)
 //	cleaner.go   what older versions left, removed at Setup
-//	foreign.go   OURNET-FOREIGN: the other bridges on the host
 //	drift.go     comparing the kernel with what it should hold; orphans
 //	teardown.go  removing every ournet chain and the table
 //	vxlan.go     the VXLAN port's guard (cluster networks)
@@ -26,7 +25,7 @@
 //		set unprotected4 { type ifname }            # nat-unprotected (and unprotected6)
 //		set internal     { type ifname }
 //		set masq4 { type ipv4_addr; flags interval }            # subnets that masquerade (and masq6)
-//		set own4  { type ipv4_addr . ifname; flags interval }   # such a subnet . its bridge (and own6)
+//		set hairpin { type ifname . ifname }                    # such a network's "<bridge>" . "<bridge>"
 //		chain forward {                       # hook forward, priority filter - 5
 //			oifname @nets ct state established,related accept
 //			oifname @published ct status dnat accept
@@ -36,10 +35,12 @@
 //			oifname @nets drop                # nothing else into a network
 //			oifgroup 0x6f75 drop              # an ournet bridge with no network
 //			iifname @internal drop            # out of an internal network
+//			iifgroup 0x6f75 oifkind "bridge" ct status != dnat drop   # into other bridges
 //		}
 //		chain postrouting {                   # hook postrouting, priority srcnat - 5
-//			ip saddr @masq4 ip saddr . oifname != @own4 masquerade
-//			ip6 saddr @masq6 ip6 saddr . oifname != @own6 masquerade
+//			ip saddr @masq4 oifgroup != 0x6f75 masquerade   # out of ournet's bridges
+//			ip saddr @masq4 oifgroup 0x6f75 iifname != "" iifname . oifname != @hairpin masquerade
+//			(the same for IPv6)                           # routed into another network's bridge
 //		}
 //	}
 //
@@ -55,13 +56,13 @@
 //
 //	filter FORWARD -> OURNET-FORWARD
 //		-m devgroup --dst-group 0x6f75 -j ACCEPT   # judged by the table
-//		-m devgroup --src-group 0x6f75 -j OURNET-FOREIGN
-//	filter OURNET-FOREIGN: the way out of every ournet network: dropped into
-//	                   bridges on the host that are not ournet's, else accepted
+//		-m devgroup --src-group 0x6f75 -j ACCEPT   # likewise: the way out
 //
-// These do not change with the networks: adding one is one nftables
-// transaction that only adds set elements, and no process. No rule, chain
-// or jump per network: the kernel copies a chain's rules whole at every
+// These do not change with the networks, nor with the host's other
+// bridges (the engine's docker0 and br-*, anyone else's: known by their
+// kind, not listed): adding a network is one nftables transaction that
+// only adds set elements, and no process. No rule, chain or jump per
+// network: the kernel copies a chain's rules whole at every
 // commit that changes it, and checks every jump of the table at every
 // commit that adds one, both costs that grow with the networks.
 package firewall
@@ -74,11 +75,9 @@ import (
 	"github.com/ournet/ournet/internal/nft"
 )
 
-// Static iptables chains, as the registry in internal/iptables names them.
-const (
-	ForwardChain = iptables.ForwardChain
-	ForeignChain = iptables.ForeignChain
-)
+// ForwardChain is the static iptables chain, as the registry in
+// internal/iptables names it.
+const ForwardChain = iptables.ForwardChain
 
 // tables are those the cleaner and Setup read, in the order scripts
 // touch them.

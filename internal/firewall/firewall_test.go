@@ -123,9 +123,6 @@ func TestApplyInNetns(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := fw.EnsureForeignBridges(nil); err != nil {
-			t.Fatal(err)
-		}
 		empty := nftList(t)
 		golden(t, "empty.nft", empty)
 		golden(t, "static.iptables-save", save(t, r, iptables.IPv4))
@@ -269,27 +266,23 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
-		// Every network's way out is there with no foreign bridge listed
-		// (the engine's are always in), and comes back when flushed.
-		for round := 0; round < 2; round++ {
-			if err := fw.EnsureForeignBridges(nil); err != nil {
-				t.Fatal(err)
-			}
-			out, _ := r.Save(iptables.IPv4, "filter")
-			if got := iptables.Parse(out)[ForeignChain]; len(got) != 5 || got[4] != "-A "+ForeignChain+" -j ACCEPT" {
-				t.Fatalf("OURNET-FOREIGN (round %d) = %q", round, got)
-			}
-			ipt(t, "-F", ForeignChain)
-		}
 		// OURNET-FORWARD holds its two rules and nothing else (an older
-		// version's lines are replaced).
+		// version's lines are replaced, and the chain they jumped to, the
+		// list of other bridges before the table judged them by kind, is
+		// removed).
 		ipt(t, "-A", ForwardChain, "-i", "brx", "-j", "ACCEPT")
+		ipt(t, "-N", "OURNET-FOREIGN")
+		ipt(t, "-A", "OURNET-FOREIGN", "-o", "docker0", "-j", "DROP")
+		ipt(t, "-A", ForwardChain, "-j", "OURNET-FOREIGN")
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
 		}
 		out, _ := r.Save(iptables.IPv4, "filter")
 		if got := iptables.Parse(out)[ForwardChain]; !slices.Equal(got, forwardRules) {
 			t.Fatalf("OURNET-FORWARD after Setup = %q", got)
+		}
+		if strings.Contains(out, "OURNET-FOREIGN") {
+			t.Fatalf("the older chain of other bridges is left:\n%s", out)
 		}
 		var nets []Network
 		for _, c := range cases {
@@ -309,7 +302,7 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		nftDo(t, "delete", "element", "inet", TableName, PublishedSet, "{", `"`+cases[1].n.Bridge+`"`, "}")
 		nftDo(t, "add", "element", "inet", TableName, ICCSet, "{", `"`+cases[2].n.Bridge+`" . "eth0"`, "comment", `"ournet:`+iptables.Short(cases[2].n.ID)+`"`, "}")
 		nftDo(t, "delete", "element", "inet", TableName, Masq4Set, "{", "198.18.6.0/24", "}")
-		nftDo(t, "delete", "element", "inet", TableName, Own4Set, "{", `198.18.1.0/24 . "`+cases[0].n.Bridge+`"`, "}")
+		nftDo(t, "delete", "element", "inet", TableName, HairpinSet, "{", `"`+cases[0].n.Bridge+`" . "`+cases[0].n.Bridge+`"`, "}")
 		d, err := fw.Drifted(nets)
 		var got []string
 		for _, n := range d {
@@ -372,18 +365,6 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 		fwd := iptables.Parse(out)["FORWARD"]
 		if len(fwd) != 3 || fwd[0] != "-A FORWARD -j DOCKER-USER" || fwd[1] != "-A FORWARD -j "+ForwardChain {
 			t.Fatalf("FORWARD after setup = %q", fwd)
-		}
-		if err := fw.SetForeignBridges([]string{"mybr0"}); err != nil {
-			t.Fatal(err)
-		}
-		// A doubled rule (as a concurrent writer can leave) is repaired.
-		ipt(t, "-A", ForeignChain, "-o", "mybr0", "-j", "DROP")
-		if err := fw.EnsureForeignBridges([]string{"mybr0"}); err != nil {
-			t.Fatal(err)
-		}
-		out, _ = r.Save(iptables.IPv4, "filter")
-		if got := iptables.Parse(out)[ForeignChain]; len(got) != 7 || !strings.Contains(strings.Join(got, "\n"), "-o mybr0 -j DROP") {
-			t.Fatalf("OURNET-FOREIGN = %q", got)
 		}
 	})
 }

@@ -29,8 +29,7 @@ const (
 	InternalSet  = "internal" // bridges of internal networks
 	Masq4Set     = "masq4"    // IPv4 subnets that masquerade
 	Masq6Set     = "masq6"
-	Own4Set      = "own4" // such a subnet . its own bridge (no masquerade there)
-	Own6Set      = "own6"
+	HairpinSet   = "hairpin" // "<bridge>" . "<bridge>": a masquerading network's own way back in
 )
 
 // BridgeGroup is the device group of every ournet bridge: how the static
@@ -53,9 +52,8 @@ var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 type setKind int
 
 const (
-	keys      setKind = iota // one key per element
-	ranges                   // an interval: a start element and an end element
-	keyRanges                // concatenated, the first field a range: key and key end in one element
+	keys   setKind = iota // one key per element
+	ranges                // an interval: a start element and an end element
 )
 
 // setDef is one of the table's sets. The IDs are fixed: an ID names a set
@@ -68,11 +66,7 @@ type setDef struct {
 	key  nftables.SetDatatype
 }
 
-var (
-	ifname2 = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
-	own4    = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIFName)
-	own6    = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIFName)
-)
+var ifname2 = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
 
 var (
 	setNets      = &setDef{NetsSet, 1, keys, nftables.TypeIFName}
@@ -83,14 +77,13 @@ var (
 	setInternal  = &setDef{InternalSet, 6, keys, nftables.TypeIFName}
 	setMasq4     = &setDef{Masq4Set, 7, ranges, nftables.TypeIPAddr}
 	setMasq6     = &setDef{Masq6Set, 8, ranges, nftables.TypeIP6Addr}
-	setOwn4      = &setDef{Own4Set, 9, keyRanges, own4}
-	setOwn6      = &setDef{Own6Set, 10, keyRanges, own6}
-	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setOwn4, setOwn6}
+	setHairpin   = &setDef{HairpinSet, 9, keys, ifname2}
+	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setHairpin}
 )
 
 func (d *setDef) set() *nftables.Set {
 	s := &nftables.Set{Table: table, Name: d.name, ID: d.id, KeyType: d.key,
-		Interval: d.kind != keys, Concatenation: d.kind == keyRanges || d.key.Name == ifname2.Name}
+		Interval: d.kind == ranges, Concatenation: d.key.Name == ifname2.Name}
 	if d.key.Name == nftables.TypeIFName.Name || d.key.Name == ifname2.Name {
 		// Interface names are strings, which nft prints in host order.
 		s.KeyByteOrder = binaryutil.NativeEndian
@@ -100,12 +93,11 @@ func (d *setDef) set() *nftables.Set {
 
 // same reports whether a set found in the table is this one.
 func (d *setDef) same(s *nftables.Set) bool {
-	return !s.IsMap && s.Interval == (d.kind != keys) && s.KeyType.Bytes == d.key.Bytes
+	return !s.IsMap && s.Interval == (d.kind == ranges) && s.KeyType.Bytes == d.key.Bytes
 }
 
 func unprotSet(f iptables.Family) *setDef { return pick(f, setUnprot4, setUnprot6) }
 func masqSet(f iptables.Family) *setDef   { return pick(f, setMasq4, setMasq6) }
-func ownSet(f iptables.Family) *setDef    { return pick(f, setOwn4, setOwn6) }
 
 func pick(f iptables.Family, v4, v6 *setDef) *setDef {
 	if f == iptables.IPv6 {
@@ -121,8 +113,7 @@ func nftChain(name string) *nftables.Chain { return &nftables.Chain{Name: name, 
 func owner(id string) string { return "ournet:" + iptables.Short(id) }
 
 // elem is one element as ournet writes it. end is, for ranges, the first
-// key after the range (nil: it runs to the top of the address space); for
-// keyRanges the last key in it.
+// key after the range (nil: it runs to the top of the address space).
 type elem struct {
 	set      *setDef
 	key, end []byte
@@ -140,8 +131,6 @@ func (e elem) elements() []nftables.SetElement {
 			out = append(out, nftables.SetElement{Key: e.end, IntervalEnd: true})
 		}
 		return out
-	case keyRanges:
-		return []nftables.SetElement{{Key: e.key, KeyEnd: e.end, Comment: e.comment}}
 	}
 	return []nftables.SetElement{{Key: e.key, Comment: e.comment}}
 }
@@ -174,6 +163,7 @@ func netElems(n Network) []elem {
 			out = append(out, elem{set: unprotSet(f), key: br, comment: c})
 		}
 	}
+	hairpin := false
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 		if !n.Masquerade[f] {
 			continue
@@ -185,9 +175,12 @@ func netElems(n Network) []elem {
 			if top {
 				hi = nil
 			}
-			out = append(out, elem{set: masqSet(f), key: lo, end: hi, comment: c},
-				elem{set: ownSet(f), key: concat(lo, br), end: concat(last(s), br), comment: c})
+			out = append(out, elem{set: masqSet(f), key: lo, end: hi, comment: c})
+			hairpin = true
 		}
+	}
+	if hairpin {
+		out = append(out, elem{set: setHairpin, key: concat(br, br), comment: c})
 	}
 	return out
 }
@@ -220,15 +213,6 @@ func bounds(p netip.Prefix) (lo, hi []byte, top bool) {
 		return lo, nil, true
 	}
 	return lo, hi, false
-}
-
-// last is p's last address.
-func last(p netip.Prefix) []byte {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	return b
 }
 
 // nftState is what table inet ournet holds, as far as drift and the fast
@@ -326,11 +310,7 @@ func fromKernel(d *setDef, elems []nftables.SetElement) []elem {
 	if d.kind != ranges {
 		out := make([]elem, 0, len(elems))
 		for _, e := range elems {
-			var end []byte
-			if d.kind == keyRanges {
-				end = e.KeyEnd
-			}
-			out = append(out, elem{set: d, key: e.Key, end: end, comment: e.Comment})
+			out = append(out, elem{set: d, key: e.Key, comment: e.Comment})
 		}
 		return out
 	}

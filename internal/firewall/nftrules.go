@@ -34,14 +34,23 @@ func eq(b []byte) expr.Any  { return &expr.Cmp{Op: expr.CmpOpEq, Register: reg, 
 func neq(b []byte) expr.Any { return &expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: b} }
 
 // ctAny matches a packet whose conntrack key (state or status) has any of
-// bits.
-func ctAny(key expr.CtKey, bits uint32) []expr.Any {
+// bits; ctNone one that has none of them.
+func ctAny(key expr.CtKey, bits uint32) []expr.Any  { return ctBits(key, bits, neq) }
+func ctNone(key expr.CtKey, bits uint32) []expr.Any { return ctBits(key, bits, eq) }
+
+func ctBits(key expr.CtKey, bits uint32, cmp func([]byte) expr.Any) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Key: key, Register: reg},
 		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4, Mask: native32(bits), Xor: native32(0)},
-		neq(native32(0)),
+		cmp(native32(0)),
 	}
 }
+
+// metaOIFKind is the kind of the device a packet leaves by ("bridge",
+// "veth", ...; the kernel's NFT_META_OIFKIND, Linux 5.2, which the
+// library does not name). A device with no kind (a physical NIC) matches
+// no kind.
+const metaOIFKind expr.MetaKey = 27
 
 // family matches packets of one family (an inet table sees both).
 func family(f iptables.Family) []expr.Any {
@@ -87,7 +96,11 @@ func lookup(d *setDef, r uint32, invert bool) expr.Any {
 // FORWARD's policy, and no traffic between networks. A bridge of ournet's
 // without a network (it can only be drift) gets nothing through. Then a
 // packet that leaves an internal network's bridge for anywhere else is
-// dropped. Sets only: a new network adds elements, never a rule or a
+// dropped, and one that leaves any ournet bridge for a bridge that is not
+// ournet's (the engine's docker0 and br-*, anyone else's), unless it is a
+// connection DNATed to a port published there: other drivers' networks
+// are as isolated from ournet's as ournet's from each other, by the
+// device's kind, so that no bridge has to be listed. Sets only: a new network adds elements, never a rule or a
 // jump, so that a commit costs the same with 500 networks as with one.
 func forwardBaseRules() []nftRule {
 	oif := one(meta(expr.MetaKeyOIFNAME))
@@ -110,11 +123,23 @@ func forwardBaseRules() []nftRule {
 		nftRule{"ournet base: nothing else into a network", join(oif, one(lookup(setNets, reg, false), drop))},
 		nftRule{"ournet base: into an ournet bridge that has no network", join(one(meta(expr.MetaKeyOIFGROUP), eq(native32(BridgeGroup))), one(drop))},
 		nftRule{"ournet base: out of an internal network", join(one(meta(expr.MetaKeyIIFNAME), lookup(setInternal, reg, false)), one(drop))},
+		nftRule{"ournet base: into a bridge not ournet's, unless published there", join(
+			one(meta(expr.MetaKeyIIFGROUP), eq(native32(BridgeGroup)), meta(metaOIFKind), eq(nft.IfName("bridge"))),
+			ctNone(expr.CtKeySTATUS, ctStatusDNAT), one(drop))},
 	)
 }
 
 // natBaseRules is all the nat chain holds: a packet from a subnet that
-// masquerades is masqueraded unless it leaves by its own network's bridge.
+// masquerades is masqueraded when it leaves by a device that is not an
+// ournet bridge, and when it is routed into an ournet bridge from another
+// device than that bridge (a port published on another network); not when
+// it goes back into the bridge it came from (a port published on its own
+// network: the hairpin set), nor when it has no input device (bridged
+// inside a network, with br_netfilter; or the host's own). Which is, for
+// every packet that can get this far, "unless it leaves by its subnet's
+// own bridge", with plain hash sets: a set of ranges concatenated with a
+// name (the kernel's pipapo) copies its whole lookup table at every
+// commit that adds an element, a cost that grows with the networks.
 func natBaseRules() []nftRule {
 	var rs []nftRule
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
@@ -122,11 +147,16 @@ func natBaseRules() []nftRule {
 		if f == iptables.IPv6 {
 			off, n = 8, 16
 		}
-		saddr := &expr.Payload{DestRegister: reg32, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
-		rs = append(rs, nftRule{"ournet base: " + famName(f) + " masquerade, not to the subnet's own bridge", join(family(f),
-			one(saddr, lookup(masqSet(f), reg32, false),
-				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + n/4}, lookup(ownSet(f), reg32, true),
-				&expr.Masq{}))})
+		from := join(family(f), one(&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+			lookup(masqSet(f), reg, false), meta(expr.MetaKeyOIFGROUP)))
+		rs = append(rs,
+			nftRule{"ournet base: " + famName(f) + " masquerade, out of ournet's bridges", join(from, one(neq(native32(BridgeGroup)), &expr.Masq{}))},
+			nftRule{"ournet base: " + famName(f) + " masquerade, routed into another bridge of ournet's", join(from, one(eq(native32(BridgeGroup)),
+				// No input device: bridged, or the host's own (older
+				// kernels end the rule at the load itself).
+				meta(expr.MetaKeyIIFNAME), neq(nft.IfName("")),
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
+				lookup(setHairpin, reg32, true), &expr.Masq{}))})
 	}
 	return rs
 }

@@ -12,7 +12,6 @@ const Prefix = "OURNET-"
 // per-network rules are in nftables (table inet ournet).
 const (
 	ForwardChain = "OURNET-FORWARD" // filter FORWARD, after DOCKER-USER
-	ForeignChain = "OURNET-FOREIGN" // every network's way out
 	VXLANChain   = "OURNET-VXLAN"   // raw PREROUTING: who may send VXLAN
 )
 
@@ -34,9 +33,10 @@ const (
 // of per-network chains. Before 7 rules per network: four chains per
 // network (OURNET-O-, -G-, -N-<id>); before the nftables table: one filter
 // chain per network (OURNET-I-<id>) and the base chains that held each
-// network's lines.
+// network's lines; before the table's rule for other bridges: the chain
+// that listed them (OURNET-FOREIGN).
 var Legacy = map[string][]string{
-	"filter": {"OURNET-O-", "OURNET-I-", "OURNET-INTO", "OURNET-OUTOF", "OURNET-BRIDGES"},
+	"filter": {"OURNET-O-", "OURNET-I-", "OURNET-INTO", "OURNET-OUTOF", "OURNET-BRIDGES", "OURNET-FOREIGN"},
 	"mangle": {"OURNET-G-", "OURNET-GUARD"},
 	"nat":    {"OURNET-N-", "OURNET-POSTROUTING"},
 }

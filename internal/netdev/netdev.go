@@ -247,21 +247,6 @@ func unmarkedVeth(l netlink.Link) bool {
 	return true
 }
 
-// ForeignBridges lists the bridges on the host that are not ournet's.
-func (m *Manager) ForeignBridges() ([]string, error) {
-	links, err := m.linkList()
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, l := range links {
-		if l.Type() == "bridge" && !strings.HasPrefix(l.Attrs().Alias, AliasPrefix) {
-			out = append(out, l.Attrs().Name)
-		}
-	}
-	return out, nil
-}
-
 // linkList retries a dump that the kernel interrupted because links changed
 // while it ran: the partial answer cannot be trusted.
 func (m *Manager) linkList() ([]netlink.Link, error) {
@@ -345,10 +330,9 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a.Unmap(), ones).Masked(), true
 }
 
-// Matters reports whether a link change may call for a repair: a bridge
-// (ournet's, or one of the host's others, which OURNET-FOREIGN lists), a
-// VXLAN device, or one of ournet's own links. Other drivers' veths and
-// the like are not looked at.
+// Matters reports whether a link change may call for a repair: a bridge or
+// VXLAN device (one of ournet's may have lost its alias), or one of
+// ournet's own links. Other drivers' veths and the like are not looked at.
 func Matters(u netlink.LinkUpdate) bool {
 	l := u.Link
 	if l == nil || l.Attrs() == nil {

@@ -1,0 +1,273 @@
+package firewall
+
+// Real packets through the table, in a throwaway namespace that plays the
+// host: two ournet networks and a bridge of someone else's, each with
+// "containers" (namespaces of their own on veths), and an outside host on
+// an uplink; FORWARD's policy is DROP, as dockerd leaves it, and
+// br_netfilter passes bridged traffic through the hooks, as on a host
+// with dockerd.
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/ournet/ournet/internal/iptables"
+	"github.com/ournet/ournet/internal/testns"
+)
+
+// box is a namespace joined to the host by a veth: a container on a
+// bridge, or the outside host on the uplink.
+type box struct {
+	name string
+	ns   netns.NsHandle
+	addr netip.Addr
+}
+
+// in runs fn with this thread in b's namespace: sockets made there are b's.
+func (b *box) in(t *testing.T, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	home, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer home.Close()
+	if err := netns.Set(b.ns); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := netns.Set(home); err != nil {
+			panic(err)
+		}
+	}()
+	fn()
+}
+
+// newBox makes a namespace with eth0 at addr (its gateway gw), whose veth's
+// host end is port, attached to bridge master if not nil; it must run on
+// the locked thread of testns.Do, in the host's namespace.
+func newBox(t *testing.T, name, port string, master netlink.Link, addr, gw netip.Prefix) *box {
+	t.Helper()
+	home, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer home.Close()
+	ns, err := netns.New() // and this thread is in it
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Set(home); err != nil {
+		t.Fatal(err)
+	}
+	b := &box{name: name, ns: ns, addr: addr.Addr()}
+	t.Cleanup(func() { ns.Close() })
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: "eth0"}
+	if master != nil {
+		veth.MasterIndex = master.Attrs().Index
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	peer, err := netlink.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
+		t.Fatal(err)
+	}
+	host, _ := netlink.LinkByName(port)
+	if err := netlink.LinkSetUp(host); err != nil {
+		t.Fatal(err)
+	}
+	if master == nil {
+		if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(gw)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for _, n := range []string{"lo", "eth0"} {
+		l, err := h.LinkByName(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == "eth0" {
+			if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+		if n == "eth0" {
+			if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw.Addr().AsSlice()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return b
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// serve answers every TCP connection on port with the address it came
+// from, until the test ends.
+func (b *box) serve(t *testing.T, port int) {
+	t.Helper()
+	var l net.Listener
+	b.in(t, func() {
+		var err error
+		if l, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			_, _ = io.WriteString(c, host)
+			c.Close()
+		}
+	}()
+}
+
+// seenAs connects from b to addr:port and returns the source address the
+// server saw; an error if nothing answered within a second.
+func (b *box) seenAs(t *testing.T, addr string, port int) (string, error) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	b.in(t, func() { c, err = net.DialTimeout("tcp4", fmt.Sprintf("%s:%d", addr, port), time.Second) })
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	got, err := io.ReadAll(c)
+	return string(got), err
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// What leaves a network is masqueraded, except inside the network
+// (bridged) and back into its own bridge; what leaves one for a bridge
+// that is not ournet's is dropped unless DNATed there (published), and
+// then masqueraded; a port published on another ournet network is
+// reached, masqueraded; nothing from the other bridge gets in.
+func TestPacketsInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
+			t.Fatalf("br_netfilter is needed (dockerd needs it too): %v", err)
+		}
+		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
+		fw, _ := newKernelFirewall(t)
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "iptables", "-P", "FORWARD", "DROP")
+		bridge := func(name string, gw netip.Prefix, ours bool) netlink.Link {
+			br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+			if err := netlink.LinkAdd(br); err != nil {
+				t.Fatal(err)
+			}
+			if ours {
+				if err := netlink.LinkSetGroup(br, int(BridgeGroup)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(gw)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := netlink.LinkSetUp(br); err != nil {
+				t.Fatal(err)
+			}
+			return br
+		}
+		p := netip.MustParsePrefix
+		masq := map[iptables.Family]bool{iptables.IPv4: true}
+		br1 := bridge("ournet-p1", p("198.18.91.1/24"), true)
+		br2 := bridge("ournet-p2", p("198.18.93.1/24"), true)
+		other := bridge("brx", p("198.18.92.1/24"), false)
+		for _, n := range []Network{
+			{ID: "p10000000000", Bridge: "ournet-p1", Subnets: []netip.Prefix{p("198.18.91.0/24")}, ICC: true, Masquerade: masq},
+			{ID: "p20000000000", Bridge: "ournet-p2", Subnets: []netip.Prefix{p("198.18.93.0/24")}, ICC: true, Masquerade: masq},
+		} {
+			if err := fw.AddNetwork(n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c1 := newBox(t, "c1", "vc1", br1, p("198.18.91.10/24"), p("198.18.91.1/24"))
+		c2 := newBox(t, "c2", "vc2", br1, p("198.18.91.11/24"), p("198.18.91.1/24"))
+		e1 := newBox(t, "e1", "ve1", br2, p("198.18.93.10/24"), p("198.18.93.1/24"))
+		d1 := newBox(t, "d1", "vd1", other, p("198.18.92.10/24"), p("198.18.92.1/24"))
+		out := newBox(t, "outside", "up0", nil, p("203.0.113.2/24"), p("203.0.113.1/24"))
+		for _, b := range []*box{c1, c2, e1, d1, out} {
+			b.serve(t, 80)
+		}
+		// Ports published, DNAT as portmap's rules make it, at c1's
+		// gateway: 8080 to d1 on the other bridge, 8082 to e1 on the other
+		// network.
+		nft := exec.Command("nft", "-f", "-")
+		nft.Stdin = strings.NewReader(`table ip pub {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr 198.18.91.1 tcp dport 8080 dnat to 198.18.92.10:80
+		ip daddr 198.18.91.1 tcp dport 8082 dnat to 198.18.93.10:80
+	}
+}`)
+		if o, err := nft.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v: %s", err, o)
+		}
+		for _, c := range []struct {
+			what string
+			from *box
+			to   string
+			port int
+			want string // the source the server sees; "" nothing answers
+		}{
+			{"inside the network (bridged): not masqueraded", c1, "198.18.91.11", 80, "198.18.91.10"},
+			{"out to the uplink: masqueraded", c1, "203.0.113.2", 80, "203.0.113.1"},
+			{"into another network: dropped", c1, "198.18.93.10", 80, ""},
+			{"into a bridge not ournet's: dropped", c1, "198.18.92.10", 80, ""},
+			{"from a bridge not ournet's: dropped", d1, "198.18.91.10", 80, ""},
+			{"a port published on a bridge not ournet's: reached, masqueraded", c1, "198.18.91.1", 8080, "198.18.92.1"},
+			{"a port published on another network: reached, masqueraded", c1, "198.18.91.1", 8082, "198.18.93.1"},
+			{"the outside to a container: dropped", out, "198.18.91.10", 80, ""},
+		} {
+			got, err := c.from.seenAs(t, c.to, c.port)
+			switch {
+			case c.want == "" && err == nil:
+				t.Errorf("%s: %s reached %s:%d (seen as %s)", c.what, c.from.name, c.to, c.port, got)
+			case c.want != "" && (err != nil || got != c.want):
+				t.Errorf("%s: %s to %s:%d seen as %q (%v), want %s", c.what, c.from.name, c.to, c.port, got, err, c.want)
+			}
+		}
+	})
+}
