@@ -20,6 +20,7 @@ import (
 	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/store"
+	"github.com/ournet/ournet/internal/subnet"
 )
 
 // Links is the part of netdev the driver uses; tests may stand in for it.
@@ -31,8 +32,8 @@ type Links interface {
 	Exists(name string) (bool, error)
 	DeleteLink(name, owner string) error
 	Owned() (map[string]string, error)
-	// HostPrefixes lists the destinations of the host's routes.
-	HostPrefixes() ([]netip.Prefix, error)
+	// HostRoutes is the host's routes, for subnet.Check.
+	HostRoutes() subnet.Routes
 	// SandboxIfName names the link with mac in a container's namespace
 	// (Join's SandboxKey); Replumb makes an endpoint's interface there again.
 	SandboxIfName(sandbox string, mac net.HardwareAddr) (string, error)

@@ -17,6 +17,7 @@ import (
 	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/store"
+	"github.com/ournet/ournet/internal/subnet"
 )
 
 // fakeLinks and fakeFW record what exists, so tests can check that a failed
@@ -71,8 +72,8 @@ func (f *fakeLinks) Replumb(sandbox string, p netdev.Plumb) error {
 	f.plumbed = append(f.plumbed, p)
 	return nil
 }
-func (f *fakeLinks) HostPrefixes() ([]netip.Prefix, error) {
-	return []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("0.0.0.0/0")}, nil
+func (f *fakeLinks) HostRoutes() subnet.Routes {
+	return subnet.List{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("0.0.0.0/0")}
 }
 func (f *fakeLinks) Exists(name string) (bool, error) {
 	_, b := f.bridges[name]

@@ -284,11 +284,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 // 10.0.0.0/8 on a host whose LAN is 10.1.2.0/24). ournet's own networks'
 // routes were checked by reclaimOverlapping, which names the network.
 func (d *Driver) checkHostRoutes(n *Network) error {
-	host, err := d.links.HostPrefixes()
-	if err != nil {
-		logNet(n.ID).WithError(err).Warn("listing the host's routes: subnets not checked against them")
-		return nil
-	}
+	host := d.links.HostRoutes()
 	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
 		if err := subnet.Check(s.Pool, host); err != nil {
 			return fmt.Errorf("ournet: %w", err)

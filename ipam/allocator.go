@@ -34,6 +34,7 @@ import (
 	log "github.com/sirupsen/logrus"
 
 	"github.com/ournet/ournet/internal/store"
+	"github.com/ournet/ournet/internal/subnet"
 )
 
 const (
@@ -61,6 +62,9 @@ type Config struct {
 	// HostNetworks lists prefixes in use on the host (addresses, routes);
 	// default subnets overlapping one are skipped. May be nil.
 	HostNetworks func() ([]netip.Prefix, error)
+	// HostRoutes answers which host route a --subnet covers (refused);
+	// nil: HostNetworks' list, scanned.
+	HostRoutes subnet.Routes
 	// Serial hands out addresses round-robin in every pool instead of lowest
 	// free first. Docker's default is lowest free; a network opts in with
 	// --ipam-opt com.docker.network.ipam.serial=true.
@@ -71,12 +75,16 @@ type Config struct {
 type Allocator struct {
 	v4Defaults, v6Defaults []DefaultPool
 	hostNetworks           func() ([]netip.Prefix, error)
+	hostRoutes             subnet.Routes
 	serial                 bool
 	st                     *store.Store // nil: memory only
 	blocks                 Blocks       // the cluster store; nil: none
 
 	mu    sync.Mutex
 	pools map[string]*pool
+	// byPrefix holds every pool's subnet, for the overlap check of a new
+	// one (a pool's subnet never changes).
+	byPrefix *subnet.Index
 	// unsaved are releases a full disk kept from the state file: pool ID
 	// to the pool as memory holds it (nil: the pool is gone). Flush writes
 	// them. The release itself takes effect at once.
@@ -88,7 +96,8 @@ var _ api.Ipam = (*Allocator)(nil)
 // New makes an Allocator and loads the pools saved in st; st may be nil, for
 // an allocator that forgets everything when it goes.
 func New(cfg Config, st *store.Store) (*Allocator, error) {
-	a := &Allocator{hostNetworks: cfg.HostNetworks, serial: cfg.Serial, st: st, pools: map[string]*pool{}}
+	a := &Allocator{hostNetworks: cfg.HostNetworks, hostRoutes: cfg.HostRoutes, serial: cfg.Serial, st: st,
+		pools: map[string]*pool{}, byPrefix: subnet.NewIndex()}
 	for _, d := range append(slices.Clone(cfg.DefaultPools), cfg.DefaultPoolsV6...) {
 		if err := d.validate(); err != nil {
 			return nil, newErr(ErrInvalid, "default pool %s: %v", d.Base, err)
@@ -138,12 +147,11 @@ func (a *Allocator) install(recs map[string]*pool) error {
 			kept = append(kept, al)
 		}
 		p.Addrs = kept
-		for _, q := range a.pools {
-			if q.Prefix.Overlaps(p.Prefix) {
-				log.WithFields(log.Fields{"pool": key, "other": q.ID}).Warn("ipam: two saved pools overlap")
-			}
+		if q, ok := a.byPrefix.Overlap(p.Prefix); ok {
+			log.WithFields(log.Fields{"pool": key, "other": q}).Warn("ipam: two saved pools overlap")
 		}
 		a.pools[key] = p
+		a.byPrefix.Add(p.Prefix)
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 
 	var pfx, sub netip.Prefix
 	var host []netip.Prefix
+	var routes subnet.Routes
 	if req.Pool == "" {
 		if req.SubPool != "" {
 			return nil, newErr(ErrInvalid, "an ip-range (%s) needs a subnet that contains it; pass --subnet as well as --ip-range", req.SubPool)
@@ -33,7 +34,7 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 	} else if err := subnet.Usable(pfx); err != nil {
 		return nil, newErr(ErrInvalid, "%v", err)
 	} else {
-		host = a.hostPrefixes(req.V6)
+		routes = a.routes(req.V6)
 	}
 
 	a.mu.Lock()
@@ -43,16 +44,11 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 		if pfx, err = a.pickDefault(req.V6, host); err != nil {
 			return nil, err
 		}
-	} else {
-		for _, q := range a.pools {
-			if q.Prefix.Overlaps(pfx) {
-				return nil, newErr(ErrOverlap, "subnet %s overlaps %s, which ournet already uses for another network; "+
-					"choose a subnet that does not overlap (see `docker network inspect` of your ournet networks)", pfx, q.Prefix)
-			}
-		}
-		if err := subnet.Check(pfx, host); err != nil {
-			return nil, newErr(ErrInvalid, "%v", err)
-		}
+	} else if q, ok := a.byPrefix.Overlap(pfx); ok {
+		return nil, newErr(ErrOverlap, "subnet %s overlaps %s, which ournet already uses for another network; "+
+			"choose a subnet that does not overlap (see `docker network inspect` of your ournet networks)", pfx, q)
+	} else if err := subnet.Check(pfx, routes); err != nil {
+		return nil, newErr(ErrInvalid, "%v", err)
 	}
 
 	p := &pool{ID: poolID(space, pfx, sub), AddressSpace: space, Prefix: pfx, Sub: sub, Options: copyOptions(req.Options), Pending: true, Picked: picked}
@@ -61,6 +57,7 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 	}
 	crash.Point("request-pool:after-save")
 	a.pools[p.ID] = p
+	a.byPrefix.Add(p.Prefix)
 	log.WithFields(log.Fields{"id": p.ID}).Debug("ipam: pool reserved")
 	return &api.RequestPoolResponse{PoolID: p.ID, Pool: pfx.String()}, nil
 }
@@ -71,7 +68,8 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 func (a *Allocator) ReleasePool(req *api.ReleasePoolRequest) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.pools[req.PoolID]; !ok {
+	p, ok := a.pools[req.PoolID]
+	if !ok {
 		log.WithField("id", req.PoolID).Debug("ipam: ReleasePool of an unknown pool; nothing to do")
 		return nil
 	}
@@ -79,6 +77,7 @@ func (a *Allocator) ReleasePool(req *api.ReleasePoolRequest) error {
 		return err
 	}
 	delete(a.pools, req.PoolID)
+	a.byPrefix.Remove(p.Prefix)
 	log.WithField("id", req.PoolID).Debug("ipam: pool released")
 	return nil
 }
@@ -155,6 +154,16 @@ func (a *Allocator) hostPrefixes(v6 bool) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// routes is what a --subnet is checked against: HostRoutes, or
+// HostNetworks' list of one family (asked outside the lock: it talks to
+// the kernel and may be slow).
+func (a *Allocator) routes(v6 bool) subnet.Routes {
+	if a.hostRoutes != nil {
+		return a.hostRoutes
+	}
+	return subnet.List(a.hostPrefixes(v6))
 }
 
 func unmapBits(p netip.Prefix) int {

@@ -183,6 +183,7 @@ func run() error {
 		DefaultPools:   cfg.DefaultPools,
 		DefaultPoolsV6: cfg.PoolsV6,
 		HostNetworks:   links.HostPrefixes,
+		HostRoutes:     links.HostRoutes(),
 	}, st)
 	if err != nil {
 		return fmt.Errorf("loading address allocations: %w", err)

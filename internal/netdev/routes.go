@@ -2,13 +2,14 @@ package netdev
 
 import (
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
 	log "github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ournet/ournet/internal/subnet"
 )
 
 // routeSet keeps the host's main-table routes current from the kernel's
@@ -25,9 +26,39 @@ type routeSet struct {
 	live  bool // false: not (or no longer) watched, HostPrefixes dumps
 	stale bool // a device with IPv4 routes went down or away
 	dsts  map[routeKey]netip.Prefix
+	// idx holds dsts' destinations (one per route), for HostRoutes' checks;
+	// v4oif counts the IPv4 routes by device, for applyLink.
+	idx   *subnet.Index
+	v4oif map[int]int
 	// prefixes is dsts' prefixes, each once, as HostPrefixes hands them
 	// out; nil after a change (built again at the next ask).
 	prefixes []netip.Prefix
+}
+
+func (s *routeSet) add(k routeKey) {
+	if _, ok := s.dsts[k]; ok {
+		return
+	}
+	s.dsts[k] = k.dst
+	s.idx.Add(k.dst)
+	if k.family == netlink.FAMILY_V4 {
+		s.v4oif[k.oif]++
+	}
+	s.prefixes = nil
+}
+
+func (s *routeSet) remove(k routeKey) {
+	if _, ok := s.dsts[k]; !ok {
+		return
+	}
+	delete(s.dsts, k)
+	s.idx.Remove(k.dst)
+	if k.family == netlink.FAMILY_V4 {
+		if s.v4oif[k.oif]--; s.v4oif[k.oif] <= 0 {
+			delete(s.v4oif, k.oif)
+		}
+	}
+	s.prefixes = nil
 }
 
 // routeKey tells routes apart as the kernel does, near enough: two routes
@@ -121,13 +152,14 @@ func (m *Manager) redump() error {
 	if err != nil {
 		return err
 	}
-	set := map[routeKey]netip.Prefix{}
+	s := &m.routes
+	s.dsts, s.idx, s.v4oif, s.stale = map[routeKey]netip.Prefix{}, subnet.NewIndex(), map[int]int{}, false
 	for _, r := range routes {
 		if k, ok := keyOf(r); ok {
-			set[k] = k.dst
+			s.add(k)
 		}
 	}
-	m.routes.dsts, m.routes.stale, m.routes.prefixes = set, false, nil
+	s.prefixes = nil
 	return nil
 }
 
@@ -140,14 +172,10 @@ func (m *Manager) applyLink(u netlink.LinkUpdate) {
 	if u.Header.Type != unix.RTM_DELLINK && u.IfInfomsg.Flags&unix.IFF_UP != 0 {
 		return
 	}
-	idx := u.Link.Attrs().Index
 	m.routes.mu.Lock()
 	defer m.routes.mu.Unlock()
-	for k := range m.routes.dsts {
-		if k.oif == idx && k.family == netlink.FAMILY_V4 {
-			m.routes.stale = true
-			return
-		}
+	if m.routes.v4oif[u.Link.Attrs().Index] > 0 {
+		m.routes.stale = true
 	}
 }
 
@@ -163,11 +191,10 @@ func (m *Manager) applyRoute(u netlink.RouteUpdate) {
 	defer m.routes.mu.Unlock()
 	switch u.Type {
 	case unix.RTM_NEWROUTE:
-		m.routes.dsts[k] = k.dst
+		m.routes.add(k)
 	case unix.RTM_DELROUTE:
-		delete(m.routes.dsts, k)
+		m.routes.remove(k)
 	}
-	m.routes.prefixes = nil
 }
 
 // watchedPrefixes is HostPrefixes from the watched set, if it is live.
@@ -180,19 +207,31 @@ func (m *Manager) watchedPrefixes() ([]netip.Prefix, bool) {
 	if m.routes.stale && m.redump() != nil {
 		return nil, false
 	}
-	if m.routes.prefixes != nil {
-		return m.routes.prefixes, true
+	if m.routes.prefixes == nil {
+		m.routes.prefixes = m.routes.idx.All()
 	}
-	// Each once, in no order: sorting a thousand routes would cost more
-	// than every check made with them.
-	seen := make(map[netip.Prefix]bool, len(m.routes.dsts))
-	out := make([]netip.Prefix, 0, len(m.routes.dsts))
-	for _, p := range m.routes.dsts {
-		if !seen[p] {
-			seen[p] = true
-			out = append(out, p)
-		}
-	}
-	m.routes.prefixes = slices.Clip(out)
 	return m.routes.prefixes, true
+}
+
+// HostRoutes is the host's routes as Check asks them: answered from the
+// watched set, in a binary search, while WatchRoutes runs; from a dump
+// otherwise (a failed dump answers no route: it costs only the check).
+func (m *Manager) HostRoutes() subnet.Routes { return hostRoutes{m} }
+
+type hostRoutes struct{ m *Manager }
+
+func (h hostRoutes) Inside(p netip.Prefix) (netip.Prefix, bool) {
+	m := h.m
+	m.routes.mu.Lock()
+	if m.routes.live && (!m.routes.stale || m.redump() == nil) {
+		defer m.routes.mu.Unlock()
+		return m.routes.idx.Inside(p)
+	}
+	m.routes.mu.Unlock()
+	all, err := m.HostPrefixes()
+	if err != nil {
+		log.WithError(err).Warn("listing the host's routes: subnet not checked against them")
+		return netip.Prefix{}, false
+	}
+	return subnet.List(all).Inside(p)
 }

@@ -18,24 +18,20 @@ import (
 //
 // A /31 (IPv6 /127) is a real network on Docker 26+ (RFC 3021): the gateway
 // and one container.
-func Check(p netip.Prefix, hostRoutes []netip.Prefix) error {
+func Check(p netip.Prefix, hostRoutes Routes) error {
 	if err := Usable(p); err != nil {
 		return err
 	}
 	p = p.Masked()
-	a := p.Addr()
 	all, fam := "0.0.0.0/0", "IPv4"
-	if a.Is6() {
+	if p.Addr().Is6() {
 		all, fam = "::/0", "IPv6"
 	}
-	for _, r := range hostRoutes {
-		r = r.Masked()
-		if r.Bits() == 0 || r.Addr().Is6() != a.Is6() {
-			continue
-		}
-		if p.Bits() < r.Bits() && p.Contains(r.Addr()) {
-			return fmt.Errorf("subnet %s covers %s, a route of this host: containers would capture the host's traffic for it and its masquerade rule would rewrite it; give a subnet that leaves %s out (%s is the whole %s space)", p, r, r, all, fam)
-		}
+	if hostRoutes == nil {
+		return nil
+	}
+	if r, ok := hostRoutes.Inside(p); ok {
+		return fmt.Errorf("subnet %s covers %s, a route of this host: containers would capture the host's traffic for it and its masquerade rule would rewrite it; give a subnet that leaves %s out (%s is the whole %s space)", p, r, r, all, fam)
 	}
 	return nil
 }

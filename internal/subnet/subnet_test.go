@@ -26,9 +26,15 @@ func TestCheck(t *testing.T) {
 		{"224.0.0.0/4", "not a unicast range"},
 		{"fe80::/10", "not a unicast range"},
 	} {
-		err := Check(netip.MustParsePrefix(tc.subnet), host)
-		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
-			t.Errorf("Check(%s) = %v, want %q", tc.subnet, err, tc.err)
+		idx := NewIndex()
+		for _, h := range host {
+			idx.Add(h)
+		}
+		for _, routes := range []Routes{List(host), idx} {
+			err := Check(netip.MustParsePrefix(tc.subnet), routes)
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Errorf("Check(%s) with %T = %v, want %q", tc.subnet, routes, err, tc.err)
+			}
 		}
 	}
 }
