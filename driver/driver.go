@@ -64,6 +64,11 @@ type Driver struct {
 	st        *store.Store
 	networks  map[string]*Network
 	endpoints map[string]*Endpoint
+	// subnets indexes the networks' subnets (a create's overlap check);
+	// owners names the networks of each. Changed with networks, by
+	// addNetwork, dropNetwork and setNetworks.
+	subnets *subnet.Index
+	owners  map[netip.Prefix][]string
 	// spoof: anti-spoofing checks (antispoof.go); ports: published ports
 	// (ports.go). Never nil: Deps fills in no-ops.
 	spoof AntiSpoof
@@ -108,6 +113,8 @@ func New(deps Deps) *Driver {
 		ports:     deps.Ports,
 		networks:  map[string]*Network{},
 		endpoints: map[string]*Endpoint{},
+		subnets:   subnet.NewIndex(),
+		owners:    map[netip.Prefix][]string{},
 		ready:     make(chan struct{}),
 		boot:      newBootID(),
 	}

@@ -5,12 +5,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/ournet/ournet/internal/crash"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/docker/go-plugins-helpers/network"
 
+	"github.com/ournet/ournet/internal/crash"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/subnet"
 )
@@ -74,7 +75,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 		return fmt.Errorf("ournet: saving network state: %w", err)
 	}
 	crash.Point("create-network:after-save")
-	d.networks[n.ID] = n
+	d.addNetwork(n)
 	if n.Cluster != nil {
 		d.startAgent(n)
 		d.kickSync()
@@ -268,7 +269,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	// removes as orphans (the journal says they are being deleted), never a
 	// record that resurrects a deleted network.
 	d.forget("network", bucketNetworks, n.ID)
-	delete(d.networks, n.ID)
+	d.dropNetwork(n)
 	d.leaveCluster(n)
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {
@@ -302,42 +303,78 @@ func (d *Driver) checkHostRoutes(n *Network) error {
 // CreateNetwork was never answered (the plugin died during that call, so
 // dockerd failed the command, and the user runs it again).
 func (d *Driver) reclaimOverlapping(n *Network) error {
-	for _, other := range d.networks {
-		mine, overlap := overlapping(n, other)
-		if overlap == "" {
-			continue
+	for {
+		mine, overlap, ok := d.overlapping(n)
+		if !ok {
+			return nil
 		}
+		other := d.networks[d.owners[overlap][0]]
 		if !other.Unanswered || other.Boot == d.boot {
 			return fmt.Errorf("ournet: subnet %s overlaps subnet %s of ournet network %s (bridge %s); choose another subnet or remove that network", mine, overlap, short12(other.ID), other.Bridge)
 		}
 		logNet(other.ID).WithField("subnet", overlap).Warn("removing a network dockerd never learnt of (the plugin stopped before answering its creation)")
 		d.forget("network", bucketNetworks, other.ID)
-		delete(d.networks, other.ID)
+		d.dropNetwork(other)
 		d.leaveCluster(other)
 		if err := d.unprogramNetwork(other); err != nil {
 			return fmt.Errorf("ournet: removing leftover network %s: %w", short12(other.ID), err)
 		}
 		d.journalDone(other.ID)
 	}
-	return nil
 }
 
-// overlapping returns a subnet of a that overlaps one of b's, and that
-// one ("" if none does). It allocates nothing: a create checks every
-// network.
-func overlapping(a, b *Network) (mine, theirs string) {
-	for _, as := range [2][]Subnet{a.IPv4, a.IPv6} {
-		for _, s := range as {
-			for _, bs := range [2][]Subnet{b.IPv4, b.IPv6} {
-				for _, o := range bs {
-					if s.Pool.Overlaps(o.Pool) {
-						return s.Pool.String(), o.Pool.String()
-					}
-				}
+// overlapping returns a subnet of n that overlaps a known network's, and
+// that one, from the index: a create checks every network.
+func (d *Driver) overlapping(n *Network) (mine, theirs netip.Prefix, ok bool) {
+	for _, ss := range [2][]Subnet{n.IPv4, n.IPv6} {
+		for _, s := range ss {
+			if q, ok := d.subnets.Overlap(s.Pool); ok {
+				return s.Pool, q, true
 			}
 		}
 	}
-	return "", ""
+	return netip.Prefix{}, netip.Prefix{}, false
+}
+
+// addNetwork, dropNetwork and setNetworks change the known networks, and
+// their subnets' index with them. Called with d.mu held.
+func (d *Driver) addNetwork(n *Network) {
+	if old, ok := d.networks[n.ID]; ok {
+		d.dropNetwork(old)
+	}
+	d.networks[n.ID] = n
+	for _, ss := range [2][]Subnet{n.IPv4, n.IPv6} {
+		for _, s := range ss {
+			p := s.Pool.Masked() // as the index answers it
+			d.subnets.Add(p)
+			d.owners[p] = append(d.owners[p], n.ID)
+		}
+	}
+}
+
+func (d *Driver) dropNetwork(n *Network) {
+	if _, ok := d.networks[n.ID]; !ok {
+		return
+	}
+	delete(d.networks, n.ID)
+	for _, ss := range [2][]Subnet{n.IPv4, n.IPv6} {
+		for _, s := range ss {
+			p := s.Pool.Masked()
+			d.subnets.Remove(p)
+			if ids := slices.DeleteFunc(d.owners[p], func(id string) bool { return id == n.ID }); len(ids) > 0 {
+				d.owners[p] = ids
+			} else {
+				delete(d.owners, p)
+			}
+		}
+	}
+}
+
+func (d *Driver) setNetworks(nets map[string]*Network) {
+	d.networks, d.subnets, d.owners = map[string]*Network{}, subnet.NewIndex(), map[netip.Prefix][]string{}
+	for _, n := range nets {
+		d.addNetwork(n)
+	}
 }
 
 func newBootID() string {

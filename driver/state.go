@@ -122,7 +122,8 @@ func (d *Driver) Restore() error {
 	if err != nil {
 		return fmt.Errorf("loading endpoints: %w", err)
 	}
-	d.networks, d.endpoints = nets, eps
+	d.setNetworks(nets)
+	d.endpoints = eps
 	d.removeOrphans()
 	var firstErr error
 	var rules []firewall.Network
