@@ -100,8 +100,9 @@ func lookup(d *setDef, r uint32, invert bool) expr.Any {
 // ournet's (the engine's docker0 and br-*, anyone else's), unless it is a
 // connection DNATed to a port published there: other drivers' networks
 // are as isolated from ournet's as ournet's from each other, by the
-// device's kind, so that no bridge has to be listed. Sets only: a new network adds elements, never a rule or a
-// jump, so that a commit costs the same with 500 networks as with one.
+// device's kind, so that no bridge has to be listed. Sets only: a new
+// network adds elements, never a rule or a jump, so that a commit costs
+// the same with 500 networks as with one.
 func forwardBaseRules() []nftRule {
 	oif := one(meta(expr.MetaKeyOIFNAME))
 	rs := []nftRule{

@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -37,22 +36,7 @@ type box struct {
 // in runs fn with this thread in b's namespace: sockets made there are b's.
 func (b *box) in(t *testing.T, fn func()) {
 	t.Helper()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	home, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer home.Close()
-	if err := netns.Set(b.ns); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(home); err != nil {
-			panic(err)
-		}
-	}()
-	fn()
+	testns.In(t, b.ns, fn)
 }
 
 // newBox makes a namespace with eth0 at addr (its gateway gw), whose veth's

@@ -41,3 +41,28 @@ func Do(t testing.TB, fn func()) {
 	}()
 	fn()
 }
+
+// In runs fn on a locked OS thread inside the existing namespace ns, and
+// returns this thread to the namespace it was in: sockets fn makes belong
+// to ns. For kernel tests that play several hosts in namespaces of their
+// own (each made inside Do).
+func In(t testing.TB, ns netns.NsHandle, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	home, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer home.Close()
+	if err := netns.Set(ns); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := netns.Set(home); err != nil {
+			// This thread is unusable now; do not let it serve other goroutines.
+			panic(err)
+		}
+	}()
+	fn()
+}
