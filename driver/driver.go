@@ -73,6 +73,7 @@ type Driver struct {
 	// (ports.go). Never nil: Deps fills in no-ops.
 	spoof AntiSpoof
 	ports Ports
+	pools Pools // nil: none to tell
 	// cl: cluster networks (cluster.go); nil refuses them.
 	cl    *clusterState
 	clOff string // why cl is nil though ETCD_ENDPOINTS is set
@@ -111,6 +112,7 @@ func New(deps Deps) *Driver {
 		st:        deps.Store,
 		spoof:     deps.AntiSpoof,
 		ports:     deps.Ports,
+		pools:     deps.Pools,
 		networks:  map[string]*Network{},
 		endpoints: map[string]*Endpoint{},
 		subnets:   subnet.NewIndex(),
@@ -131,6 +133,14 @@ type Deps struct {
 	Store     *store.Store
 	AntiSpoof AntiSpoof
 	Ports     Ports
+	Pools     Pools
+}
+
+// Pools is the IPAM's side of a deleted network: the pools of its subnets
+// wait for dockerd's ReleasePool as orphans, which a ReleasePool lost to a
+// plugin restart cannot leave held for ever (ipam/orphan.go). May be nil.
+type Pools interface {
+	NetworkGone(subnets []netip.Prefix)
 }
 
 // RemoveUnknownAtRestore makes Restore remove every kernel object marked as

@@ -660,3 +660,27 @@ func TestWatchRounds(t *testing.T) {
 	defer func() { close(stop2); <-watching2 }()
 	wait("polling rounds", func() bool { return fw2.rounds.Load() >= 3 })
 }
+
+// goneNets records what the driver tells the IPAM of deleted networks.
+type goneNets struct{ subnets []netip.Prefix }
+
+func (g *goneNets) NetworkGone(s []netip.Prefix) { g.subnets = append(g.subnets, s...) }
+
+// DeleteNetwork tells the IPAM which pools the network used, so a
+// ReleasePool lost to a restart cannot hold them for ever.
+func TestDeleteNetworkTellsThePools(t *testing.T) {
+	d, _, _, _ := newTestDriver(t)
+	gone := &goneNets{}
+	d.pools = gone
+	if err := d.CreateNetwork(createReq()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // the second delete finds nothing to tell
+		if err := d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: nid}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(gone.subnets) != 1 || gone.subnets[0].String() != "198.18.7.0/24" {
+		t.Fatalf("told the IPAM %v, want 198.18.7.0/24", gone.subnets)
+	}
+}

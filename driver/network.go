@@ -271,6 +271,13 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	d.forget("network", bucketNetworks, n.ID)
 	d.dropNetwork(n)
 	d.leaveCluster(n)
+	if d.pools != nil {
+		var subnets []netip.Prefix
+		for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
+			subnets = append(subnets, s.Pool)
+		}
+		d.pools.NetworkGone(subnets)
+	}
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {
 		return fmt.Errorf("ournet: removing network %s: %w", short12(n.ID), err)

@@ -22,6 +22,9 @@ var crashPoints = []string{
 	"request-pool:after-save", "create-network:before-save", "create-network:after-save",
 	"request-address:after-save", "create-endpoint:before-save",
 	"delete-endpoint:after-forget", "delete-network:after-forget",
+	// The network's ReleasePool sent but never read: dockerd retries it
+	// with an empty body, which names no pool (ipam/orphan.go).
+	"before-read:IpamDriver.ReleasePool",
 }
 
 // status asks the plugin for its state over its socket.

@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	api "github.com/docker/go-plugins-helpers/ipam"
 	log "github.com/sirupsen/logrus"
@@ -89,6 +90,9 @@ type Allocator struct {
 	// to the pool as memory holds it (nil: the pool is gone). Flush writes
 	// them. The release itself takes effect at once.
 	unsaved map[string]*pool
+	// lost: when empty ReleasePool retries came that freed no orphan,
+	// oldest first (orphan.go).
+	lost []time.Time
 }
 
 var _ api.Ipam = (*Allocator)(nil)
@@ -135,6 +139,14 @@ func (a *Allocator) install(recs map[string]*pool) error {
 		if !p.Prefix.IsValid() || p.Prefix != p.Prefix.Masked() ||
 			(p.Sub.IsValid() && !contains(p.Prefix, p.Sub)) {
 			return newErr(ErrInvalid, "saved pool %q has an unusable subnet %q / ip-range %q; the state file is damaged", key, p.Prefix, p.Sub)
+		}
+		if p.Orphaned != 0 && time.Since(time.Unix(p.Orphaned, 0)) > orphanGrace {
+			// See orphan.go: no ReleasePool for it can come any more.
+			if err := a.drop(key); err != nil {
+				return err
+			}
+			log.WithFields(log.Fields{"pool": key}).Info("ipam: released the pool of a network deleted before the plugin stopped, whose ReleasePool never came")
+			continue
 		}
 		p.ID = key
 		kept := p.Addrs[:0]

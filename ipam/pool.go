@@ -40,6 +40,9 @@ type pool struct {
 	// a plugin that crashed before dockerd could use it: dockerd never
 	// learnt its ID and would never release it. New drops such pools.
 	Pending bool `json:"pending,omitempty"`
+	// Orphaned is when (Unix seconds) the ournet network that used this
+	// pool was deleted; zero while one may use it (orphan.go).
+	Orphaned int64 `json:"orphaned,omitempty"`
 	// Picked: ournet chose the subnet (no --subnet was given).
 	Picked bool `json:"picked,omitempty"`
 	// Cluster names the cluster network whose addresses this pool hands

@@ -33,6 +33,7 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 	}
 	p := cur.clone()
 	p.Pending = false
+	p.Orphaned = 0 // in use after all (orphan.go)
 	kind := KindDynamic
 	if gateway {
 		kind = KindGateway

@@ -44,7 +44,7 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 		if pfx, err = a.pickDefault(req.V6, host); err != nil {
 			return nil, err
 		}
-	} else if q, ok := a.byPrefix.Overlap(pfx); ok {
+	} else if q, ok := a.overlap(pfx); ok {
 		return nil, newErr(ErrOverlap, "subnet %s overlaps %s, which ournet already uses for another network; "+
 			"choose a subnet that does not overlap (see `docker network inspect` of your ournet networks)", pfx, q)
 	} else if err := subnet.Check(pfx, routes); err != nil {
@@ -73,11 +73,7 @@ func (a *Allocator) ReleasePool(req *api.ReleasePoolRequest) error {
 		log.WithField("id", req.PoolID).Debug("ipam: ReleasePool of an unknown pool; nothing to do")
 		return nil
 	}
-	if err := a.drop(req.PoolID); err != nil {
-		return err
-	}
-	delete(a.pools, req.PoolID)
-	a.byPrefix.Remove(p.Prefix)
+	a.release(p)
 	log.WithField("id", req.PoolID).Debug("ipam: pool released")
 	return nil
 }

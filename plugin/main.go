@@ -193,7 +193,7 @@ func run() error {
 	// here, DNAT rules (issue #5).
 	spoof := antispoof.New()
 	ports := portmap.New(portmap.Config{Runner: runner, Families: families})
-	drv := driver.New(driver.Deps{Links: links, Firewall: fw, Sysctls: sysctlSetter{}, Store: st, AntiSpoof: spoof, Ports: ports})
+	drv := driver.New(driver.Deps{Links: links, Firewall: fw, Sysctls: sysctlSetter{}, Store: st, AntiSpoof: spoof, Ports: ports, Pools: alloc})
 	if verdict.Fresh {
 		drv.RemoveUnknownAtRestore()
 	}

@@ -265,3 +265,25 @@ func TestErrorsCarryOnePrefix(t *testing.T) {
 		t.Fatalf("RequestPool = %d %v", code, out)
 	}
 }
+
+// sweepIPAM counts the sweeps of orphan pools.
+type sweepIPAM struct {
+	stubIPAM
+	sweeps *int
+}
+
+func (a sweepIPAM) SweepOrphans() int { *a.sweeps++; return 0 }
+
+// An empty ReleasePool retry names no pool: it frees the pools of deleted
+// networks an earlier run left waiting for their ReleasePool
+// (ipam/orphan.go), and is answered done.
+func TestEmptyReleasePoolRetrySweeps(t *testing.T) {
+	restartInflight(t, t.TempDir())
+	var sweeps int
+	mux := newMux(stubDriver{}, sweepIPAM{sweeps: &sweeps}, nil)
+	for i := 0; i < 2; i++ {
+		if code, out := call(t, mux, "/IpamDriver.ReleasePool", ""); code != 200 || sweeps != i+1 {
+			t.Fatalf("retry %d = %d %v, sweeps %d", i+1, code, out, sweeps)
+		}
+	}
+}

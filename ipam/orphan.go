@@ -1,0 +1,125 @@
+package ipam
+
+import (
+	"net/netip"
+	"time"
+
+	log "github.com/sirupsen/logrus"
+)
+
+// A pool whose network is gone is an orphan until dockerd's ReleasePool
+// frees it. dockerd deletes a network with ReleaseAddress (the gateway),
+// ReleasePool and DeleteNetwork (engines before 20.10 call DeleteNetwork
+// first), and forgets the network whatever the releases answer. A
+// ReleasePool that reached the socket of a plugin that was dying, unread,
+// is retried with an empty body (its body was already consumed) that
+// names no pool, and the pool would be held for ever: a later create of
+// the same subnet is refused as overlapping it. So the driver says which
+// pools its deleted networks used (NetworkGone), and in either order:
+//   - an empty retry of ReleasePool frees every orphan (SweepOrphans), or,
+//     with none, is kept as a release lost for the next DeleteNetwork;
+//   - a NetworkGone that finds such a lost release frees the pool at once,
+//     else marks it an orphan;
+//   - a RequestPool that overlaps an orphan frees it once orphanGrace has
+//     passed, and so does a start: dockerd stops retrying a plugin call
+//     after 30 s, so no ReleasePool for it can still come.
+// A ReleasePool of an orphan may still be on its way when it is swept; it
+// then finds an unknown pool, which is fine unless a new network got the
+// same subnet (so the same pool ID) in those milliseconds.
+
+// orphanGrace is how long after its network's delete an orphan's own
+// ReleasePool may still arrive (dockerd's plugin timeout is 30 s), and how
+// long a lost release waits for its DeleteNetwork.
+const orphanGrace = time.Minute
+
+// NetworkGone marks the pools of these subnets as orphans, or frees them
+// if a ReleasePool was lost: the ournet network that used them was
+// deleted. Pending pools are left alone (the restart drops them), and so
+// is a subnet ournet's IPAM does not hold (the network had another IPAM
+// driver). A mark that cannot be saved is kept in memory: the delete goes
+// on whatever happens here.
+func (a *Allocator) NetworkGone(subnets []netip.Prefix) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for len(a.lost) > 0 && time.Since(a.lost[0]) > orphanGrace {
+		a.lost = a.lost[1:]
+	}
+	for _, s := range subnets {
+		cur := a.poolOf(s.Masked())
+		if cur == nil || cur.Pending || cur.Orphaned != 0 {
+			continue
+		}
+		if len(a.lost) > 0 {
+			a.lost = a.lost[1:]
+			a.release(cur)
+			log.WithField("pool", cur.ID).Info("ipam: released the pool of a deleted network whose ReleasePool the plugin never read (the engine retried it with an empty body)")
+			continue
+		}
+		p := cur.clone()
+		p.Orphaned = time.Now().Unix()
+		a.saveRelease(p)
+		a.pools[p.ID] = p
+	}
+}
+
+// SweepOrphans answers an empty retry of ReleasePool (see above): it
+// frees every orphan, or, with none, keeps the release for the next
+// NetworkGone. It says how many pools it freed.
+func (a *Allocator) SweepOrphans() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for id, p := range a.pools {
+		if p.Orphaned != 0 {
+			a.release(p)
+			n++
+			log.WithField("pool", id).Info("ipam: released the pool of a deleted network whose ReleasePool the plugin never read (the engine retried it with an empty body)")
+		}
+	}
+	if n == 0 {
+		a.lost = append(a.lost, time.Now())
+	}
+	return n
+}
+
+// reclaimOrphan frees the pool of subnet s if it is an orphan whose own
+// ReleasePool can no longer come, and says whether it did. Called with
+// a.mu held.
+func (a *Allocator) reclaimOrphan(s netip.Prefix) bool {
+	p := a.poolOf(s)
+	if p == nil || p.Orphaned == 0 || time.Since(time.Unix(p.Orphaned, 0)) < orphanGrace {
+		return false
+	}
+	a.release(p)
+	log.WithField("pool", p.ID).Info("ipam: released the pool of a deleted network whose ReleasePool never came, for a new network that overlaps it")
+	return true
+}
+
+// overlap is byPrefix.Overlap after freeing the orphans reclaimOrphan
+// may free. Called with a.mu held.
+func (a *Allocator) overlap(s netip.Prefix) (netip.Prefix, bool) {
+	for {
+		q, ok := a.byPrefix.Overlap(s)
+		if !ok || !a.reclaimOrphan(q) {
+			return q, ok
+		}
+	}
+}
+
+// release frees p and its addresses. Called with a.mu held.
+func (a *Allocator) release(p *pool) {
+	_ = a.drop(p.ID) // a failed write is kept in memory for Flush
+	delete(a.pools, p.ID)
+	a.byPrefix.Remove(p.Prefix)
+}
+
+// poolOf finds the pool of exactly subnet s; nil if none. Called with a.mu
+// held.
+func (a *Allocator) poolOf(s netip.Prefix) *pool {
+	for _, p := range a.pools {
+		if p.Prefix == s {
+			return p
+		}
+	}
+	return nil
+}

@@ -1,0 +1,122 @@
+package ipam
+
+import (
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	api "github.com/docker/go-plugins-helpers/ipam"
+)
+
+var (
+	net1 = netip.MustParsePrefix("10.1.0.0/24")
+	net2 = netip.MustParsePrefix("10.2.0.0/24")
+	net3 = netip.MustParsePrefix("10.3.0.0/24")
+	net4 = netip.MustParsePrefix("10.4.0.0/24")
+)
+
+// The pool of a network the driver deleted whose ReleasePool was lost to a
+// plugin restart (its empty retry names no pool) is freed whichever comes
+// first, the DeleteNetwork or the empty retry; a pool another network uses
+// is not; and an orphan whose ReleasePool never came gives way to a new
+// pool over it, or goes at a start, once that ReleasePool cannot come.
+func TestOrphanPools(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st := openStore(t, path)
+	a, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range []netip.Prefix{net1, net2, net3} {
+		id := mustPool(t, a, s.String(), "", nil)
+		mustAddr(t, a, id, "", gwOpts)
+		ids = append(ids, id)
+	}
+	pending := mustPool(t, a, net4.String(), "", nil)
+
+	// DeleteNetwork first (older engines), then the empty retry.
+	a.NetworkGone([]netip.Prefix{net1, net4, netip.MustParsePrefix("10.9.0.0/24")})
+	if got := poolIDs(a); !slices.Equal(got, append(slices.Clone(ids), pending)) {
+		t.Fatalf("pools after NetworkGone %v: an orphan waits for its ReleasePool", got)
+	}
+	if n := a.SweepOrphans(); n != 1 {
+		t.Fatalf("the empty retry freed %d pools, want 1 (%s)", n, ids[0])
+	}
+	// The empty retry first (engine 20.10 and later), then DeleteNetwork.
+	if n := a.SweepOrphans(); n != 0 {
+		t.Fatalf("an empty retry with no orphan freed %d pools", n)
+	}
+	a.NetworkGone([]netip.Prefix{net2})
+	if got := poolIDs(a); !slices.Equal(got, []string{ids[2], pending}) {
+		t.Fatalf("pools after a lost release and then NetworkGone %v", got)
+	}
+	// A lost release is used once.
+	a.NetworkGone([]netip.Prefix{net3})
+	if got := poolIDs(a); !slices.Equal(got, []string{ids[2], pending}) {
+		t.Fatalf("a second NetworkGone freed %v", got)
+	}
+	// An orphan used after all is not one any more; the mark is saved.
+	mustAddr(t, a, ids[2], "", nil)
+	a.NetworkGone([]netip.Prefix{net3})
+	st.Close()
+
+	st = openStore(t, path)
+	b, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := poolIDs(b); !slices.Equal(got, []string{ids[2]}) {
+		t.Fatalf("pools after restart %v (the pending one is dropped)", got)
+	}
+	// Within its grace an orphan still holds its subnet; past it, a new
+	// pool over it frees it, unless the new one overlaps a live pool too.
+	if _, err := b.RequestPool(&api.RequestPoolRequest{Pool: "10.3.0.0/25"}); !errors.Is(err, ErrOverlap) {
+		t.Fatalf("a new pool over an orphan within its grace: %v, want an overlap", err)
+	}
+	mustAddr(t, b, mustPool(t, b, net1.String(), "", nil), "", gwOpts)
+	age(b, ids[2])
+	if _, err := b.RequestPool(&api.RequestPoolRequest{Pool: "10.0.0.0/14"}); !errors.Is(err, ErrOverlap) {
+		t.Fatalf("a /14 over a live pool and the orphan: %v", err)
+	}
+	mustAddr(t, b, mustPool(t, b, "10.3.0.0/25", "", nil), "", gwOpts)
+	if got := poolIDs(b); !slices.Equal(got, []string{ids[0], "ournet-local/10.3.0.0/25"}) {
+		t.Fatalf("pools after the reclaim %v", got)
+	}
+
+	// At a start, an orphan past its grace is freed.
+	b.NetworkGone([]netip.Prefix{net1})
+	age(b, ids[0])
+	st.Close()
+	st = openStore(t, path)
+	defer st.Close()
+	c, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := poolIDs(c); !slices.Equal(got, []string{"ournet-local/10.3.0.0/25"}) {
+		t.Fatalf("pools after a start past the grace %v", got)
+	}
+}
+
+// age backdates the orphan mark of pool id past orphanGrace, in memory and
+// in the state file.
+func age(a *Allocator, id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.pools[id].clone()
+	p.Orphaned = time.Now().Add(-2 * orphanGrace).Unix()
+	a.saveRelease(p)
+	a.pools[id] = p
+}
+
+func poolIDs(a *Allocator) []string {
+	var ids []string
+	for _, p := range a.Pools() {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}
