@@ -205,10 +205,17 @@ func (n *Network) fwNetwork() firewall.Network {
 			iptables.IPv6: n.Options.GwModeV6 == gwUnprotected,
 		},
 	}
-	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
-		fn.Subnets = append(fn.Subnets, s.Pool)
-	}
+	fn.Subnets = n.pools()
 	return fn
+}
+
+// pools lists n's subnets, IPv4 first.
+func (n *Network) pools() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
+		out = append(out, s.Pool)
+	}
+	return out
 }
 
 func natMode(m string) bool { return m == gwNAT || m == gwUnprotected }

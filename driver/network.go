@@ -272,11 +272,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	d.dropNetwork(n)
 	d.leaveCluster(n)
 	if d.pools != nil {
-		var subnets []netip.Prefix
-		for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
-			subnets = append(subnets, s.Pool)
-		}
-		d.pools.NetworkGone(subnets)
+		d.pools.NetworkGone(n.pools())
 	}
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {

@@ -140,7 +140,7 @@ func (a *Allocator) install(recs map[string]*pool) error {
 			(p.Sub.IsValid() && !contains(p.Prefix, p.Sub)) {
 			return newErr(ErrInvalid, "saved pool %q has an unusable subnet %q / ip-range %q; the state file is damaged", key, p.Prefix, p.Sub)
 		}
-		if p.Orphaned != 0 && time.Since(time.Unix(p.Orphaned, 0)) > orphanGrace {
+		if p.pastGrace() {
 			// See orphan.go: no ReleasePool for it can come any more.
 			if err := a.drop(key); err != nil {
 				return err

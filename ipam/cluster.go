@@ -45,12 +45,7 @@ func (a *Allocator) CheckAttach(subnet netip.Prefix, name string) error {
 func (a *Allocator) attach(subnet netip.Prefix, name string, do bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var cur *pool
-	for _, p := range a.pools {
-		if p.Prefix == subnet.Masked() {
-			cur = p
-		}
-	}
+	cur := a.poolOf(subnet.Masked())
 	switch {
 	case a.blocks == nil:
 		return newErr(ErrInvalid, "cluster network %s needs the cluster store: set ETCD_ENDPOINTS (docker plugin set)", name)

@@ -32,6 +32,12 @@ import (
 // long a lost release waits for its DeleteNetwork.
 const orphanGrace = time.Minute
 
+// pastGrace says whether p is an orphan whose own ReleasePool can no longer
+// come.
+func (p *pool) pastGrace() bool {
+	return p.Orphaned != 0 && time.Since(time.Unix(p.Orphaned, 0)) > orphanGrace
+}
+
 // NetworkGone marks the pools of these subnets as orphans, or frees them
 // if a ReleasePool was lost: the ournet network that used them was
 // deleted. Pending pools are left alone (the restart drops them), and so
@@ -87,7 +93,7 @@ func (a *Allocator) SweepOrphans() int {
 // a.mu held.
 func (a *Allocator) reclaimOrphan(s netip.Prefix) bool {
 	p := a.poolOf(s)
-	if p == nil || p.Orphaned == 0 || time.Since(time.Unix(p.Orphaned, 0)) < orphanGrace {
+	if p == nil || !p.pastGrace() {
 		return false
 	}
 	a.release(p)

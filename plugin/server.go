@@ -41,11 +41,12 @@ func route[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res
 // if the plugin dies at once), and sweep, called after an empty retry of a
 // delete (see replayDeletes).
 func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req) (Res, error), answered func(*Req), sweep func()) {
+	// A call the dying plugin never read: dockerd has sent its body and
+	// will retry it empty (see replayDeletes' sweep).
+	unread := "before-read:" + strings.TrimPrefix(path, "/")
 	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		// A call the dying plugin never read: dockerd has sent its body and
-		// will retry it empty (see replayDeletes' sweep).
-		crash.Point("before-read:" + strings.TrimPrefix(path, "/"))
+		crash.Point(unread)
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			writeJSON(w, http.StatusBadRequest, errorBody{Err: "ournet: bad request: " + err.Error()})
