@@ -569,12 +569,12 @@ func (c *Cluster) keepLogs() {
 			continue
 		}
 		if h.Engine != nil {
-			keep := filepath.Join(os.TempDir(), fmt.Sprintf("ournet-e2e-%s-h%d-dockerd.log", name, h.I))
+			keep := filepath.Join(os.TempDir(), fmt.Sprintf("ournet-e2e-%s-%s-h%d-dockerd.log", engineVersion, name, h.I))
 			if raw, err := os.ReadFile(filepath.Join(h.Dir, "dockerd.log")); err == nil && os.WriteFile(keep, raw, 0o644) == nil {
 				c.t.Logf("host %d: last lines of dockerd's log (whole log: %s):\n%s", h.I, keep, h.LogTail(40))
 			}
 		}
-		keep := filepath.Join(os.TempDir(), fmt.Sprintf("ournet-e2e-%s-h%d-etcd.log", name, h.I))
+		keep := filepath.Join(os.TempDir(), fmt.Sprintf("ournet-e2e-%s-%s-h%d-etcd.log", engineVersion, name, h.I))
 		if raw, err := os.ReadFile(h.etcdLog); err == nil && os.WriteFile(keep, raw, 0o644) == nil {
 			c.t.Logf("host %d: etcd's log: %s", h.I, keep)
 		}

@@ -19,6 +19,10 @@ const Image = "ournet-test:busybox"
 // eng is the engine every test shares unless it needs one of its own.
 var eng *Engine
 
+// engineVersion is the shared engine's version: kept logs carry it in their
+// name, since the suite runs on several engines at once (make e2e).
+var engineVersion string
+
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
@@ -54,6 +58,7 @@ func run(m *testing.M) int {
 	}
 	defer eng.Remove()
 	ver, _ := eng.Docker(10*time.Second, "version", "--format", "{{.Server.Version}}")
+	engineVersion = strings.TrimSpace(ver)
 	if err := eng.ImportImage(Image); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
@@ -96,7 +101,7 @@ func NewEngine(t *testing.T, extra ...string) *Engine {
 		if t.Failed() {
 			t.Log("last lines of this engine's log:\n" + e.LogTail(80))
 			// The whole log, kept past the engine's removal.
-			keep := filepath.Join(os.TempDir(), "ournet-e2e-"+t.Name()+".log")
+			keep := filepath.Join(os.TempDir(), "ournet-e2e-"+engineVersion+"-"+t.Name()+".log")
 			if raw, err := os.ReadFile(filepath.Join(e.Dir, "dockerd.log")); err == nil && os.WriteFile(keep, raw, 0o644) == nil {
 				t.Logf("the engine's whole log: %s", keep)
 			}

@@ -142,10 +142,11 @@ func TestSurvivesLiveRestore(t *testing.T) {
 	e := NewEngine(t, "--live-restore")
 	ipB := twoContainers(t, e, "198.18.42.0/24")
 	count := Stream(t, e, "keep-a", "keep-b", ipB, 100)
+	recv := recvFile(t, e, "keep-b")
 	e.Stop()
-	before := count2(t, e, ipB)
+	before := countLines(t, recv)
 	time.Sleep(time.Second)
-	if after := count2(t, e, ipB); after <= before {
+	if after := countLines(t, recv); after <= before {
 		t.Fatalf("the established connection stalled while the engine was down (%d then %d lines)", before, after)
 	}
 	if err := e.Start(); err != nil {
@@ -160,22 +161,25 @@ func TestSurvivesLiveRestore(t *testing.T) {
 	})
 }
 
-// count2 counts received lines while the engine is down (docker exec needs
-// the engine), by reading the file through the container's root in /proc.
-func count2(t *testing.T, e *Engine, _ string) int {
+// recvFile is where Stream's receiver in container c writes, as a path that
+// stays readable while the engine is down (docker exec needs the engine):
+// the file through the root of the container's first process, in /proc.
+// Found by the container, not by the receiver's command line, which a
+// parallel run of the suite on another engine has too.
+func recvFile(t *testing.T, e *Engine, c string) string {
 	t.Helper()
-	out, err := exec.Command("pgrep", "-f", "nc -l -p 9000").Output()
+	pid := strings.TrimSpace(e.Run(t, "inspect", "-f", "{{.State.Pid}}", c))
+	return filepath.Join("/proc", pid, "root", "tmp", "recv")
+}
+
+// countLines counts the lines of the file at path.
+func countLines(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("finding the receiver: %v", err)
+		t.Fatalf("reading the receiver's file: %v", err)
 	}
-	for _, f := range strings.Fields(string(out)) {
-		b, err := os.ReadFile(filepath.Join("/proc", f, "root", "tmp", "recv"))
-		if err == nil {
-			return strings.Count(string(b), "\n")
-		}
-	}
-	t.Fatal("receiver's file not found")
-	return 0
+	return strings.Count(string(b), "\n")
 }
 
 func TestSurvivesDisableEnable(t *testing.T) {
