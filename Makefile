@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
-E2E_TIMEOUT ?= 15m
+E2E_TIMEOUT ?= 25m
 # Engines of Debian's later suites, unpacked beside the system's by
 # scripts/engine.sh: trixie (docker.io 26.1, containerd 1.7) and forky
 # (docker.io 28.5, containerd 2.1), each with its docker-compose (v2).
@@ -41,8 +41,10 @@ unit:
 	$(GO) test -race -count=1 ./driver/... ./ipam/... ./internal/... ./plugin/...
 
 # End-to-end: a private dockerd with the plugin installed, real packets; the
-# whole suite runs against three engines, one after the other (make -k e2e
-# runs the others even if one fails). E2E_ENGINE_PATH comes first in PATH for
+# whole suite runs against three engines at once, each in namespaces and
+# directories of its own (they share nothing but the CPUs); each run's
+# output is printed whole when it ends, and a run that fails does not stop
+# the others. make e2e-SUITE runs one alone. E2E_ENGINE_PATH comes first in PATH for
 # dockerd and the docker CLI, so each engine runs with its own CLI, containerd,
 # shims, docker-init, docker-proxy and docker-compose (and the system's runc).
 # E2E_FLAGS: more go test flags for every run, e.g. E2E_FLAGS='-run TestTwoContainersTalk'.
@@ -54,7 +56,9 @@ unit:
 E2E_RUN = $(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) $(E2E_TAGS) $(E2E_FLAGS) ./e2e/
 CHAOS = -tags chaos
 
-e2e: e2e-bookworm e2e-trixie e2e-forky
+E2E_SUITES = e2e-bookworm e2e-trixie e2e-forky
+e2e:
+	$(MAKE) -k -j3 --output-sync=target $(E2E_SUITES)
 
 # The system's engine: Debian bookworm's docker.io 20.10 (no Compose v2:
 # the Compose tests use the unpacked trixie one).
