@@ -141,6 +141,9 @@ type Deps struct {
 // plugin restart cannot leave held for ever (ipam/orphan.go). May be nil.
 type Pools interface {
 	NetworkGone(subnets []netip.Prefix)
+	// EndpointGone: the address addr, in the pool of subnet, of a deleted
+	// endpoint.
+	EndpointGone(subnet netip.Prefix, addr netip.Addr)
 }
 
 // RemoveUnknownAtRestore makes Restore remove every kernel object marked as

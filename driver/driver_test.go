@@ -661,10 +661,17 @@ func TestWatchRounds(t *testing.T) {
 	wait("polling rounds", func() bool { return fw2.rounds.Load() >= 3 })
 }
 
-// goneNets records what the driver tells the IPAM of deleted networks.
-type goneNets struct{ subnets []netip.Prefix }
+// goneNets records what the driver tells the IPAM of deleted networks and
+// endpoints.
+type goneNets struct {
+	subnets []netip.Prefix
+	addrs   []string
+}
 
 func (g *goneNets) NetworkGone(s []netip.Prefix) { g.subnets = append(g.subnets, s...) }
+func (g *goneNets) EndpointGone(s netip.Prefix, a netip.Addr) {
+	g.addrs = append(g.addrs, s.String()+" "+a.String())
+}
 
 // DeleteNetwork tells the IPAM which pools the network used, so a
 // ReleasePool lost to a restart cannot hold them for ever.
@@ -675,6 +682,19 @@ func TestDeleteNetworkTellsThePools(t *testing.T) {
 	if err := d.CreateNetwork(createReq()); err != nil {
 		t.Fatal(err)
 	}
+	// And which address each deleted endpoint used, with its pool: one
+	// deleted on its own, one with the network.
+	for i, a := range []string{"198.18.7.5/24", "198.18.7.6/24"} {
+		if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: fmt.Sprintf("e%d", i) + eid[2:],
+			Interface: &network.EndpointInterface{Address: a}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 2; i++ {
+		if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: "e0" + eid[2:]}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i := 0; i < 2; i++ { // the second delete finds nothing to tell
 		if err := d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: nid}); err != nil {
 			t.Fatal(err)
@@ -682,5 +702,8 @@ func TestDeleteNetworkTellsThePools(t *testing.T) {
 	}
 	if len(gone.subnets) != 1 || gone.subnets[0].String() != "198.18.7.0/24" {
 		t.Fatalf("told the IPAM %v, want 198.18.7.0/24", gone.subnets)
+	}
+	if got := strings.Join(gone.addrs, ", "); got != "198.18.7.0/24 198.18.7.5, 198.18.7.0/24 198.18.7.6" {
+		t.Fatalf("told the IPAM of addresses %q", got)
 	}
 }

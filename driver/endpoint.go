@@ -142,6 +142,7 @@ func (d *Driver) DeleteLeftEndpoints() {
 // disk): see forget.
 func (d *Driver) deleteEndpoint(n *Network, ep *Endpoint) error {
 	d.forget("endpoint", bucketEndpoints, ep.ID)
+	d.addressesGone(n, ep)
 	crash.Point("delete-endpoint:after-forget")
 	if ep.published || d.endpoints[ep.ID] != nil {
 		d.unpublish(n, ep)
@@ -158,6 +159,25 @@ func (d *Driver) deleteEndpoint(n *Network, ep *Endpoint) error {
 	}
 	d.journalDone(ep.ID)
 	return nil
+}
+
+// addressesGone tells the IPAM which addresses the deleted ep used, each
+// with its subnet's pool (ipam/orphan.go); n may be nil.
+func (d *Driver) addressesGone(n *Network, ep *Endpoint) {
+	if d.pools == nil || n == nil {
+		return
+	}
+	for _, a := range []netip.Prefix{ep.Addr, ep.AddrV6} {
+		if !a.IsValid() {
+			continue
+		}
+		for _, s := range n.pools() {
+			if s.Contains(a.Addr()) {
+				d.pools.EndpointGone(s, a.Addr())
+				break
+			}
+		}
+	}
 }
 
 // EndpointInfo reports what ournet knows of an endpoint.

@@ -131,6 +131,41 @@ func TestCrashInjection(t *testing.T) {
 	}
 }
 
+// A container's ReleaseAddress sent to a plugin that died before reading it
+// is retried with an empty body that names no address; the address must
+// not stay held (ipam/orphan.go): the same --ip is free for the next
+// container, and held once.
+func TestLostReleaseAddress(t *testing.T) {
+	e := NewEngine(t)
+	const point = "before-read:IpamDriver.ReleaseAddress"
+	e.Run(t, "plugin", "disable", PluginName)
+	e.Run(t, "plugin", "set", PluginName, "OURNET_CRASH_AT="+point)
+	e.Run(t, "plugin", "enable", PluginName)
+	Net(t, e, "lost", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.47.0/24")
+	e.Run(t, "run", "-d", "--name", "lost-a", "--network", "lost", "--ip", "198.18.47.5", Image, "sleep", "600")
+	attempt(t, e, "rm", "-f", "lost-a")
+	id := e.Run(t, "plugin", "inspect", "-f", "{{.Id}}", PluginName)
+	root := e.Run(t, "info", "-f", "{{.DockerRootDir}}")
+	if ok, _ := filepath.Glob(filepath.Join(root, "plugins", id, "propagated-mount", "crashed-at-"+point)); len(ok) == 0 {
+		t.Fatalf("crash point %s was never reached", point)
+	}
+	if _, err := e.Docker(time.Minute, "run", "-d", "--name", "lost-b", "--network", "lost", "--ip", "198.18.47.5", Image, "sleep", "600"); err != nil {
+		t.Fatalf("the address of a container removed while the plugin died is still held: %v", err)
+	}
+	_, pools := e.status(t)
+	n := 0
+	for _, p := range pools {
+		for _, al := range p.Allocated {
+			if al.Addr == "198.18.47.5" {
+				n++
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("198.18.47.5 held %d times in ournet's pools %+v, want once", n, pools)
+	}
+}
+
 // `ournet status` (scripts/ournet-status) shows the state and reports drift.
 func TestStatusReportsDrift(t *testing.T) {
 	e := NewEngine(t)

@@ -93,6 +93,9 @@ type Allocator struct {
 	// lost: when empty ReleasePool retries came that freed no orphan,
 	// oldest first (orphan.go).
 	lost []time.Time
+	// started is when this allocator was made: an address orphaned before
+	// it was orphaned by a plugin that is gone (orphan.go).
+	started time.Time
 }
 
 var _ api.Ipam = (*Allocator)(nil)
@@ -101,7 +104,7 @@ var _ api.Ipam = (*Allocator)(nil)
 // an allocator that forgets everything when it goes.
 func New(cfg Config, st *store.Store) (*Allocator, error) {
 	a := &Allocator{hostNetworks: cfg.HostNetworks, hostRoutes: cfg.HostRoutes, serial: cfg.Serial, st: st,
-		pools: map[string]*pool{}, byPrefix: subnet.NewIndex()}
+		pools: map[string]*pool{}, byPrefix: subnet.NewIndex(), started: time.Now()}
 	for _, d := range append(slices.Clone(cfg.DefaultPools), cfg.DefaultPoolsV6...) {
 		if err := d.validate(); err != nil {
 			return nil, newErr(ErrInvalid, "default pool %s: %v", d.Base, err)
@@ -154,6 +157,11 @@ func (a *Allocator) install(recs map[string]*pool) error {
 		for _, al := range p.Addrs {
 			if !p.Prefix.Contains(al.Addr) || (len(kept) > 0 && kept[len(kept)-1].Addr == al.Addr) {
 				log.WithFields(log.Fields{"pool": key, "addr": al.Addr}).Warn("ipam: dropping a saved address that is outside its pool or listed twice")
+				continue
+			}
+			if al.pastGrace() {
+				// See orphan.go: no ReleaseAddress for it can come any more.
+				log.WithFields(log.Fields{"pool": key, "addr": al.Addr}).Info("ipam: released the address of an endpoint deleted before the plugin stopped, whose ReleaseAddress never came")
 				continue
 			}
 			kept = append(kept, al)

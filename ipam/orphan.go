@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 
 	log "github.com/sirupsen/logrus"
@@ -26,6 +27,23 @@ import (
 // A ReleasePool of an orphan may still be on its way when it is swept; it
 // then finds an unknown pool, which is fine unless a new network got the
 // same subnet (so the same pool ID) in those milliseconds.
+
+// An address is an orphan the same way, between its endpoint's delete and
+// its ReleaseAddress (dockerd deletes the endpoint first, then releases
+// its address). The driver says which addresses its deleted endpoints
+// used (EndpointGone), and:
+//   - an empty retry of ReleaseAddress frees the orphans marked before
+//     this plugin started: the release the dying plugin never read was
+//     for one of them. One marked since is left alone, as its own
+//     ReleaseAddress may be on its way, and freeing it early could let a
+//     new container get the address that release then frees;
+//   - an orphan past orphanGrace is freed by the next RequestAddress in
+//     its pool, and by a start.
+// The release of another endpoint deleted just before the crash may still
+// come after the sweep (a retry that kept its body); it then frees an
+// address already free, which matters only if a new container got that
+// address in between.
+// The gateway and --aux-address are released with the network's pool.
 
 // orphanGrace is how long after its network's delete an orphan's own
 // ReleasePool may still arrive (dockerd's plugin timeout is 30 s), and how
@@ -86,6 +104,66 @@ func (a *Allocator) SweepOrphans() int {
 		a.lost = append(a.lost, time.Now())
 	}
 	return n
+}
+
+// EndpointGone marks addr, in the pool of exactly subnet, an orphan: the
+// ournet endpoint that used it was deleted. As with NetworkGone, a pool
+// ournet's IPAM does not hold, or an address it does not hold, is left
+// alone, and a mark that cannot be saved is kept in memory.
+func (a *Allocator) EndpointGone(subnet netip.Prefix, addr netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cur := a.poolOf(subnet.Masked())
+	if cur == nil || cur.Pending || !addr.IsValid() {
+		return
+	}
+	i, held := cur.find(addr.Unmap())
+	if !held || cur.Addrs[i].Kind == KindGateway || cur.Addrs[i].Orphaned != 0 {
+		return
+	}
+	p := cur.clone()
+	p.Addrs[i].Orphaned = time.Now().UnixMilli()
+	a.saveRelease(p)
+	a.pools[p.ID] = p
+}
+
+// SweepAddresses answers an empty retry of ReleaseAddress (see above): it
+// frees every address orphaned before this plugin started, and says how
+// many.
+func (a *Allocator) SweepAddresses() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	before := a.started.UnixMilli()
+	n := 0
+	for id, cur := range a.pools {
+		if !slices.ContainsFunc(cur.Addrs, func(al Allocation) bool { return al.Orphaned != 0 && al.Orphaned < before }) {
+			continue
+		}
+		p := cur.clone()
+		p.Addrs = slices.DeleteFunc(p.Addrs, func(al Allocation) bool {
+			if al.Orphaned != 0 && al.Orphaned < before {
+				n++
+				log.WithFields(log.Fields{"pool": id, "addr": al.Addr}).Info("ipam: released the address of a deleted endpoint whose ReleaseAddress the plugin never read (the engine retried it with an empty body)")
+				return true
+			}
+			return false
+		})
+		a.saveRelease(p)
+		a.pools[id] = p
+	}
+	return n
+}
+
+// pastGrace says whether al is an orphan whose own ReleaseAddress can no
+// longer come.
+func (al Allocation) pastGrace() bool {
+	return al.Orphaned != 0 && time.Since(time.UnixMilli(al.Orphaned)) > orphanGrace
+}
+
+// dropStale frees p's orphan addresses past grace; p is a clone about to
+// be saved.
+func (p *pool) dropStale() {
+	p.Addrs = slices.DeleteFunc(p.Addrs, Allocation.pastGrace)
 }
 
 // reclaimOrphan frees the pool of subnet s if it is an orphan whose own

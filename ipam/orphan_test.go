@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,6 +101,90 @@ func TestOrphanPools(t *testing.T) {
 	if got := poolIDs(c); !slices.Equal(got, []string{"ournet-local/10.3.0.0/25"}) {
 		t.Fatalf("pools after a start past the grace %v", got)
 	}
+}
+
+// A container's address whose ReleaseAddress the dying plugin never read
+// is freed by the empty retry once the plugin is back; one deleted since
+// waits for its own release, or for its grace to pass.
+func TestOrphanAddresses(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st := openStore(t, path)
+	a, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := mustPool(t, a, net1.String(), "", nil)
+	gw := mustA("10.1.0.1")
+	mustAddr(t, a, id, "", gwOpts)
+	dyn := mustA(strings.Split(mustAddr(t, a, id, "", nil), "/")[0])
+	fixed, other := mustA("10.1.0.50"), mustA("10.1.0.60")
+	mustAddr(t, a, id, fixed.String(), nil)
+	mustAddr(t, a, id, other.String(), nil)
+
+	a.EndpointGone(net1, dyn)
+	a.EndpointGone(net1, gw)                 // the gateway goes with the pool
+	a.EndpointGone(net2, mustA("10.2.0.5"))  // not ournet's pool
+	a.EndpointGone(net1, mustA("10.1.0.77")) // not held
+	if n := a.SweepAddresses(); n != 0 || !slices.Equal(held(a, id), []netip.Addr{gw, dyn, fixed, other}) {
+		t.Fatalf("an empty retry freed %d addresses of endpoints deleted by this plugin (held %v): their own release may be on its way", n, held(a, id))
+	}
+	st.Close()
+
+	// The plugin died before reading dyn's ReleaseAddress; the retry comes
+	// to the next one, empty (a restart takes far more than this sleep).
+	time.Sleep(2 * time.Millisecond)
+	st = openStore(t, path)
+	b, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := b.SweepAddresses(); n != 1 || !slices.Equal(held(b, id), []netip.Addr{gw, fixed, other}) {
+		t.Fatalf("the empty retry freed %d (held %v), want %s freed", n, held(b, id), dyn)
+	}
+	// Within its grace an orphan stays held; past it, a request frees it.
+	b.EndpointGone(net1, fixed)
+	if _, err := reqAddr(b, id, fixed.String(), nil); !errors.Is(err, ErrAddressInUse) {
+		t.Fatalf("--ip of an orphan within its grace: %v, want in use", err)
+	}
+	ageAddr(b, id, fixed)
+	mustAddr(t, b, id, fixed.String(), nil)
+	// At a start, an orphan past its grace is freed; the mark is saved.
+	b.EndpointGone(net1, other)
+	ageAddr(b, id, other)
+	st.Close()
+	st = openStore(t, path)
+	defer st.Close()
+	c, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := held(c, id); !slices.Equal(got, []netip.Addr{gw, fixed}) {
+		t.Fatalf("held after a start past the grace %v", got)
+	}
+}
+
+// held lists the addresses pool id holds.
+func held(a *Allocator, id string) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range a.Pools() {
+		if p.ID == id {
+			for _, al := range p.Allocated {
+				out = append(out, al.Addr)
+			}
+		}
+	}
+	return out
+}
+
+// ageAddr backdates the orphan mark of addr in pool id past orphanGrace.
+func ageAddr(a *Allocator, id string, addr netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.pools[id].clone()
+	i, _ := p.find(addr)
+	p.Addrs[i].Orphaned = time.Now().Add(-2 * orphanGrace).UnixMilli()
+	a.saveRelease(p)
+	a.pools[id] = p
 }
 
 // age backdates the orphan mark of pool id past orphanGrace, in memory and

@@ -20,6 +20,9 @@ const (
 type Allocation struct {
 	Addr netip.Addr `json:"addr"`
 	Kind AddrKind   `json:"kind"`
+	// Orphaned is when (Unix milliseconds) the ournet endpoint that used
+	// this address was deleted; zero while one may use it (orphan.go).
+	Orphaned int64 `json:"orphaned,omitempty"`
 }
 
 // pool is one RequestPool answer with its addresses; it is also the JSON
@@ -102,7 +105,7 @@ func (p *pool) add(a netip.Addr, k AddrKind) bool {
 	if found {
 		return false
 	}
-	p.Addrs = slices.Insert(p.Addrs, i, Allocation{a, k})
+	p.Addrs = slices.Insert(p.Addrs, i, Allocation{Addr: a, Kind: k})
 	return true
 }
 

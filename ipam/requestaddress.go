@@ -34,6 +34,7 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 	p := cur.clone()
 	p.Pending = false
 	p.Orphaned = 0 // in use after all (orphan.go)
+	p.dropStale()  // addresses whose ReleaseAddress can no longer come
 	kind := KindDynamic
 	if gateway {
 		kind = KindGateway

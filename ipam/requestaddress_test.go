@@ -211,7 +211,7 @@ func TestPoolsSnapshot(t *testing.T) {
 		t.Errorf("snapshot %+v", p)
 	}
 	want := []Allocation{
-		{mustA("10.1.0.9"), KindStatic}, {mustA("10.1.0.128"), KindGateway}, {mustA("10.1.0.129"), KindDynamic},
+		{Addr: mustA("10.1.0.9"), Kind: KindStatic}, {Addr: mustA("10.1.0.128"), Kind: KindGateway}, {Addr: mustA("10.1.0.129"), Kind: KindDynamic},
 	}
 	if !slices.Equal(p.Allocated, want) {
 		t.Errorf("allocated %v, want %v", p.Allocated, want)

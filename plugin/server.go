@@ -277,7 +277,11 @@ func newMux(d network.Driver, a ipamapi.Ipam, extra func(*http.ServeMux)) *http.
 	}
 	routeAfter(mux, "/IpamDriver.ReleasePool", noErr(a.ReleasePool), nil, sweepPools)
 	route(mux, "/IpamDriver.RequestAddress", a.RequestAddress)
-	route(mux, "/IpamDriver.ReleaseAddress", noErr(a.ReleaseAddress))
+	var sweepAddrs func()
+	if s, ok := a.(interface{ SweepAddresses() int }); ok {
+		sweepAddrs = func() { s.SweepAddresses() }
+	}
+	routeAfter(mux, "/IpamDriver.ReleaseAddress", noErr(a.ReleaseAddress), nil, sweepAddrs)
 	if extra != nil {
 		extra(mux)
 	}

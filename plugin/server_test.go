@@ -266,24 +266,31 @@ func TestErrorsCarryOnePrefix(t *testing.T) {
 	}
 }
 
-// sweepIPAM counts the sweeps of orphan pools.
+// sweepIPAM counts the sweeps of orphan pools and addresses.
 type sweepIPAM struct {
 	stubIPAM
-	sweeps *int
+	sweeps, addrSweeps *int
 }
 
-func (a sweepIPAM) SweepOrphans() int { *a.sweeps++; return 0 }
+func (a sweepIPAM) SweepOrphans() int   { *a.sweeps++; return 0 }
+func (a sweepIPAM) SweepAddresses() int { *a.addrSweeps++; return 0 }
 
 // An empty ReleasePool retry names no pool: it frees the pools of deleted
 // networks an earlier run left waiting for their ReleasePool
 // (ipam/orphan.go), and is answered done.
 func TestEmptyReleasePoolRetrySweeps(t *testing.T) {
 	restartInflight(t, t.TempDir())
-	var sweeps int
-	mux := newMux(stubDriver{}, sweepIPAM{sweeps: &sweeps}, nil)
+	var sweeps, addrSweeps int
+	mux := newMux(stubDriver{}, sweepIPAM{sweeps: &sweeps, addrSweeps: &addrSweeps}, nil)
 	for i := 0; i < 2; i++ {
 		if code, out := call(t, mux, "/IpamDriver.ReleasePool", ""); code != 200 || sweeps != i+1 {
 			t.Fatalf("retry %d = %d %v, sweeps %d", i+1, code, out, sweeps)
+		}
+	}
+	// The same for ReleaseAddress and the addresses of deleted endpoints.
+	for i := 0; i < 2; i++ {
+		if code, out := call(t, mux, "/IpamDriver.ReleaseAddress", ""); code != 200 || addrSweeps != i+1 || sweeps != 2 {
+			t.Fatalf("ReleaseAddress retry %d = %d %v, sweeps %d/%d", i+1, code, out, addrSweeps, sweeps)
 		}
 	}
 }
