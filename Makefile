@@ -85,14 +85,14 @@ test: deps vet unit e2e
 
 # ournet against Docker's bridge driver on one private engine (issue #7), on
 # the system's engine: prints a table and writes docs/bench.md, docs/bench.png
-# and README.md's Benchmark section. About 12 minutes on 2 cores (500 networks
+# and README.md's Benchmark section. About 13 minutes on 2 cores (500 networks
 # of each driver for the growth rows).
 BENCH_PLUGIN ?= build/plugin
 bench:
 	scripts/deps.sh iperf3=iperf3 gnuplot=gnuplot-nox
 	scripts/build-plugin.sh $(BENCH_PLUGIN)
 	E2E_PLUGIN_DIR=$(abspath $(BENCH_PLUGIN)) E2E_ENGINE_PATH=/usr/sbin:/usr/bin \
-	  $(GO) test -tags bench -count=1 -run TestBench -v -timeout 15m ./e2e/
+	  $(GO) test -tags bench -count=1 -run TestBench -v -timeout 25m ./e2e/
 
 clean:
 	rm -rf build

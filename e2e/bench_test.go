@@ -9,7 +9,7 @@ package e2e
 // The results go to stdout, docs/bench.md, docs/bench.png and README.md's
 // Benchmark section (bench_report_test.go).
 //
-//	go test -tags bench -run TestBench -v -timeout 15m ./e2e/
+//	go test -tags bench -run TestBench -v -timeout 25m ./e2e/
 //
 // BENCH_ONLY=phase,... runs only some phases (createrm, run, rules,
 // throughput, ports, growth, restore, idle, cluster, repair); BENCH_OUT=dir writes the report there
