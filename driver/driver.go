@@ -221,6 +221,17 @@ func (n *Network) pools() []netip.Prefix {
 	return out
 }
 
+// ournetPools are the pools of n that ournet's IPAM may hold.
+func (n *Network) ournetPools() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
+		if s.ournetIPAM() {
+			out = append(out, s.Pool)
+		}
+	}
+	return out
+}
+
 func natMode(m string) bool { return m == gwNAT || m == gwUnprotected }
 
 // bridgeMAC is stable per network: a bridge's MAC would otherwise follow its

@@ -706,4 +706,25 @@ func TestDeleteNetworkTellsThePools(t *testing.T) {
 	if got := strings.Join(gone.addrs, ", "); got != "198.18.7.0/24 198.18.7.5, 198.18.7.0/24 198.18.7.6" {
 		t.Fatalf("told the IPAM of addresses %q", got)
 	}
+	// A network whose pool another IPAM driver gave: nothing to tell, a
+	// pool of the same subnet in ournet's IPAM is another network's.
+	gone.subnets, gone.addrs = nil, nil
+	req := createReq()
+	req.IPv4Data[0].AddressSpace = "LocalDefault"
+	if err := d.CreateNetwork(req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: nid}); err != nil {
+		t.Fatal(err)
+	}
+	if len(gone.subnets) != 0 || len(gone.addrs) != 0 {
+		t.Fatalf("told ournet's IPAM of another IPAM's pool: %v %v", gone.subnets, gone.addrs)
+	}
 }

@@ -171,7 +171,7 @@ func (d *Driver) addressesGone(n *Network, ep *Endpoint) {
 		if !a.IsValid() {
 			continue
 		}
-		for _, s := range n.pools() {
+		for _, s := range n.ournetPools() {
 			if s.Contains(a.Addr()) {
 				d.pools.EndpointGone(s, a.Addr())
 				break

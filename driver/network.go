@@ -138,7 +138,7 @@ func subnets(data []*network.IPAMData, v6 bool) ([]Subnet, error) {
 		if err != nil || pool.Addr().Is6() != v6 {
 			return nil, fmt.Errorf("ournet: subnet %q is not a valid IPv%s prefix", d.Pool, map[bool]string{false: "4", true: "6"}[v6])
 		}
-		s := Subnet{Pool: pool.Masked()}
+		s := Subnet{Pool: pool.Masked(), Space: d.AddressSpace}
 		// Whatever IPAM driver chose it: a subnet no network can use.
 		if err := subnet.Usable(s.Pool); err != nil {
 			return nil, fmt.Errorf("ournet: %w", err)
@@ -272,7 +272,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	d.dropNetwork(n)
 	d.leaveCluster(n)
 	if d.pools != nil {
-		d.pools.NetworkGone(n.pools())
+		d.pools.NetworkGone(n.ournetPools())
 	}
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {

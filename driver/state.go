@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/ournet/ournet/internal/firewall"
@@ -21,7 +22,16 @@ const (
 type Subnet struct {
 	Pool    netip.Prefix
 	Gateway netip.Prefix // the gateway address in the pool's prefix length; may be invalid
+	// Space is the address space the IPAM driver gave the pool in; empty
+	// in records made before it was kept.
+	Space string `json:",omitempty"`
 }
+
+// ournetIPAM says whether ournet's IPAM may hold s's pool: only then does
+// the driver tell it of deleted networks and endpoints (ipam/orphan.go),
+// lest a pool of the same subnet from another network be marked. A record
+// that does not say is told, as before Space was kept.
+func (s Subnet) ournetIPAM() bool { return s.Space == "" || strings.HasPrefix(s.Space, "ournet-") }
 
 // Network is one ournet network as persisted.
 type Network struct {

@@ -93,6 +93,9 @@ type Allocator struct {
 	// lost: when empty ReleasePool retries came that freed no orphan,
 	// oldest first (orphan.go).
 	lost []time.Time
+	// swept: addresses SweepAddresses freed, and when; the late release
+	// of such an address may still come (orphan.go).
+	swept map[netip.Addr]time.Time
 	// started is when this allocator was made: an address orphaned before
 	// it was orphaned by a plugin that is gone (orphan.go).
 	started time.Time
@@ -104,7 +107,7 @@ var _ api.Ipam = (*Allocator)(nil)
 // an allocator that forgets everything when it goes.
 func New(cfg Config, st *store.Store) (*Allocator, error) {
 	a := &Allocator{hostNetworks: cfg.HostNetworks, hostRoutes: cfg.HostRoutes, serial: cfg.Serial, st: st,
-		pools: map[string]*pool{}, byPrefix: subnet.NewIndex(), started: time.Now()}
+		pools: map[string]*pool{}, byPrefix: subnet.NewIndex(), swept: map[netip.Addr]time.Time{}, started: time.Now()}
 	for _, d := range append(slices.Clone(cfg.DefaultPools), cfg.DefaultPoolsV6...) {
 		if err := d.validate(); err != nil {
 			return nil, newErr(ErrInvalid, "default pool %s: %v", d.Base, err)

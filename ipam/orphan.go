@@ -39,10 +39,17 @@ import (
 //     new container get the address that release then frees;
 //   - an orphan past orphanGrace is freed by the next RequestAddress in
 //     its pool, and by a start.
-// The release of another endpoint deleted just before the crash may still
-// come after the sweep (a retry that kept its body); it then frees an
-// address already free, which matters only if a new container got that
-// address in between.
+// The sweep may free more than the lost release's address: the endpoint's
+// IPv6 address (dockerd releases IPv4, then IPv6), or another endpoint's
+// deleted just before the crash, whose own releases come after the sweep
+// with their bodies. Such a late release must not free the address again
+// if a new container got it in between: a sweep remembers what it freed,
+// and a release of one of those addresses that finds it held and not an
+// orphan (a new container's own release follows its DeleteEndpoint, which
+// marks it) is the late one, and is ignored (lateRelease). The price: a
+// new container that got such an address within the minute and whose
+// create fails is released without a DeleteEndpoint, so that release is
+// ignored too and the address stays held until its pool goes.
 // The gateway and --aux-address are released with the network's pool.
 
 // orphanGrace is how long after its network's delete an orphan's own
@@ -134,6 +141,12 @@ func (a *Allocator) SweepAddresses() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	before := a.started.UnixMilli()
+	now := time.Now()
+	for addr, t := range a.swept {
+		if now.Sub(t) > orphanGrace {
+			delete(a.swept, addr)
+		}
+	}
 	n := 0
 	for id, cur := range a.pools {
 		if !slices.ContainsFunc(cur.Addrs, func(al Allocation) bool { return al.Orphaned != 0 && al.Orphaned < before }) {
@@ -143,6 +156,7 @@ func (a *Allocator) SweepAddresses() int {
 		p.Addrs = slices.DeleteFunc(p.Addrs, func(al Allocation) bool {
 			if al.Orphaned != 0 && al.Orphaned < before {
 				n++
+				a.swept[al.Addr] = now
 				log.WithFields(log.Fields{"pool": id, "addr": al.Addr}).Info("ipam: released the address of a deleted endpoint whose ReleaseAddress the plugin never read (the engine retried it with an empty body)")
 				return true
 			}
@@ -152,6 +166,19 @@ func (a *Allocator) SweepAddresses() int {
 		a.pools[id] = p
 	}
 	return n
+}
+
+// lateRelease says whether a ReleaseAddress of addr, held in p as al (nil:
+// not held), is the late release of an address a sweep freed and a new
+// container got since: then it must free nothing (see above). Called with
+// a.mu held.
+func (a *Allocator) lateRelease(addr netip.Addr, al *Allocation) bool {
+	t, ok := a.swept[addr]
+	if !ok {
+		return false
+	}
+	delete(a.swept, addr) // the late release comes once
+	return al != nil && al.Orphaned == 0 && time.Since(t) <= orphanGrace
 }
 
 // pastGrace says whether al is an orphan whose own ReleaseAddress can no

@@ -163,6 +163,64 @@ func TestOrphanAddresses(t *testing.T) {
 	}
 }
 
+// The sweep after a crash frees an endpoint's IPv6 address too, whose
+// own release (dockerd releases IPv4, then IPv6) comes after it: if a new
+// container got the address in between, that late release frees nothing.
+func TestLateReleaseAfterSweep(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st := openStore(t, path)
+	a, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v4, v6 := mustPool(t, a, net1.String(), "", nil), mustPool(t, a, "2001:db8:1::/64", "", nil)
+	mustAddr(t, a, v4, "", gwOpts)
+	mustAddr(t, a, v6, "", gwOpts)
+	x4, x6 := mustA("10.1.0.5"), mustA("2001:db8:1::5")
+	mustAddr(t, a, v4, x4.String(), nil)
+	mustAddr(t, a, v6, x6.String(), nil)
+	a.EndpointGone(net1, x4)
+	a.EndpointGone(netip.MustParsePrefix("2001:db8:1::/64"), x6)
+	st.Close()
+	time.Sleep(2 * time.Millisecond)
+	st = openStore(t, path)
+	defer st.Close()
+	b, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := b.SweepAddresses(); n != 2 {
+		t.Fatalf("the sweep freed %d addresses, want both of the endpoint's", n)
+	}
+	mustAddr(t, b, v6, x6.String(), nil) // a new container
+	if err := b.ReleaseAddress(&api.ReleaseAddressRequest{PoolID: v6, Address: x6.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := held(b, v6); len(got) != 2 || got[1] != x6 {
+		t.Fatalf("the old endpoint's late release freed the new container's %s (held %v)", x6, got)
+	}
+	// The new container's own release, after its DeleteEndpoint, frees it.
+	b.EndpointGone(netip.MustParsePrefix("2001:db8:1::/64"), x6)
+	if err := b.ReleaseAddress(&api.ReleaseAddressRequest{PoolID: v6, Address: x6.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := held(b, v6); len(got) != 1 {
+		t.Fatalf("held after the new container's release %v", got)
+	}
+	// A swept address nobody took: its late release is a no-op, and the
+	// next holder's release is not mistaken for it.
+	if err := b.ReleaseAddress(&api.ReleaseAddressRequest{PoolID: v4, Address: x4.String()}); err != nil {
+		t.Fatal(err)
+	}
+	mustAddr(t, b, v4, x4.String(), nil)
+	if err := b.ReleaseAddress(&api.ReleaseAddressRequest{PoolID: v4, Address: x4.String()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := held(b, v4); len(got) != 1 {
+		t.Fatalf("held in the IPv4 pool %v, want the gateway alone", got)
+	}
+}
+
 // held lists the addresses pool id holds.
 func held(a *Allocator, id string) []netip.Addr {
 	var out []netip.Addr

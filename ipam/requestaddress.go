@@ -129,7 +129,16 @@ func (a *Allocator) ReleaseAddress(req *api.ReleaseAddressRequest) error {
 		log.WithFields(fields).Debug("ipam: ReleaseAddress in an unknown pool; nothing to do")
 		return nil
 	}
-	if _, held := cur.find(addr); !held {
+	i, held := cur.find(addr)
+	var al *Allocation
+	if held {
+		al = &cur.Addrs[i]
+	}
+	if a.lateRelease(addr, al) {
+		log.WithFields(fields).Info("ipam: ignored the late release of an address freed by the sweep after a crash, which a new container holds now")
+		return nil
+	}
+	if !held {
 		log.WithFields(fields).Debug("ipam: ReleaseAddress of an address not held; nothing to do")
 		return nil
 	}
