@@ -26,11 +26,7 @@ var (
 // pool over it, or goes at a start, once that ReleasePool cannot come.
 func TestOrphanPools(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
-	st := openStore(t, path)
-	a, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, a := start(t, path)
 	var ids []string
 	for _, s := range []netip.Prefix{net1, net2, net3} {
 		id := mustPool(t, a, s.String(), "", nil)
@@ -65,11 +61,7 @@ func TestOrphanPools(t *testing.T) {
 	a.NetworkGone([]netip.Prefix{net3})
 	st.Close()
 
-	st = openStore(t, path)
-	b, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, b := start(t, path)
 	if got := poolIDs(b); !slices.Equal(got, []string{ids[2]}) {
 		t.Fatalf("pools after restart %v (the pending one is dropped)", got)
 	}
@@ -92,12 +84,8 @@ func TestOrphanPools(t *testing.T) {
 	b.NetworkGone([]netip.Prefix{net1})
 	age(b, ids[0])
 	st.Close()
-	st = openStore(t, path)
+	st, c := start(t, path)
 	defer st.Close()
-	c, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if got := poolIDs(c); !slices.Equal(got, []string{"ournet-local/10.3.0.0/25"}) {
 		t.Fatalf("pools after a start past the grace %v", got)
 	}
@@ -108,11 +96,7 @@ func TestOrphanPools(t *testing.T) {
 // waits for its own release, or for its grace to pass.
 func TestOrphanAddresses(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
-	st := openStore(t, path)
-	a, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, a := start(t, path)
 	id := mustPool(t, a, net1.String(), "", nil)
 	gw := mustA("10.1.0.1")
 	mustAddr(t, a, id, "", gwOpts)
@@ -133,11 +117,7 @@ func TestOrphanAddresses(t *testing.T) {
 	// The plugin died before reading dyn's ReleaseAddress; the retry comes
 	// to the next one, empty (a restart takes far more than this sleep).
 	time.Sleep(2 * time.Millisecond)
-	st = openStore(t, path)
-	b, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, b := start(t, path)
 	if n := b.SweepAddresses(); n != 1 || !slices.Equal(held(b, id), []netip.Addr{gw, fixed, other}) {
 		t.Fatalf("the empty retry freed %d (held %v), want %s freed", n, held(b, id), dyn)
 	}
@@ -152,12 +132,8 @@ func TestOrphanAddresses(t *testing.T) {
 	b.EndpointGone(net1, other)
 	ageAddr(b, id, other)
 	st.Close()
-	st = openStore(t, path)
+	st, c := start(t, path)
 	defer st.Close()
-	c, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if got := held(c, id); !slices.Equal(got, []netip.Addr{gw, fixed}) {
 		t.Fatalf("held after a start past the grace %v", got)
 	}
@@ -168,11 +144,7 @@ func TestOrphanAddresses(t *testing.T) {
 // container got the address in between, that late release frees nothing.
 func TestLateReleaseAfterSweep(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
-	st := openStore(t, path)
-	a, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, a := start(t, path)
 	v4, v6 := mustPool(t, a, net1.String(), "", nil), mustPool(t, a, "2001:db8:1::/64", "", nil)
 	mustAddr(t, a, v4, "", gwOpts)
 	mustAddr(t, a, v6, "", gwOpts)
@@ -183,12 +155,8 @@ func TestLateReleaseAfterSweep(t *testing.T) {
 	a.EndpointGone(netip.MustParsePrefix("2001:db8:1::/64"), x6)
 	st.Close()
 	time.Sleep(2 * time.Millisecond)
-	st = openStore(t, path)
+	st, b := start(t, path)
 	defer st.Close()
-	b, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if n := b.SweepAddresses(); n != 2 {
 		t.Fatalf("the sweep freed %d addresses, want both of the endpoint's", n)
 	}

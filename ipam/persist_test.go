@@ -12,6 +12,18 @@ import (
 	"github.com/ournet/ournet/internal/store"
 )
 
+// start is a plugin start on the state file at path: the store opened
+// and an allocator made on what it holds. The caller closes the store.
+func start(t *testing.T, path string) (*store.Store, *Allocator) {
+	t.Helper()
+	st := openStore(t, path)
+	a, err := New(Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, a
+}
+
 func openStore(t *testing.T, path string) *store.Store {
 	t.Helper()
 	st, err := store.Open(path)
@@ -128,12 +140,8 @@ func TestFailedWriteRollsBack(t *testing.T) {
 		t.Fatalf("the released address is not free in memory, or the request saved: %v", err)
 	}
 
-	st = openStore(t, path)
+	st, b := start(t, path)
 	defer st.Close()
-	b, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if after := b.Pools(); !reflect.DeepEqual(before, after) {
 		t.Fatalf("disk differs from memory:\nmemory %+v\ndisk   %+v", before, after)
 	}
@@ -183,22 +191,14 @@ func TestLoadDamaged(t *testing.T) {
 // whose gateway was requested is kept.
 func TestPendingPoolReleasedAtStart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
-	st := openStore(t, path)
-	a, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, a := start(t, path)
 	used := mustPool(t, a, "10.1.0.0/24", "", nil)
 	mustAddr(t, a, used, "", gwOpts)
 	mustPool(t, a, "10.2.0.0/24", "", nil) // never used
 	st.Close()
 
-	st = openStore(t, path)
+	st, b := start(t, path)
 	defer st.Close()
-	b, err := New(Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
 	pools := b.Pools()
 	if len(pools) != 1 || pools[0].ID != used {
 		t.Fatalf("pools after restart = %+v, want only %s", pools, used)
