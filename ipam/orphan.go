@@ -147,20 +147,21 @@ func (a *Allocator) SweepAddresses() int {
 			delete(a.swept, addr)
 		}
 	}
+	lost := func(al Allocation) bool { return al.Orphaned != 0 && al.Orphaned < before }
 	n := 0
 	for id, cur := range a.pools {
-		if !slices.ContainsFunc(cur.Addrs, func(al Allocation) bool { return al.Orphaned != 0 && al.Orphaned < before }) {
+		if !slices.ContainsFunc(cur.Addrs, lost) {
 			continue
 		}
 		p := cur.clone()
 		p.Addrs = slices.DeleteFunc(p.Addrs, func(al Allocation) bool {
-			if al.Orphaned != 0 && al.Orphaned < before {
-				n++
-				a.swept[al.Addr] = now
-				log.WithFields(log.Fields{"pool": id, "addr": al.Addr}).Info("ipam: released the address of a deleted endpoint whose ReleaseAddress the plugin never read (the engine retried it with an empty body)")
-				return true
+			if !lost(al) {
+				return false
 			}
-			return false
+			n++
+			a.swept[al.Addr] = now
+			log.WithFields(log.Fields{"pool": id, "addr": al.Addr}).Info("ipam: released the address of a deleted endpoint whose ReleaseAddress the plugin never read (the engine retried it with an empty body)")
+			return true
 		})
 		a.saveRelease(p)
 		a.pools[id] = p
