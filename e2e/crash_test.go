@@ -100,10 +100,9 @@ func TestCrashInjection(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Every point was reached: the markers are there.
-	id := e.Run(t, "plugin", "inspect", "-f", "{{.Id}}", PluginName)
-	root := e.Run(t, "info", "-f", "{{.DockerRootDir}}")
+	markers := e.StateDir(t)
 	for _, p := range crashPoints[:5] {
-		if ok, _ := filepath.Glob(filepath.Join(root, "plugins", id, "propagated-mount", "crashed-at-"+p)); len(ok) == 0 {
+		if ok, _ := filepath.Glob(filepath.Join(markers, "crashed-at-"+p)); len(ok) == 0 {
 			t.Errorf("crash point %s was never reached", p)
 		}
 	}
@@ -111,7 +110,7 @@ func TestCrashInjection(t *testing.T) {
 	attempt(t, e, "rm", "-f", "crash-a", "crash-b", "crash-c")
 	attempt(t, e, "network", "rm", "crash")
 	for _, p := range crashPoints[5:] {
-		if ok, _ := filepath.Glob(filepath.Join(root, "plugins", id, "propagated-mount", "crashed-at-"+p)); len(ok) == 0 {
+		if ok, _ := filepath.Glob(filepath.Join(markers, "crashed-at-"+p)); len(ok) == 0 {
 			t.Errorf("crash point %s was never reached", p)
 		}
 	}
@@ -147,9 +146,7 @@ func TestLostReleaseAddress(t *testing.T) {
 	ips := []string{"--ip", "198.18.47.5", "--ip6", "2001:db8:47::5"}
 	e.Run(t, append(append([]string{"run", "-d", "--name", "lost-a", "--network", "lost"}, ips...), Image, "sleep", "600")...)
 	attempt(t, e, "rm", "-f", "lost-a")
-	id := e.Run(t, "plugin", "inspect", "-f", "{{.Id}}", PluginName)
-	root := e.Run(t, "info", "-f", "{{.DockerRootDir}}")
-	if ok, _ := filepath.Glob(filepath.Join(root, "plugins", id, "propagated-mount", "crashed-at-"+point)); len(ok) == 0 {
+	if ok, _ := filepath.Glob(filepath.Join(e.StateDir(t), "crashed-at-"+point)); len(ok) == 0 {
 		t.Fatalf("crash point %s was never reached", point)
 	}
 	if _, err := e.Docker(time.Minute, append(append([]string{"run", "-d", "--name", "lost-b", "--network", "lost"}, ips...), Image, "sleep", "600")...); err != nil {
