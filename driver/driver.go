@@ -208,24 +208,16 @@ func (n *Network) fwNetwork() firewall.Network {
 			iptables.IPv6: n.Options.GwModeV6 == gwUnprotected,
 		},
 	}
-	fn.Subnets = n.pools()
+	fn.Subnets = n.pools(nil)
 	return fn
 }
 
-// pools lists n's subnets, IPv4 first.
-func (n *Network) pools() []netip.Prefix {
+// pools lists n's subnets, IPv4 first: every one, or those keep accepts
+// (Subnet.ournetIPAM: the pools ournet's IPAM may hold).
+func (n *Network) pools(keep func(Subnet) bool) []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
-		out = append(out, s.Pool)
-	}
-	return out
-}
-
-// ournetPools are the pools of n that ournet's IPAM may hold.
-func (n *Network) ournetPools() []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range append(append([]Subnet{}, n.IPv4...), n.IPv6...) {
-		if s.ournetIPAM() {
+		if keep == nil || keep(s) {
 			out = append(out, s.Pool)
 		}
 	}

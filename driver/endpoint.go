@@ -171,7 +171,7 @@ func (d *Driver) addressesGone(n *Network, ep *Endpoint) {
 		if !a.IsValid() {
 			continue
 		}
-		for _, s := range n.ournetPools() {
+		for _, s := range n.pools(Subnet.ournetIPAM) {
 			if s.Contains(a.Addr()) {
 				d.pools.EndpointGone(s, a.Addr())
 				break

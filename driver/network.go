@@ -272,7 +272,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	d.dropNetwork(n)
 	d.leaveCluster(n)
 	if d.pools != nil {
-		d.pools.NetworkGone(n.ournetPools())
+		d.pools.NetworkGone(n.pools(Subnet.ournetIPAM))
 	}
 	crash.Point("delete-network:after-forget")
 	if err := d.unprogramNetwork(n); err != nil {
