@@ -72,35 +72,17 @@ func (b *bench) cluster() error {
 		return err
 	}
 	time.Sleep(500 * time.Millisecond)
-	secs := strconv.Itoa(benchTputSecs)
-	targets := []string{"overlay", "swarm", "hosts"}
-	gbits := map[string][]float64{}
-	for i := 0; i < benchTputReps; i++ {
-		for j := range targets {
-			target := targets[(i+j)%len(targets)] // each one first in turn
-			var out []byte
-			var err error
-			switch target {
-			case "hosts":
-				out, err = exec.Command("nsenter", "--net=/run/netns/"+h1.NetNS, "iperf3", "-c", h2.Addr, "-t", secs, "-J").CombinedOutput()
-			case "swarm":
-				var s string
-				s, err = h1.Docker(time.Minute, "exec", "swc", "iperf3", "-c", swarmSrv, "-t", secs, "-J")
-				out = []byte(s)
-			default:
-				var s string
-				s, err = h1.Docker(time.Minute, "exec", "bcc", "iperf3", "-c", srvIP, "-t", secs, "-J")
-				out = []byte(s)
-			}
-			if err != nil {
-				return fmt.Errorf("iperf3 (%s): %w: %s", target, err, out)
-			}
-			g, err := iperfGbits(out)
-			if err != nil {
-				return err
-			}
-			gbits[target] = append(gbits[target], g)
+	clients := map[string][2]string{"overlay": {"bcc", srvIP}, "swarm": {"swc", swarmSrv}} // container, server
+	gbits, err := iperfRounds([]string{"overlay", "swarm", "hosts"}, func(target string, args ...string) ([]byte, error) {
+		if target == "hosts" {
+			return exec.Command("nsenter", append([]string{"--net=/run/netns/" + h1.NetNS, "iperf3", "-c", h2.Addr}, args...)...).CombinedOutput()
 		}
+		c := clients[target]
+		s, err := h1.Docker(time.Minute, append([]string{"exec", c[0], "iperf3", "-c", c[1]}, args...)...)
+		return []byte(s), err
+	})
+	if err != nil {
+		return err
 	}
 	b.t.Logf("cluster throughput Gbit/s: %v", gbits)
 	stopSwarm()
@@ -239,22 +221,11 @@ func bareVXLAN(sfx string) (map[string][]float64, error) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	from := map[string][2]string{"overlay": {ns("c1"), "198.18.239.2"}, "hosts": {ns("h1"), "203.0.113.102"}}
-	gbits := map[string][]float64{}
-	for i := 0; i < benchTputReps; i++ {
-		for j, target := range []string{"overlay", "hosts"} {
-			if i%2 == 1 {
-				target = []string{"hosts", "overlay"}[j]
-			}
-			out, err := exec.Command("nsenter", "--net=/run/netns/"+from[target][0], "iperf3", "-c", from[target][1], "-t", strconv.Itoa(benchTputSecs), "-J").CombinedOutput()
-			if err != nil {
-				return nil, fmt.Errorf("bare VXLAN rig: iperf3 (%s): %w: %s", target, err, out)
-			}
-			g, err := iperfGbits(out)
-			if err != nil {
-				return nil, err
-			}
-			gbits[target] = append(gbits[target], g)
-		}
+	gbits, err := iperfRounds([]string{"overlay", "hosts"}, func(target string, args ...string) ([]byte, error) {
+		return exec.Command("nsenter", append([]string{"--net=/run/netns/" + from[target][0], "iperf3", "-c", from[target][1]}, args...)...).CombinedOutput()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bare VXLAN rig: %w", err)
 	}
 	return gbits, nil
 }

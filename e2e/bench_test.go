@@ -754,31 +754,15 @@ func (b *bench) throughput() error {
 		return err
 	}
 	time.Sleep(500 * time.Millisecond) // the servers listen
-	secs := strconv.Itoa(benchTputSecs)
-	gbits := map[string][]float64{}
-	targets := []string{string(drvOurnet), string(drvBridge), "floor", string(drvNoSpoof)}
-	for i := 0; i < benchTputReps; i++ {
-		for j := range targets {
-			target := targets[(i+j)%len(targets)] // rotate who goes first
-			var out []byte
-			var err error
-			switch target {
-			case "floor":
-				out, err = exec.Command("nsenter", "--net=/run/netns/"+floor.client, "iperf3", "-c", floor.serverIP, "-t", secs, "-J").CombinedOutput()
-			default:
-				var s string
-				s, err = b.e.Docker(time.Minute, "exec", "bt-"+target+"-c", "iperf3", "-c", servers[driverKind(target)], "-t", secs, "-J")
-				out = []byte(s)
-			}
-			if err != nil {
-				return fmt.Errorf("iperf3 to %s: %w: %s", target, err, out)
-			}
-			g, err := iperfGbits(out)
-			if err != nil {
-				return fmt.Errorf("iperf3 to %s: %w", target, err)
-			}
-			gbits[target] = append(gbits[target], g)
+	gbits, err := iperfRounds([]string{string(drvOurnet), string(drvBridge), "floor", string(drvNoSpoof)}, func(target string, args ...string) ([]byte, error) {
+		if target == "floor" {
+			return exec.Command("nsenter", append([]string{"--net=/run/netns/" + floor.client, "iperf3", "-c", floor.serverIP}, args...)...).CombinedOutput()
 		}
+		s, err := b.e.Docker(time.Minute, append([]string{"exec", "bt-" + target + "-c", "iperf3", "-c", servers[driverKind(target)]}, args...)...)
+		return []byte(s), err
+	})
+	if err != nil {
+		return err
 	}
 	b.t.Logf("throughput Gbit/s: %v", gbits)
 	o, br, fl, ns := median(gbits["ournet"]), median(gbits["bridge"]), median(gbits["floor"]), median(gbits[string(drvNoSpoof)])
@@ -846,6 +830,29 @@ func (b *bench) floorNetns() (floorNS, func(), error) {
 		return f, stop, err
 	}
 	return f, stop, nil
+}
+
+// iperfRounds runs benchTputReps rounds of iperf3 clients, one run of
+// benchTputSecs per target in each round, each target first in turn so that
+// the machine's drift hits all alike, and returns each target's Gbit/s.
+// run starts a target's client with args (-t, -J) and returns its output.
+func iperfRounds(targets []string, run func(target string, args ...string) ([]byte, error)) (map[string][]float64, error) {
+	gbits := map[string][]float64{}
+	for i := 0; i < benchTputReps; i++ {
+		for j := range targets {
+			target := targets[(i+j)%len(targets)]
+			out, err := run(target, "-t", strconv.Itoa(benchTputSecs), "-J")
+			if err != nil {
+				return nil, fmt.Errorf("iperf3 to %s: %w: %s", target, err, out)
+			}
+			g, err := iperfGbits(out)
+			if err != nil {
+				return nil, fmt.Errorf("iperf3 to %s: %w", target, err)
+			}
+			gbits[target] = append(gbits[target], g)
+		}
+	}
+	return gbits, nil
 }
 
 // iperfGbits reads the receiver's throughput from iperf3 -J.
