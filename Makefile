@@ -85,7 +85,7 @@ test: deps vet unit e2e
 
 # ournet against Docker's bridge driver on one private engine (issue #7), on
 # the system's engine: prints a table and writes docs/bench.md, docs/bench.png
-# and README.md's Benchmark section. About 13 minutes on 2 cores (500 networks
+# and README.md's Benchmark section. 13 to 16 minutes on 2 cores (500 networks
 # of each driver for the growth rows).
 BENCH_PLUGIN ?= build/plugin
 bench:
