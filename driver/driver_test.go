@@ -6,18 +6,21 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/netdev"
 	"github.com/ournet/ournet/internal/store"
 	"github.com/ournet/ournet/internal/subnet"
+	"github.com/ournet/ournet/ipam"
 )
 
 // fakeLinks and fakeFW record what exists, so tests can check that a failed
@@ -421,6 +424,92 @@ func TestReclaimOverlapping(t *testing.T) {
 	}
 	if _, ok := l3.bridges["ournet-bbbbbbbb"]; !ok {
 		t.Fatal("the answered network's bridge was removed")
+	}
+	// The IPAM's side (its RequestPool overlaps the pool): an answered
+	// network is kept, an unanswered one of an earlier run is removed and
+	// its subnets named.
+	if got := d3.ReclaimUnlearnt(netip.MustParsePrefix("198.18.7.0/24")); got != nil {
+		t.Fatalf("the IPAM reclaimed %v of an answered network", got)
+	}
+	if _, ok := l3.bridges["ournet-bbbbbbbb"]; !ok {
+		t.Fatal("the answered network's bridge was removed by the IPAM's reclaim")
+	}
+	third := createReq()
+	third.NetworkID = "cccccccccccc" + nid[12:]
+	third.IPv4Data = []*network.IPAMData{{Pool: "198.18.9.0/24"}}
+	if err := d3.CreateNetwork(third); err != nil {
+		t.Fatal(err)
+	}
+	if got := d3.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/25")); got != nil {
+		t.Fatalf("the IPAM reclaimed %v of this run's network", got)
+	}
+	d4, l4 := restart()
+	got := d4.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/25"))
+	if !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("198.18.9.0/24")}) {
+		t.Fatalf("the IPAM's reclaim of an unlearnt network named %v, want its subnet", got)
+	}
+	if _, ok := l4.bridges["ournet-cccccccc"]; ok {
+		t.Fatal("the unlearnt network's bridge was kept")
+	}
+	if got := d4.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/24")); got != nil {
+		t.Fatalf("a second reclaim named %v", got)
+	}
+}
+
+// The whole of a create cut short on an engine that gave up on it: the
+// plugin saved the network and died before answering, stayed down past
+// dockerd's retries, and lost dockerd's ReleasePool of the pool too (its
+// empty retry found no orphan). The user's next create of the same subnet
+// gets the pool (the IPAM asks the driver, as the plugin wires them) and
+// the network, and the leftover bridge is gone.
+func TestCreateCutShortAndPoolReleaseLost(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	start := func() (*Driver, *ipam.Allocator, *fakeLinks) {
+		a, err := ipam.New(ipam.Config{}, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
+		d := New(Deps{Links: l, Firewall: &fakeFW{nets: map[string]firewall.Network{}}, Sysctls: fakeSysctl{}, Store: st, Pools: a})
+		a.SetReclaim(d.ReclaimUnlearnt)
+		if err := d.Restore(); err != nil {
+			t.Fatal(err)
+		}
+		return d, a, l
+	}
+	create := func(d *Driver, a *ipam.Allocator, id string) error {
+		pool, err := a.RequestPool(&ipamapi.RequestPoolRequest{Pool: "198.18.7.0/24"})
+		if err != nil {
+			return err
+		}
+		if _, err := a.RequestAddress(&ipamapi.RequestAddressRequest{PoolID: pool.PoolID,
+			Options: map[string]string{"RequestAddressType": "com.docker.network.gateway"}}); err != nil {
+			return err
+		}
+		req := createReq()
+		req.NetworkID = id
+		return d.CreateNetwork(req)
+	}
+	d, a, _ := start()
+	if err := create(d, a, nid); err != nil { // never answered: the plugin died
+		t.Fatal(err)
+	}
+	d2, a2, l2 := start()
+	if n := a2.SweepOrphans(); n != 0 {
+		t.Fatalf("the lost ReleasePool's empty retry freed %d pools", n)
+	}
+	if err := create(d2, a2, "bbbbbbbbbbbb"+nid[12:]); err != nil {
+		t.Fatalf("the next create of the subnet: %v", err)
+	}
+	if _, ok := l2.bridges["ournet-aaaaaaaa"]; ok {
+		t.Fatal("the leftover network's bridge was kept")
+	}
+	if got := len(a2.Pools()); got != 1 {
+		t.Fatalf("%d pools held, want the new network's", got)
 	}
 }
 

@@ -312,18 +312,58 @@ func (d *Driver) reclaimOverlapping(n *Network) error {
 			return nil
 		}
 		other := d.networks[d.owners[overlap][0]]
-		if !other.Unanswered || other.Boot == d.boot {
+		if !d.unlearnt(other) {
 			return fmt.Errorf("ournet: subnet %s overlaps subnet %s of ournet network %s (bridge %s); choose another subnet or remove that network", mine, overlap, short12(other.ID), other.Bridge)
 		}
-		logNet(other.ID).WithField("subnet", overlap).Warn("removing a network dockerd never learnt of (the plugin stopped before answering its creation)")
-		d.forget("network", bucketNetworks, other.ID)
-		d.dropNetwork(other)
-		d.leaveCluster(other)
-		if err := d.unprogramNetwork(other); err != nil {
-			return fmt.Errorf("ournet: removing leftover network %s: %w", short12(other.ID), err)
+		if err := d.removeUnlearnt(other, overlap); err != nil {
+			return err
 		}
-		d.journalDone(other.ID)
 	}
+}
+
+// unlearnt says whether n is a network dockerd never learnt of: created by
+// an earlier run of the plugin, whose CreateNetwork was never answered.
+func (d *Driver) unlearnt(n *Network) bool { return n.Unanswered && n.Boot != d.boot }
+
+// removeUnlearnt removes such a network, found overlapping subnet. Its
+// record is forgotten first, so a kernel object left by an error here is an
+// orphan the next start removes. Called with d.mu held.
+func (d *Driver) removeUnlearnt(n *Network, subnet netip.Prefix) error {
+	logNet(n.ID).WithField("subnet", subnet).Warn("removing a network dockerd never learnt of (the plugin stopped before answering its creation)")
+	d.forget("network", bucketNetworks, n.ID)
+	d.dropNetwork(n)
+	d.leaveCluster(n)
+	if err := d.unprogramNetwork(n); err != nil {
+		return fmt.Errorf("ournet: removing leftover network %s: %w", short12(n.ID), err)
+	}
+	d.journalDone(n.ID)
+	return nil
+}
+
+// ReclaimUnlearnt is the IPAM's side of reclaimOverlapping (ipam.Allocator
+// SetReclaim): a RequestPool whose subnet overlaps the pool of a network
+// dockerd never learnt of has that network removed. dockerd's ReleasePool
+// of that pool, sent when the create failed, may have been lost to the
+// plugin's restart too, and no DeleteNetwork comes for a network dockerd
+// does not have, so the pool would stay held and every later create of the
+// subnet be refused. It returns the subnets of the removed network's pools
+// of ournet's IPAM, which the IPAM then frees; none if the subnet is not
+// such a network's.
+func (d *Driver) ReclaimUnlearnt(subnet netip.Prefix) []netip.Prefix {
+	defer d.lock()()
+	q, ok := d.subnets.Overlap(subnet)
+	if !ok {
+		return nil
+	}
+	n := d.networks[d.owners[q][0]]
+	if n == nil || !d.unlearnt(n) {
+		return nil
+	}
+	if err := d.removeUnlearnt(n, q); err != nil {
+		// The record is gone: its pools have no network either.
+		logNet(n.ID).WithError(err).Warn("removing a network dockerd never learnt of (the next start removes what is left)")
+	}
+	return n.pools(Subnet.ournetIPAM)
 }
 
 // overlapping returns a subnet of n that overlaps a known network's, and

@@ -93,6 +93,9 @@ type Allocator struct {
 	// lost: when empty ReleasePool retries came that freed no orphan,
 	// oldest first (orphan.go).
 	lost []time.Time
+	// reclaim: the driver's hook for the pools of networks dockerd never
+	// learnt of (orphan.go); nil: none.
+	reclaim func(netip.Prefix) []netip.Prefix
 	// swept: addresses SweepAddresses freed, and when; the late release
 	// of such an address may still come (orphan.go).
 	swept map[netip.Addr]time.Time

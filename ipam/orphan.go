@@ -52,6 +52,60 @@ import (
 // ignored too and the address stays held until its pool goes.
 // The gateway and --aux-address are released with the network's pool.
 
+// A pool can also be held with no network at all: the plugin died in the
+// network's CreateNetwork after saving it, and stayed down past dockerd's
+// retries (30 s). dockerd then fails the create and sends ReleasePool,
+// which a plugin still down, or dying again, loses; no DeleteNetwork comes
+// for a network dockerd does not have, so the pool never becomes an orphan
+// and the user's next create of the subnet would be refused for ever. The
+// driver can prove which networks dockerd never learnt of (an earlier
+// run's, never answered), so a RequestPool that overlaps a pool asks it
+// first (SetReclaim): it removes such a network and names its pools, which
+// are freed as that lost ReleasePool would have freed them. No ReleasePool
+// of theirs can still come: dockerd sends it before it fails the create,
+// and the user runs the command again after that.
+
+// SetReclaim sets the driver's hook (driver.ReclaimUnlearnt): given a
+// subnet a new pool would overlap, it removes the network dockerd never
+// learnt of that holds it, if that is what holds it, and returns that
+// network's subnets. Call before serving.
+func (a *Allocator) SetReclaim(fn func(netip.Prefix) []netip.Prefix) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.reclaim = fn
+}
+
+// reclaimUnlearnt frees the pools of the network dockerd never learnt of
+// that a pool of pfx would overlap, if that is what it overlaps. Called
+// without a.mu: the hook takes the driver's lock, and the driver calls the
+// IPAM with it held.
+func (a *Allocator) reclaimUnlearnt(pfx netip.Prefix) {
+	a.mu.Lock()
+	fn := a.reclaim
+	q, ok := a.overlap(pfx)
+	a.mu.Unlock()
+	if fn == nil || !ok {
+		return
+	}
+	subnets := fn(q)
+	if len(subnets) == 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range subnets {
+		p := a.poolOf(s.Masked())
+		if p == nil || p.Pending {
+			continue // freed meanwhile, or never answered (a start drops it)
+		}
+		if len(a.lost) > 0 {
+			a.lost = a.lost[1:] // the lost release was most likely this one
+		}
+		a.release(p)
+		log.WithField("pool", p.ID).Warn("ipam: released the pool of a network dockerd never learnt of (the plugin stopped before answering its creation, and lost the pool's ReleasePool)")
+	}
+}
+
 // orphanGrace is how long after its network's delete an orphan's own
 // ReleasePool may still arrive (dockerd's plugin timeout is 30 s), and how
 // long a lost release waits for its DeleteNetwork.

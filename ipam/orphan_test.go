@@ -231,3 +231,47 @@ func poolIDs(a *Allocator) []string {
 	}
 	return ids
 }
+
+// The pool of a network dockerd never learnt of, whose ReleasePool was
+// lost (its empty retry found no orphan), gives way to a new pool of the
+// same subnet once the driver has removed that network, and only then:
+// the hook is asked with the subnet held, and a pool it does not name
+// stays held.
+func TestUnlearntNetworkPoolReclaimed(t *testing.T) {
+	a := newMem(t, Config{})
+	held := mustPool(t, a, net1.String(), "", nil)
+	mustAddr(t, a, held, "", gwOpts) // answered: dockerd learnt the pool
+	other := mustPool(t, a, net2.String(), "", nil)
+	mustAddr(t, a, other, "", gwOpts)
+	if n := a.SweepOrphans(); n != 0 { // the lost ReleasePool's empty retry
+		t.Fatalf("the empty retry freed %d pools", n)
+	}
+	req := &api.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.1.0.0/25"}
+	if _, err := a.RequestPool(req); err == nil || !strings.Contains(err.Error(), "overlaps 10.1.0.0/24") {
+		t.Fatalf("without the driver's hook: %v, want the overlap refused", err)
+	}
+	var asked []netip.Prefix
+	a.SetReclaim(func(q netip.Prefix) []netip.Prefix {
+		asked = append(asked, q)
+		if q == net2 {
+			return nil // a network dockerd has
+		}
+		return []netip.Prefix{q}
+	})
+	if _, err := a.RequestPool(&api.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.2.0.128/25"}); err == nil {
+		t.Fatal("a pool the driver does not give up was freed")
+	}
+	res, err := a.RequestPool(req)
+	if err != nil {
+		t.Fatalf("the unlearnt network's pool was not freed: %v", err)
+	}
+	if !slices.Equal(asked, []netip.Prefix{net2, net1}) {
+		t.Fatalf("the hook was asked %v, want [%s %s]", asked, net2, net1)
+	}
+	if got := poolIDs(a); !slices.Contains(got, other) || !slices.Contains(got, res.PoolID) || slices.Contains(got, held) {
+		t.Fatalf("pools %v, want %s and %s, not %s", got, other, res.PoolID, held)
+	}
+	if len(a.lost) != 0 {
+		t.Fatalf("the lost release is kept (%d): it was the freed pool's", len(a.lost))
+	}
+}

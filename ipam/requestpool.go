@@ -35,6 +35,7 @@ func (a *Allocator) RequestPool(req *api.RequestPoolRequest) (*api.RequestPoolRe
 		return nil, newErr(ErrInvalid, "%v", err)
 	} else {
 		routes = a.routes(req.V6)
+		a.reclaimUnlearnt(pfx)
 	}
 
 	a.mu.Lock()

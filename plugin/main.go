@@ -194,6 +194,7 @@ func run() error {
 	spoof := antispoof.New()
 	ports := portmap.New(portmap.Config{Runner: runner, Families: families})
 	drv := driver.New(driver.Deps{Links: links, Firewall: fw, Sysctls: sysctlSetter{}, Store: st, AntiSpoof: spoof, Ports: ports, Pools: alloc})
+	alloc.SetReclaim(drv.ReclaimUnlearnt)
 	if verdict.Fresh {
 		drv.RemoveUnknownAtRestore()
 	}
