@@ -49,6 +49,7 @@ type Overlay interface {
 	Ensure(overlay.Device) error
 	Delete(name, owner string) error
 	SetPeers(dev string, peers []overlay.Peer) (added, removed int, err error)
+	SetFastPath(dev string, locals []overlay.Local, remotes []net.HardwareAddr) error
 }
 
 // ClusterPools is the IPAM's side of a cluster network: its pool takes its
@@ -93,8 +94,10 @@ type clusterState struct {
 	cfg    *Cluster
 	mu     sync.Mutex
 	agents map[string]*agent // network ID -> its data path's watcher
-	down   bool              // the store did not answer (noteStore)
-	kick   chan struct{}
+	// fastPathErr: the last error of each network's fast path, said once.
+	fastPathErr map[string]string
+	down        bool // the store did not answer (noteStore)
+	kick        chan struct{}
 	// guardMu orders the guard's updates (each writes what it read of the
 	// agents under mu): the last one written is the newest.
 	guardMu sync.Mutex
@@ -105,7 +108,7 @@ func (d *Driver) SetCluster(c *Cluster) {
 	if c.SyncEvery == 0 {
 		c.SyncEvery = 5 * time.Second
 	}
-	d.cl = &clusterState{cfg: c, agents: map[string]*agent{}, kick: make(chan struct{}, 1)}
+	d.cl = &clusterState{cfg: c, agents: map[string]*agent{}, fastPathErr: map[string]string{}, kick: make(chan struct{}, 1)}
 }
 
 // ClusterOff records why the cluster store could not be set up (a bad
@@ -372,6 +375,7 @@ func (d *Driver) stopAgent(id string) {
 		a.stop()
 		delete(d.cl.agents, id)
 	}
+	delete(d.cl.fastPathErr, id)
 }
 
 // kickAgent makes n's agent list and program again (its device was made
@@ -496,6 +500,7 @@ func (d *Driver) program(id, dev string, a *agent, remote map[netip.Addr]cluster
 	} else if added+removed > 0 {
 		logNet(id).WithFields(map[string]any{"added": added, "removed": removed, "peers": len(peers)}).Debug("cluster: remote endpoints programmed")
 	}
+	d.fastPath(id, dev, peers)
 	slices.SortFunc(vteps, netip.Addr.Compare)
 	vteps = slices.Compact(vteps)
 	d.cl.mu.Lock()
@@ -504,6 +509,48 @@ func (d *Driver) program(id, dev string, a *agent, remote map[netip.Addr]cluster
 	d.cl.mu.Unlock()
 	if changed {
 		d.updateGuard()
+	}
+}
+
+// fastPath makes IPv4 between this host's endpoints of the network and
+// the remote ones skip the bridge (overlay.SetFastPath), where the bridge
+// would forward it anyway: with icc on. With icc=false every frame stays
+// on the bridge's isolated ports, and the network has no fast path.
+func (d *Driver) fastPath(id, dev string, peers []overlay.Peer) {
+	unlock := d.lock()
+	n := d.networks[id]
+	var locals []overlay.Local
+	if n != nil && n.Options.ICC {
+		for _, ep := range d.endpoints {
+			mac, err := net.ParseMAC(ep.MAC)
+			if ep.NetworkID == id && err == nil && ep.Addr.IsValid() && ep.Addr.Addr().Is4() {
+				locals = append(locals, overlay.Local{Veth: ep.HostVeth, MAC: mac, IPv4: ep.Addr.Addr()})
+			}
+		}
+	}
+	unlock()
+	if n == nil {
+		return // deleted meanwhile: its device went with it
+	}
+	var remotes []net.HardwareAddr
+	seen := map[string]bool{}
+	for _, p := range peers {
+		if !seen[p.MAC.String()] {
+			seen[p.MAC.String()] = true
+			remotes = append(remotes, p.MAC)
+		}
+	}
+	err := d.cl.cfg.Overlay.SetFastPath(dev, locals, remotes)
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	d.cl.mu.Lock()
+	again := d.cl.fastPathErr[id] == msg
+	d.cl.fastPathErr[id] = msg
+	d.cl.mu.Unlock()
+	if err != nil && !again { // said once, not at every resync (a kernel without u32 or mirred)
+		logNet(id).WithError(err).Warn("cluster: programming the fast path (frames take the bridge meanwhile)")
 	}
 }
 

@@ -1,0 +1,134 @@
+package overlay
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// IPv4 between a local container and a remote one takes the fast path, past
+// the bridge: with both bridges dropping every frame they forward, the
+// containers still talk, but only with their own
+// addresses; without the fast path they do not. Neighbour entries are
+// static here: ARP takes the bridge, as it always does.
+func TestFastPathSkipsTheBridge(t *testing.T) {
+	l := newLab(t)
+	for i, m := range []*Manager{l.ma, l.mb} {
+		d := Device{Name: "ov-4096", VNI: 4096, Local: netip.MustParseAddr([]string{"198.51.100.1", "198.51.100.2"}[i]),
+			Bridge: "br0", MTU: 1500 - Overhead, Owner: "net1"}
+		if err := m.Ensure(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := Local{Veth: "v" + l.ca, MAC: l.macA, IPv4: netip.MustParseAddr("10.50.0.10")}
+	b := Local{Veth: "v" + l.cb, MAC: l.macB, IPv4: netip.MustParseAddr("10.50.0.20")}
+	if _, _, err := l.ma.SetPeers("ov-4096", []Peer{{Addr: b.IPv4, MAC: b.MAC, VTEP: netip.MustParseAddr("198.51.100.2")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := l.mb.SetPeers("ov-4096", []Peer{{Addr: a.IPv4, MAC: a.MAC, VTEP: netip.MustParseAddr("198.51.100.1")}}); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "ip", "-n", l.ca, "neigh", "replace", "10.50.0.20", "lladdr", l.macB.String(), "dev", "eth0", "nud", "permanent")
+	sh(t, "ip", "-n", l.cb, "neigh", "replace", "10.50.0.10", "lladdr", l.macA.String(), "dev", "eth0", "nud", "permanent")
+	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+		t.Fatalf("through the bridges: %v", err)
+	}
+	bridges := func(verdict string) { // what both bridges do with every frame they would forward
+		for _, ns := range []string{l.a, l.b} {
+			sh(t, "ip", "netns", "exec", ns, "nft", "add table bridge t { chain f { type filter hook forward priority 0; policy "+verdict+"; }; }")
+		}
+	}
+	bridges("drop")
+	if err := l.ping(l.ca, "10.50.0.20"); err == nil {
+		t.Fatal("the containers talk with the bridges dropping everything: the test proves nothing")
+	}
+	for try := 0; try < 2; try++ { // idempotent
+		if err := l.ma.SetFastPath("ov-4096", []Local{a}, []net.HardwareAddr{b.MAC}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.mb.SetFastPath("ov-4096", []Local{b}, []net.HardwareAddr{a.MAC}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(sh(t, "tc", "-n", l.a, "filter", "show", "dev", a.Veth, "ingress"), "fh 8"); n != 2+2 {
+		// two hash tables (one per priority), a pass and a redirect
+		t.Fatalf("%d u32 entries on %s after two runs, want 4:\n%s", n, a.Veth, sh(t, "tc", "-n", l.a, "filter", "show", "dev", a.Veth, "ingress"))
+	}
+	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+		t.Fatalf("over the fast path: %v", err)
+	}
+	if err := l.ping(l.cb, "10.50.0.10"); err != nil {
+		t.Fatalf("over the fast path, back: %v", err)
+	}
+	// Another source address takes the bridge, where anti-spoofing would
+	// judge it; here the bridge drops it.
+	sh(t, "ip", "-n", l.ca, "addr", "add", "10.50.0.99/24", "dev", "eth0")
+	if out, err := l.pingFrom(l.ca, "10.50.0.99", "10.50.0.20"); err == nil {
+		t.Fatalf("a spoofed source took the fast path: %s", out)
+	}
+	// A DHCP server's reply (UDP from port 67) takes the bridge, where
+	// anti-spoofing drops it; from another port, UDP takes the fast path.
+	if !l.udpArrives(l.ca, 68, l.cb, "10.50.0.20") {
+		t.Fatal("UDP from port 68 did not take the fast path")
+	}
+	if l.udpArrives(l.ca, 67, l.cb, "10.50.0.20") {
+		t.Fatal("UDP from port 67 (a DHCP server's) took the fast path")
+	}
+	// A remote endpoint gone: the frames for it take the bridge again.
+	if err := l.ma.SetFastPath("ov-4096", []Local{a}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.ping(l.ca, "10.50.0.20"); err == nil {
+		t.Fatal("the fast path outlived the remote endpoints")
+	}
+	if out := sh(t, "tc", "-n", l.a, "qdisc", "show", "dev", a.Veth); strings.Contains(out, "clsact") {
+		t.Fatalf("a veth with no fast path keeps its qdisc: %s", out)
+	}
+	if err := l.mb.SetFastPath("ov-4096", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{"ov-4096", b.Veth} {
+		if out := sh(t, "tc", "-n", l.b, "qdisc", "show", "dev", dev); strings.Contains(out, "clsact") {
+			t.Fatalf("%s keeps its qdisc with no fast path: %s", dev, out)
+		}
+	}
+	bridges("accept")
+	if err := l.ping(l.cb, "10.50.0.10"); err != nil {
+		t.Fatalf("through the bridges again: %v", err)
+	}
+}
+
+func (l *lab) pingFrom(ns, src, to string) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "2", "-I", src, to).CombinedOutput()
+	return string(out), err
+}
+
+// udpArrives sends one datagram from port sport in ns to dst:9999, and says
+// whether a listener in dstNS got it within a second.
+func (l *lab) udpArrives(ns string, sport int, dstNS, dst string) bool {
+	l.t.Helper()
+	recv := exec.Command("ip", "netns", "exec", dstNS, "python3", "-c",
+		"import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('',9999))\nprint('ready',flush=True)\ns.settimeout(1)\n"+
+			"try:\n  print(s.recv(100).decode(),flush=True)\nexcept socket.timeout:\n  pass\n")
+	out, err := recv.StdoutPipe()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	if err := recv.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	n, _ := out.Read(buf) // "ready"
+	if !strings.HasPrefix(string(buf[:n]), "ready") {
+		l.t.Fatalf("UDP listener in %s: %q", dstNS, buf[:n])
+	}
+	sh(l.t, "ip", "netns", "exec", ns, "python3", "-c", fmt.Sprintf(
+		"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('',%d))\ns.sendto(b'dgram',(%q,9999))", sport, dst))
+	rest, _ := io.ReadAll(out)
+	_ = recv.Wait()
+	return strings.Contains(string(buf[:n])+string(rest), "dgram")
+}
