@@ -88,6 +88,9 @@ func (d *Driver) heal(n *Network, ep *Endpoint) {
 			log.WithError(err).Error("published ports of the endpoint plumbed again")
 		}
 	}
+	if n.Cluster != nil && d.cl != nil {
+		d.kickAgent(n.ID) // the fast path's filters follow the new veth
+	}
 	ep.healed, ep.healErr = time.Now().UTC(), ""
 	log.WithField("interface", p.IfName).Warn("drift: the endpoint's veth was gone; plumbed it into its container again (address, MAC, MTU, routes)")
 }
