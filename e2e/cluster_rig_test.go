@@ -24,8 +24,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -478,6 +480,19 @@ func (c *Cluster) link(i int, state string) error {
 		return fmt.Errorf("underlay link of host %d %s: %w: %s", i, state, err, out)
 	}
 	return nil
+}
+
+// FastPathPackets adds up the packets the host's VXLAN devices handed
+// straight to their containers' veths (the fast path's redirects, tc -s),
+// and returns tc's output too.
+func (h *CHost) FastPathPackets() (int, string, error) {
+	out, err := h.ShFor(10*time.Second, "sh", "-c", "for d in $(ip -o link show type vxlan | cut -d: -f2 | tr -d ' '); do tc -s filter show dev $d ingress; done")
+	n := 0
+	for _, m := range regexp.MustCompile(`Sent \d+ bytes (\d+) pkt`).FindAllStringSubmatch(out, -1) {
+		k, _ := strconv.Atoi(m[1])
+		n += k
+	}
+	return n, out, err
 }
 
 // ShFor runs a command in the host's namespace, killed after timeout.

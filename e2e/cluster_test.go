@@ -25,7 +25,6 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -622,23 +621,12 @@ func (s *clusterSuite) createAndTalk(t testing.TB) {
 	// each host's VXLAN device handed the packets for its container
 	// straight to the container's veth.
 	for _, h := range s.Hosts {
-		out, err := h.ShFor(10*time.Second, "sh", "-c", "for d in $(ip -o link show type vxlan | cut -d: -f2 | tr -d ' '); do tc -s filter show dev $d ingress; done")
-		if n := sentPackets(out); err != nil || n == 0 {
+		if n, out, err := h.FastPathPackets(); err != nil || n == 0 {
 			t.Errorf("host %d: the VXLAN device redirected %d packets to its containers (%v):\n%s", h.I, n, err, out)
 		} else {
 			t.Logf("host %d: %d packets from the tunnel went straight to their container", h.I, n)
 		}
 	}
-}
-
-// sentPackets adds up the packets that tc -s says its actions sent.
-func sentPackets(tcOut string) int {
-	n := 0
-	for _, m := range regexp.MustCompile(`Sent \d+ bytes (\d+) pkt`).FindAllStringSubmatch(tcOut, -1) {
-		k, _ := strconv.Atoi(m[1])
-		n += k
-	}
-	return n
 }
 
 // parallelRuns: 18 `docker run` at once, 6 per host: 18 distinct

@@ -122,18 +122,6 @@ func (m *Manager) SetFastPath(dev string, locals []Local, remotes []net.Hardware
 	return first
 }
 
-// ClearFastPath removes the fast path from a veth (the endpoint leaves it;
-// the veth's own deletion takes it anyway). A missing veth is success.
-func (m *Manager) ClearFastPath(veth string) error {
-	link, err := m.h.LinkByName(veth)
-	if isNotFound(err) {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	return m.setIngress(link, nil)
-}
-
 // setIngress makes link's ingress filters exactly want (with a clsact
 // qdisc), or removes its clsact qdisc if want is empty.
 func (m *Manager) setIngress(link netlink.Link, want []*netlink.U32) error {
