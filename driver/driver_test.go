@@ -428,8 +428,8 @@ func TestReclaimOverlapping(t *testing.T) {
 	// The IPAM's side (its RequestPool overlaps the pool): an answered
 	// network is kept, an unanswered one of an earlier run is removed and
 	// its subnets named.
-	if got := d3.ReclaimUnlearnt(netip.MustParsePrefix("198.18.7.0/24")); got != nil {
-		t.Fatalf("the IPAM reclaimed %v of an answered network", got)
+	if got, known := d3.ReclaimUnlearnt(netip.MustParsePrefix("198.18.7.0/24")); got != nil || !known {
+		t.Fatalf("the IPAM reclaimed %v (%v) of an answered network", got, known)
 	}
 	if _, ok := l3.bridges["ournet-bbbbbbbb"]; !ok {
 		t.Fatal("the answered network's bridge was removed by the IPAM's reclaim")
@@ -440,19 +440,19 @@ func TestReclaimOverlapping(t *testing.T) {
 	if err := d3.CreateNetwork(third); err != nil {
 		t.Fatal(err)
 	}
-	if got := d3.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/25")); got != nil {
-		t.Fatalf("the IPAM reclaimed %v of this run's network", got)
+	if got, known := d3.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/25")); got != nil || !known {
+		t.Fatalf("the IPAM reclaimed %v (%v) of this run's network", got, known)
 	}
 	d4, l4 := restart()
-	got := d4.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/25"))
-	if !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("198.18.9.0/24")}) {
-		t.Fatalf("the IPAM's reclaim of an unlearnt network named %v, want its subnet", got)
+	got, known := d4.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/25"))
+	if !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("198.18.9.0/24")}) || !known {
+		t.Fatalf("the IPAM's reclaim of an unlearnt network named %v (%v), want its subnet", got, known)
 	}
 	if _, ok := l4.bridges["ournet-cccccccc"]; ok {
 		t.Fatal("the unlearnt network's bridge was kept")
 	}
-	if got := d4.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/24")); got != nil {
-		t.Fatalf("a second reclaim named %v", got)
+	if got, known := d4.ReclaimUnlearnt(netip.MustParsePrefix("198.18.9.0/24")); got != nil || known {
+		t.Fatalf("a second reclaim named %v (%v)", got, known)
 	}
 }
 

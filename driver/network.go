@@ -348,22 +348,25 @@ func (d *Driver) removeUnlearnt(n *Network, subnet netip.Prefix) error {
 // does not have, so the pool would stay held and every later create of the
 // subnet be refused. It returns the subnets of the removed network's pools
 // of ournet's IPAM, which the IPAM then frees; none if the subnet is not
-// such a network's.
-func (d *Driver) ReclaimUnlearnt(subnet netip.Prefix) []netip.Prefix {
+// such a network's. known says whether an ournet network held the subnet.
+func (d *Driver) ReclaimUnlearnt(subnet netip.Prefix) (subnets []netip.Prefix, known bool) {
 	defer d.lock()()
 	q, ok := d.subnets.Overlap(subnet)
 	if !ok {
-		return nil
+		return nil, false
 	}
 	n := d.networks[d.owners[q][0]]
-	if n == nil || !d.unlearnt(n) {
-		return nil
+	if n == nil {
+		return nil, false
+	}
+	if !d.unlearnt(n) {
+		return nil, true
 	}
 	if err := d.removeUnlearnt(n, q); err != nil {
 		// The record is gone: its pools have no network either.
 		logNet(n.ID).WithError(err).Warn("removing a network dockerd never learnt of (the next start removes what is left)")
 	}
-	return n.pools(Subnet.ournetIPAM)
+	return n.pools(Subnet.ournetIPAM), true
 }
 
 // overlapping returns a subnet of n that overlaps a known network's, and

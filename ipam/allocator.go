@@ -95,7 +95,10 @@ type Allocator struct {
 	lost []time.Time
 	// reclaim: the driver's hook for the pools of networks dockerd never
 	// learnt of (orphan.go); nil: none.
-	reclaim func(netip.Prefix) []netip.Prefix
+	reclaim func(netip.Prefix) (subnets []netip.Prefix, known bool)
+	// cutShort: pools whose gateway RequestAddress an earlier run was
+	// handling when it stopped, unanswered (orphan.go).
+	cutShort map[string]bool
 	// swept: addresses SweepAddresses freed, and when; the late release
 	// of such an address may still come (orphan.go).
 	swept map[netip.Addr]time.Time
@@ -110,7 +113,7 @@ var _ api.Ipam = (*Allocator)(nil)
 // an allocator that forgets everything when it goes.
 func New(cfg Config, st *store.Store) (*Allocator, error) {
 	a := &Allocator{hostNetworks: cfg.HostNetworks, hostRoutes: cfg.HostRoutes, serial: cfg.Serial, st: st,
-		pools: map[string]*pool{}, byPrefix: subnet.NewIndex(), swept: map[netip.Addr]time.Time{}, started: time.Now()}
+		pools: map[string]*pool{}, byPrefix: subnet.NewIndex(), swept: map[netip.Addr]time.Time{}, started: time.Now(), cutShort: map[string]bool{}}
 	for _, d := range append(slices.Clone(cfg.DefaultPools), cfg.DefaultPoolsV6...) {
 		if err := d.validate(); err != nil {
 			return nil, newErr(ErrInvalid, "default pool %s: %v", d.Base, err)

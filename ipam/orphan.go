@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	api "github.com/docker/go-plugins-helpers/ipam"
 	log "github.com/sirupsen/logrus"
 )
 
@@ -65,14 +66,36 @@ import (
 // of theirs can still come: dockerd sends it before it fails the create,
 // and the user runs the command again after that.
 
+//
+// The plugin can also die, and stay down as long, one step earlier: in the
+// gateway's RequestAddress, after RequestPool was answered. Then there is
+// no network at all, and nothing but the cut-short call (its body kept for
+// a replay, with no reply) says the create failed: the plugin tells the
+// IPAM at start (GatewayCutShort). A RequestPool that overlaps such a pool,
+// which no ournet network holds and whose RequestAddress dockerd did not
+// retry since, frees it the same way.
+
 // SetReclaim sets the driver's hook (driver.ReclaimUnlearnt): given a
 // subnet a new pool would overlap, it removes the network dockerd never
 // learnt of that holds it, if that is what holds it, and returns that
-// network's subnets. Call before serving.
-func (a *Allocator) SetReclaim(fn func(netip.Prefix) []netip.Prefix) {
+// network's subnets; known says whether an ournet network held it at all.
+// Call before serving.
+func (a *Allocator) SetReclaim(fn func(netip.Prefix) (subnets []netip.Prefix, known bool)) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.reclaim = fn
+}
+
+// GatewayCutShort takes a RequestAddress an earlier run of the plugin
+// stopped in, before answering it: if it was a gateway's, its pool is
+// marked. Call before serving.
+func (a *Allocator) GatewayCutShort(req *api.RequestAddressRequest) {
+	if req.Options[optRequestAddressType] != optGateway {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.cutShort[req.PoolID] = true
 }
 
 // reclaimUnlearnt frees the pools of the network dockerd never learnt of
@@ -87,12 +110,15 @@ func (a *Allocator) reclaimUnlearnt(pfx netip.Prefix) {
 	if fn == nil || !ok {
 		return
 	}
-	subnets := fn(q)
-	if len(subnets) == 0 {
-		return
-	}
+	subnets, known := fn(q)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if p := a.poolOf(q); !known && p != nil && a.cutShort[p.ID] {
+		delete(a.cutShort, p.ID)
+		a.release(p)
+		log.WithField("pool", p.ID).Warn("ipam: released the pool of a network whose creation failed while the plugin was down (its gateway was never answered, and its ReleasePool never came)")
+		return
+	}
 	for _, s := range subnets {
 		p := a.poolOf(s.Masked())
 		if p == nil || p.Pending {

@@ -251,12 +251,12 @@ func TestUnlearntNetworkPoolReclaimed(t *testing.T) {
 		t.Fatalf("without the driver's hook: %v, want the overlap refused", err)
 	}
 	var asked []netip.Prefix
-	a.SetReclaim(func(q netip.Prefix) []netip.Prefix {
+	a.SetReclaim(func(q netip.Prefix) ([]netip.Prefix, bool) {
 		asked = append(asked, q)
 		if q == net2 {
-			return nil // a network dockerd has
+			return nil, true // a network dockerd has
 		}
-		return []netip.Prefix{q}
+		return []netip.Prefix{q}, true
 	})
 	if _, err := a.RequestPool(&api.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.2.0.128/25"}); err == nil {
 		t.Fatal("a pool the driver does not give up was freed")
@@ -273,5 +273,48 @@ func TestUnlearntNetworkPoolReclaimed(t *testing.T) {
 	}
 	if len(a.lost) != 0 {
 		t.Fatalf("the lost release is kept (%d): it was the freed pool's", len(a.lost))
+	}
+}
+
+// A pool whose gateway RequestAddress an earlier run stopped in, unanswered,
+// and that no ournet network holds, gives way to a new pool over it; not
+// once dockerd has retried that RequestAddress, nor when an ournet network
+// holds it, nor without the mark.
+func TestGatewayCutShortPoolReclaimed(t *testing.T) {
+	a := newMem(t, Config{})
+	known := false
+	a.SetReclaim(func(netip.Prefix) ([]netip.Prefix, bool) { return nil, known })
+	over := func(s string) error {
+		_, err := a.RequestPool(&api.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: s})
+		return err
+	}
+	gw := func(id string) *api.RequestAddressRequest {
+		return &api.RequestAddressRequest{PoolID: id, Options: gwOpts}
+	}
+	p1 := mustPool(t, a, net1.String(), "", nil)
+	mustAddr(t, a, p1, "", gwOpts) // saved, never answered: the plugin died
+	if err := over("10.1.0.0/25"); err == nil {
+		t.Fatal("a pool with no mark was freed")
+	}
+	a.GatewayCutShort(&api.RequestAddressRequest{PoolID: p1}) // not a gateway's
+	if err := over("10.1.0.0/25"); err == nil {
+		t.Fatal("a pool marked by a container's RequestAddress was freed")
+	}
+	a.GatewayCutShort(gw(p1))
+	known = true
+	if err := over("10.1.0.0/25"); err == nil {
+		t.Fatal("a marked pool an ournet network holds was freed")
+	}
+	known = false
+	if err := over("10.1.0.0/25"); err != nil {
+		t.Fatalf("the marked pool was not freed: %v", err)
+	}
+	// dockerd retried the RequestAddress after all: the pool is its.
+	p2 := mustPool(t, a, net2.String(), "", nil)
+	mustAddr(t, a, p2, "", gwOpts)
+	a.GatewayCutShort(gw(p2))
+	mustAddr(t, a, p2, "", gwOpts) // the replay
+	if err := over("10.2.0.0/25"); err == nil {
+		t.Fatal("a pool whose RequestAddress was retried was freed")
 	}
 }

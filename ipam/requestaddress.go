@@ -33,8 +33,9 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 	}
 	p := cur.clone()
 	p.Pending = false
-	p.Orphaned = 0 // in use after all (orphan.go)
-	p.dropStale()  // addresses whose ReleaseAddress can no longer come
+	delete(a.cutShort, p.ID) // dockerd retried it after all (orphan.go)
+	p.Orphaned = 0           // in use after all (orphan.go)
+	p.dropStale()            // addresses whose ReleaseAddress can no longer come
 	kind := KindDynamic
 	if gateway {
 		kind = KindGateway

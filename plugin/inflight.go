@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 	log "github.com/sirupsen/logrus"
 )
 
@@ -165,6 +167,39 @@ func (f *inflight) takeAll(path string) (bodies [][]byte, done bool) {
 		}
 	}
 	return bodies, false
+}
+
+// unanswered returns the bodies of the calls to path an earlier run was
+// handling when it stopped, with no reply kept, and leaves them for a
+// replay.
+func (f *inflight) unanswered(path string) [][]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out [][]byte
+	for _, full := range f.saved[path] {
+		raw, err := os.ReadFile(full)
+		if err != nil || len(raw) == 0 || strings.Contains(string(raw), replySep) {
+			continue
+		}
+		out = append(out, raw)
+	}
+	return out
+}
+
+// markCutShort tells the IPAM which RequestAddress calls an earlier run
+// was handling, unanswered, when it stopped (ipam/orphan.go). f may be nil.
+func markCutShort(f *inflight, a interface {
+	GatewayCutShort(*ipamapi.RequestAddressRequest)
+}) {
+	if f == nil {
+		return
+	}
+	for _, body := range f.unanswered("/IpamDriver.RequestAddress") {
+		var req ipamapi.RequestAddressRequest
+		if json.Unmarshal(body, &req) == nil {
+			a.GatewayCutShort(&req)
+		}
+	}
 }
 
 // take returns what an earlier run of the plugin kept of a call to path

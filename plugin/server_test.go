@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -292,5 +293,31 @@ func TestEmptyReleasePoolRetrySweeps(t *testing.T) {
 		if code, out := call(t, mux, "/IpamDriver.ReleaseAddress", ""); code != 200 || addrSweeps != i+1 || sweeps != 2 {
 			t.Fatalf("ReleaseAddress retry %d = %d %v, sweeps %d/%d", i+1, code, out, addrSweeps, sweeps)
 		}
+	}
+}
+
+// gatewayMarks records GatewayCutShort.
+type gatewayMarks []string
+
+func (g *gatewayMarks) GatewayCutShort(r *ipamapi.RequestAddressRequest) {
+	*g = append(*g, r.PoolID+":"+r.Options["RequestAddressType"])
+}
+
+// At start, the RequestAddress calls an earlier run stopped in, unanswered,
+// reach the IPAM; an answered one does not; the bodies stay for a replay.
+func TestCutShortRequestAddressMarked(t *testing.T) {
+	dir := t.TempDir()
+	f := openInflight(t, dir)
+	f.begin("/IpamDriver.RequestAddress", []byte(`{"PoolID":"ournet-local/10.1.0.0/24","Options":{"RequestAddressType":"com.docker.network.gateway"}}`))
+	f.begin("/IpamDriver.RequestAddress", []byte(`{"PoolID":"ournet-local/10.2.0.0/24"}`)).answered([]byte(`{"Address":"10.2.0.2/24"}`))
+	var marks gatewayMarks
+	next := openInflight(t, dir)
+	markCutShort(next, &marks)
+	if want := []string{"ournet-local/10.1.0.0/24:com.docker.network.gateway"}; !slices.Equal(marks, want) {
+		t.Fatalf("marked %v, want %v", marks, want)
+	}
+	markCutShort(nil, &marks) // no directory for calls in flight: nothing
+	if bodies, _ := next.takeAll("/IpamDriver.RequestAddress"); len(bodies) != 2 {
+		t.Fatalf("%d bodies left for a replay, want 2", len(bodies))
 	}
 }
