@@ -53,19 +53,18 @@ import (
 // ignored too and the address stays held until its pool goes.
 // The gateway and --aux-address are released with the network's pool.
 
-// A pool can also be held with no network at all: the plugin died in the
-// network's CreateNetwork after saving it, and stayed down past dockerd's
-// retries (30 s). dockerd then fails the create and sends ReleasePool,
-// which a plugin still down, or dying again, loses; no DeleteNetwork comes
-// for a network dockerd does not have, so the pool never becomes an orphan
-// and the user's next create of the subnet would be refused for ever. The
+// A pool can also be held for a network dockerd does not have: the
+// plugin died in the network's CreateNetwork after saving it, and stayed
+// down past dockerd's retries (30 s). dockerd then fails the create and
+// sends ReleasePool, which a plugin still down, or dying again, loses; no
+// DeleteNetwork comes for it, so the pool never becomes an orphan and the
+// user's next create of the subnet would be refused for ever. The
 // driver can prove which networks dockerd never learnt of (an earlier
 // run's, never answered), so a RequestPool that overlaps a pool asks it
 // first (SetReclaim): it removes such a network and names its pools, which
 // are freed as that lost ReleasePool would have freed them. No ReleasePool
 // of theirs can still come: dockerd sends it before it fails the create,
 // and the user runs the command again after that.
-
 //
 // The plugin can also die, and stay down as long, one step earlier: in the
 // gateway's RequestAddress, after RequestPool was answered. Then there is
@@ -98,10 +97,11 @@ func (a *Allocator) GatewayCutShort(req *api.RequestAddressRequest) {
 	a.cutShort[req.PoolID] = true
 }
 
-// reclaimUnlearnt frees the pools of the network dockerd never learnt of
-// that a pool of pfx would overlap, if that is what it overlaps. Called
-// without a.mu: the hook takes the driver's lock, and the driver calls the
-// IPAM with it held.
+// reclaimUnlearnt frees what a pool of pfx would overlap if it is one of
+// the two above: the pools of a network dockerd never learnt of, or a pool
+// no ournet network holds whose gateway RequestAddress was cut short.
+// Called without a.mu: the hook takes the driver's lock, and the driver
+// calls the IPAM with it held.
 func (a *Allocator) reclaimUnlearnt(pfx netip.Prefix) {
 	a.mu.Lock()
 	fn := a.reclaim
@@ -114,7 +114,6 @@ func (a *Allocator) reclaimUnlearnt(pfx netip.Prefix) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if p := a.poolOf(q); !known && p != nil && a.cutShort[p.ID] {
-		delete(a.cutShort, p.ID)
 		a.release(p)
 		log.WithField("pool", p.ID).Warn("ipam: released the pool of a network whose creation failed while the plugin was down (its gateway was never answered, and its ReleasePool never came)")
 		return
@@ -302,6 +301,7 @@ func (a *Allocator) overlap(s netip.Prefix) (netip.Prefix, bool) {
 func (a *Allocator) release(p *pool) {
 	_ = a.drop(p.ID) // a failed write is kept in memory for Flush
 	delete(a.pools, p.ID)
+	delete(a.cutShort, p.ID) // a new pool of the same ID is not that one
 	a.byPrefix.Remove(p.Prefix)
 }
 

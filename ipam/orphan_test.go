@@ -317,4 +317,18 @@ func TestGatewayCutShortPoolReclaimed(t *testing.T) {
 	if err := over("10.2.0.0/25"); err == nil {
 		t.Fatal("a pool whose RequestAddress was retried was freed")
 	}
+	// Released by dockerd after all: a new pool of the same subnet (the
+	// same ID) is not the marked one.
+	p3 := mustPool(t, a, net3.String(), "", nil)
+	mustAddr(t, a, p3, "", gwOpts)
+	a.GatewayCutShort(gw(p3))
+	if err := a.ReleasePool(&api.ReleasePoolRequest{PoolID: p3}); err != nil {
+		t.Fatal(err)
+	}
+	if again := mustPool(t, a, net3.String(), "", nil); again != p3 {
+		t.Fatalf("the new pool's ID is %s, want %s", again, p3)
+	}
+	if err := over("10.3.0.0/25"); err == nil {
+		t.Fatal("a new pool was freed by the mark of the released pool of the same ID")
+	}
 }
