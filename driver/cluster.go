@@ -94,10 +94,8 @@ type clusterState struct {
 	cfg    *Cluster
 	mu     sync.Mutex
 	agents map[string]*agent // network ID -> its data path's watcher
-	// fastPathErr: the last error of each network's fast path, said once.
-	fastPathErr map[string]string
-	down        bool // the store did not answer (noteStore)
-	kick        chan struct{}
+	down   bool              // the store did not answer (noteStore)
+	kick   chan struct{}
 	// guardMu orders the guard's updates (each writes what it read of the
 	// agents under mu): the last one written is the newest.
 	guardMu sync.Mutex
@@ -108,7 +106,7 @@ func (d *Driver) SetCluster(c *Cluster) {
 	if c.SyncEvery == 0 {
 		c.SyncEvery = 5 * time.Second
 	}
-	d.cl = &clusterState{cfg: c, agents: map[string]*agent{}, fastPathErr: map[string]string{}, kick: make(chan struct{}, 1)}
+	d.cl = &clusterState{cfg: c, agents: map[string]*agent{}, kick: make(chan struct{}, 1)}
 }
 
 // ClusterOff records why the cluster store could not be set up (a bad
@@ -350,6 +348,9 @@ type agent struct {
 	kick   chan struct{}
 	vteps  []netip.Addr
 	listed bool // vteps come from the store (not yet after a start)
+	// fastPathErr: the fast path's last error, said once (only the
+	// agent's goroutine uses it).
+	fastPathErr string
 }
 
 // startAgent starts n's agent if it has none. Called with d.mu held.
@@ -375,7 +376,6 @@ func (d *Driver) stopAgent(id string) {
 		a.stop()
 		delete(d.cl.agents, id)
 	}
-	delete(d.cl.fastPathErr, id)
 }
 
 // kickAgent makes n's agent list and program again (its device was made
@@ -500,7 +500,7 @@ func (d *Driver) program(id, dev string, a *agent, remote map[netip.Addr]cluster
 	} else if added+removed > 0 {
 		logNet(id).WithFields(map[string]any{"added": added, "removed": removed, "peers": len(peers)}).Debug("cluster: remote endpoints programmed")
 	}
-	d.fastPath(id, dev, peers)
+	d.fastPath(id, dev, a, peers)
 	slices.SortFunc(vteps, netip.Addr.Compare)
 	vteps = slices.Compact(vteps)
 	d.cl.mu.Lock()
@@ -516,7 +516,7 @@ func (d *Driver) program(id, dev string, a *agent, remote map[netip.Addr]cluster
 // the remote ones skip the bridge (overlay.SetFastPath), where the bridge
 // would forward it anyway: with icc on. With icc=false every frame stays
 // on the bridge's isolated ports, and the network has no fast path.
-func (d *Driver) fastPath(id, dev string, peers []overlay.Peer) {
+func (d *Driver) fastPath(id, dev string, a *agent, peers []overlay.Peer) {
 	unlock := d.lock()
 	n := d.networks[id]
 	var locals []overlay.Local
@@ -545,13 +545,10 @@ func (d *Driver) fastPath(id, dev string, peers []overlay.Peer) {
 	if err != nil {
 		msg = err.Error()
 	}
-	d.cl.mu.Lock()
-	again := d.cl.fastPathErr[id] == msg
-	d.cl.fastPathErr[id] = msg
-	d.cl.mu.Unlock()
-	if err != nil && !again { // said once, not at every resync (a kernel without u32 or mirred)
+	if err != nil && msg != a.fastPathErr { // said once, not at every resync (a kernel without u32 or mirred)
 		logNet(id).WithError(err).Warn("cluster: programming the fast path (frames take the bridge meanwhile)")
 	}
+	a.fastPathErr = msg
 }
 
 // updateGuard makes the VXLAN guard admit the hosts that remote
