@@ -135,6 +135,11 @@ const replySep = "\n\x00"
 // its body, and its reply if it had one; nil for a file too old or empty.
 func readKept(full string) (body, reply []byte) {
 	defer os.Remove(full)
+	return peekKept(full)
+}
+
+// peekKept is readKept leaving the file where it is.
+func peekKept(full string) (body, reply []byte) {
 	if at, _, ok := parseInflightName(filepath.Base(full)); !ok || time.Since(at) > replayWindow {
 		return nil, nil
 	}
@@ -177,11 +182,9 @@ func (f *inflight) unanswered(path string) [][]byte {
 	defer f.mu.Unlock()
 	var out [][]byte
 	for _, full := range f.saved[path] {
-		raw, err := os.ReadFile(full)
-		if err != nil || len(raw) == 0 || strings.Contains(string(raw), replySep) {
-			continue
+		if body, reply := peekKept(full); body != nil && reply == nil {
+			out = append(out, body)
 		}
-		out = append(out, raw)
 	}
 	return out
 }
