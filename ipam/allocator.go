@@ -96,8 +96,8 @@ type Allocator struct {
 	// reclaim: the driver's hook for the pools of networks dockerd never
 	// learnt of (orphan.go); nil: none.
 	reclaim func(netip.Prefix) (subnets []netip.Prefix, known bool)
-	// cutShort: pools whose gateway RequestAddress an earlier run was
-	// handling when it stopped, unanswered (orphan.go).
+	// cutShort: pools whose gateway RequestAddress or CreateNetwork an
+	// earlier run was handling when it stopped, unanswered (orphan.go).
 	cutShort map[string]bool
 	// swept: addresses SweepAddresses freed, and when; the late release
 	// of such an address may still come (orphan.go).

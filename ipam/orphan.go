@@ -66,13 +66,14 @@ import (
 // of theirs can still come: dockerd sends it before it fails the create,
 // and the user runs the command again after that.
 //
-// The plugin can also die, and stay down as long, one step earlier: in the
-// gateway's RequestAddress, after RequestPool was answered. Then there is
-// no network at all, and nothing but the cut-short call (its body kept for
-// a replay, with no reply) says the create failed: the plugin tells the
-// IPAM at start (GatewayCutShort). A RequestPool that overlaps such a pool,
-// which no ournet network holds and whose RequestAddress dockerd did not
-// retry since, frees it the same way.
+// The plugin can also die, and stay down as long, earlier: in the
+// gateway's RequestAddress after RequestPool was answered, or in
+// CreateNetwork before saving the network. Then there is no network at
+// all, and nothing but the cut-short call (its body kept for a replay,
+// with no reply) says the create failed: the plugin tells the IPAM at
+// start (GatewayCutShort, NetworkCutShort). A RequestPool that overlaps
+// such a pool, which no ournet network holds and whose RequestAddress
+// dockerd did not retry since, frees it the same way.
 
 // SetReclaim sets the driver's hook (driver.ReclaimUnlearnt): given a
 // subnet a new pool would overlap, it removes the network dockerd never
@@ -97,9 +98,22 @@ func (a *Allocator) GatewayCutShort(req *api.RequestAddressRequest) {
 	a.cutShort[req.PoolID] = true
 }
 
+// NetworkCutShort takes the subnets of a CreateNetwork an earlier run of
+// the plugin stopped in, before answering it, and marks their pools. Call
+// before serving.
+func (a *Allocator) NetworkCutShort(subnets []netip.Prefix) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range subnets {
+		if p := a.poolOf(s.Masked()); p != nil {
+			a.cutShort[p.ID] = true
+		}
+	}
+}
+
 // reclaimUnlearnt frees what a pool of pfx would overlap if it is one of
 // the two above: the pools of a network dockerd never learnt of, or a pool
-// no ournet network holds whose gateway RequestAddress was cut short.
+// no ournet network holds whose creation was cut short.
 // Called without a.mu: the hook takes the driver's lock, and the driver
 // calls the IPAM with it held.
 func (a *Allocator) reclaimUnlearnt(pfx netip.Prefix) {
@@ -115,7 +129,7 @@ func (a *Allocator) reclaimUnlearnt(pfx netip.Prefix) {
 	defer a.mu.Unlock()
 	if p := a.poolOf(q); !known && p != nil && a.cutShort[p.ID] {
 		a.release(p)
-		log.WithField("pool", p.ID).Warn("ipam: released the pool of a network whose creation failed while the plugin was down (its gateway was never answered, and its ReleasePool never came)")
+		log.WithField("pool", p.ID).Warn("ipam: released the pool of a network whose creation failed while the plugin was down (its gateway or network was never answered, and its ReleasePool never came)")
 		return
 	}
 	for _, s := range subnets {

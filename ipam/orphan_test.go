@@ -276,8 +276,9 @@ func TestUnlearntNetworkPoolReclaimed(t *testing.T) {
 	}
 }
 
-// A pool whose gateway RequestAddress an earlier run stopped in, unanswered,
-// and that no ournet network holds, gives way to a new pool over it; not
+// A pool whose gateway RequestAddress or CreateNetwork an earlier run
+// stopped in, unanswered, and that no ournet network holds, gives way to a
+// new pool over it; not
 // once dockerd has retried that RequestAddress, nor when an ournet network
 // holds it, nor without the mark.
 func TestGatewayCutShortPoolReclaimed(t *testing.T) {
@@ -316,6 +317,17 @@ func TestGatewayCutShortPoolReclaimed(t *testing.T) {
 	mustAddr(t, a, p2, "", gwOpts) // the replay
 	if err := over("10.2.0.0/25"); err == nil {
 		t.Fatal("a pool whose RequestAddress was retried was freed")
+	}
+	// The CreateNetwork cut short instead, before the network was saved.
+	p4 := mustPool(t, a, net4.String(), "", nil)
+	mustAddr(t, a, p4, "", gwOpts)                                          // answered
+	a.NetworkCutShort([]netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")}) // no such pool
+	if err := over("10.4.0.0/25"); err == nil {
+		t.Fatal("a pool no cut-short call names was freed")
+	}
+	a.NetworkCutShort([]netip.Prefix{net4})
+	if err := over("10.4.0.0/25"); err != nil {
+		t.Fatalf("the pool of a cut-short CreateNetwork was not freed: %v", err)
 	}
 	// Released by dockerd after all: a new pool of the same subnet (the
 	// same ID) is not the marked one.

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
+	"github.com/docker/go-plugins-helpers/network"
 	log "github.com/sirupsen/logrus"
 )
 
@@ -189,10 +191,12 @@ func (f *inflight) unanswered(path string) [][]byte {
 	return out
 }
 
-// markCutShort tells the IPAM which RequestAddress calls an earlier run
-// was handling, unanswered, when it stopped (ipam/orphan.go). f may be nil.
+// markCutShort tells the IPAM which RequestAddress and CreateNetwork
+// calls an earlier run was handling, unanswered, when it stopped
+// (ipam/orphan.go). f may be nil.
 func markCutShort(f *inflight, a interface {
 	GatewayCutShort(*ipamapi.RequestAddressRequest)
+	NetworkCutShort([]netip.Prefix)
 }) {
 	if f == nil {
 		return
@@ -202,6 +206,22 @@ func markCutShort(f *inflight, a interface {
 		if json.Unmarshal(body, &req) == nil {
 			a.GatewayCutShort(&req)
 		}
+	}
+	for _, body := range f.unanswered("/NetworkDriver.CreateNetwork") {
+		var req network.CreateNetworkRequest
+		if json.Unmarshal(body, &req) != nil {
+			continue
+		}
+		var subnets []netip.Prefix
+		for _, d := range append(append([]*network.IPAMData{}, req.IPv4Data...), req.IPv6Data...) {
+			if d == nil {
+				continue
+			}
+			if p, err := netip.ParsePrefix(d.Pool); err == nil {
+				subnets = append(subnets, p)
+			}
+		}
+		a.NetworkCutShort(subnets)
 	}
 }
 

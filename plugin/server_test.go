@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -303,17 +304,24 @@ func (g *gatewayMarks) GatewayCutShort(r *ipamapi.RequestAddressRequest) {
 	*g = append(*g, r.PoolID+":"+r.Options["RequestAddressType"])
 }
 
-// At start, the RequestAddress calls an earlier run stopped in, unanswered,
-// reach the IPAM; an answered one does not; the bodies stay for a replay.
+func (g *gatewayMarks) NetworkCutShort(subnets []netip.Prefix) {
+	*g = append(*g, fmt.Sprint("network:", subnets))
+}
+
+// At start, the RequestAddress and CreateNetwork calls an earlier run
+// stopped in, unanswered, reach the IPAM; answered ones do not; the bodies
+// stay for a replay.
 func TestCutShortRequestAddressMarked(t *testing.T) {
 	dir := t.TempDir()
 	f := openInflight(t, dir)
 	f.begin("/IpamDriver.RequestAddress", []byte(`{"PoolID":"ournet-local/10.1.0.0/24","Options":{"RequestAddressType":"com.docker.network.gateway"}}`))
 	f.begin("/IpamDriver.RequestAddress", []byte(`{"PoolID":"ournet-local/10.2.0.0/24"}`)).answered([]byte(`{"Address":"10.2.0.2/24"}`))
+	f.begin("/NetworkDriver.CreateNetwork", []byte(`{"NetworkID":"n1","IPv4Data":[{"Pool":"10.3.0.0/24"}],"IPv6Data":[{"Pool":"fd00:3::/64"}]}`))
+	f.begin("/NetworkDriver.CreateNetwork", []byte(`{"NetworkID":"n2","IPv4Data":[{"Pool":"10.4.0.0/24"}]}`)).answered([]byte(`{}`))
 	var marks gatewayMarks
 	next := openInflight(t, dir)
 	markCutShort(next, &marks)
-	if want := []string{"ournet-local/10.1.0.0/24:com.docker.network.gateway"}; !slices.Equal(marks, want) {
+	if want := []string{"ournet-local/10.1.0.0/24:com.docker.network.gateway", "network:[10.3.0.0/24 fd00:3::/64]"}; !slices.Equal(marks, want) {
 		t.Fatalf("marked %v, want %v", marks, want)
 	}
 	markCutShort(nil, &marks) // no directory for calls in flight: nothing
