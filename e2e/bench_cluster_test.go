@@ -189,10 +189,10 @@ func (b *bench) cluster() error {
 }
 
 // bareVXLAN measures the kernel's own VXLAN path as ournet's cluster
-// network lays it out without its fast path, with nothing else: two "hosts" (namespaces on an
-// underlay bridge in a namespace of its own), each with a bridge, a VXLAN
-// device (no learning, the peer in the all-zeros FDB entry) and a
-// "container" namespace on a veth, and no netfilter rule anywhere. It
+// network lays it out without its fast path, with nothing else: two "hosts"
+// (namespaces on an underlay bridge in a namespace of its own), each with a
+// bridge, a VXLAN device (no learning, the peer in the all-zeros FDB entry)
+// and a "container" namespace on a veth, and no netfilter rule anywhere. It
 // returns iperf3's Gbit/s container to container ("overlay") and host to
 // host ("hosts"), interleaved as the cluster row's.
 func bareVXLAN(sfx string) (map[string][]float64, error) {
@@ -261,10 +261,10 @@ func bareVXLAN(sfx string) (map[string][]float64, error) {
 // it, IPv4 between hosts skips the bridge). restore (never nil) puts back
 // what each host had.
 func bridgeNetfilterOff(hosts ...*CHost) (restore func(), err error) {
-	var undo [][]string
+	var undo []func()
 	restore = func() {
 		for i := len(undo) - 1; i >= 0; i-- {
-			_ = exec.Command(undo[i][0], undo[i][1:]...).Run()
+			undo[i]()
 		}
 	}
 	for _, h := range hosts {
@@ -276,7 +276,8 @@ func bridgeNetfilterOff(hosts ...*CHost) (restore func(), err error) {
 			if _, err := h.ShFor(10*time.Second, "sysctl", "-qw", k+"=0"); err != nil {
 				return restore, err
 			}
-			undo = append(undo, []string{"nsenter", "--net=/run/netns/" + h.NetNS, "sysctl", "-qw", k + "=" + was})
+			put := k + "=" + was
+			undo = append(undo, func() { _, _ = h.ShFor(10*time.Second, "sysctl", "-qw", put) })
 		}
 	}
 	return restore, nil
