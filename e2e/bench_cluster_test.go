@@ -13,7 +13,9 @@ package e2e
 // br_netfilter off in both hosts (which its fast path makes no matter);
 // after it, the same two measures on a bare rig: the kernel's own VXLAN
 // between two namespaces through a bridge on each, with no Docker and no
-// netfilter: what an overlay that bridges its frames gets on this machine.
+// netfilter (what an overlay that bridges its frames gets on this
+// machine), and the rig's two hosts over their VXLAN device itself (what
+// encapsulation alone leaves of the underlay).
 //
 // Addresses: 198.18.232.0/20 and 203.0.113.0/24, inside the rigs'
 // namespaces only.
@@ -110,7 +112,7 @@ func (b *bench) cluster() error {
 		return err
 	}
 	b.t.Logf("bare VXLAN rig throughput Gbit/s: %v", bare)
-	bo, bh := median(bare["overlay"]), median(bare["hosts"])
+	bo, bv, bh := median(bare["overlay"]), median(bare["vxlan"]), median(bare["hosts"])
 	so, sh := median(gbits["swarm"]), median(gbits["hosts"])
 	nb := median(gbits["overlay-nobrnf"])
 	b.add(&result{
@@ -120,8 +122,9 @@ func (b *bench) cluster() error {
 			"The fast path handed %d packets from the tunnel to the server container on host 2 in the loop. "+
 			"Swarm's overlay between the same two hosts, in the same loop: %.2f Gbit/s, %.2f of host to host (ournet/swarm %.2f). "+
 			"ournet with bridge-nf-call-iptables=0 on both hosts for its runs (the same loop; dockerd turns it on, the fast path skips it): %.2f Gbit/s, %.2f of host to host (ournet/swarm %.2f). "+
-			"The kernel's bare VXLAN (bridge, VXLAN and veths, as ournet's without its fast path; no Docker, no netfilter): %.2f vs %.2f Gbit/s host to host, %.2f",
-			fpAfter-fpBefore, so, so/sh, median(gbits["overlay"])/so, nb, nb/sh, nb/so, bo, bh, bo/bh),
+			"The kernel's bare VXLAN (bridge, VXLAN and veths, as ournet's without its fast path; no Docker, no netfilter): %.2f vs %.2f Gbit/s host to host, %.2f. "+
+			"On that rig, the two host namespaces over the VXLAN device itself, with no container and no veth (encapsulation alone: the share of host to host any VXLAN overlay keeps here at best): %.2f Gbit/s, %.2f of host to host; ournet's share is %.2f times that",
+			fpAfter-fpBefore, so, so/sh, median(gbits["overlay"])/so, nb, nb/sh, nb/so, bo, bh, bo/bh, bv, bv/bh, (median(gbits["overlay"])/sh)/(bv/bh)),
 	})
 
 	// 2. Reachability: `docker run` returns on host 1; a container on host
@@ -193,8 +196,11 @@ func (b *bench) cluster() error {
 // (namespaces on an underlay bridge in a namespace of its own), each with a
 // bridge, a VXLAN device (no learning, the peer in the all-zeros FDB entry)
 // and a "container" namespace on a veth, and no netfilter rule anywhere. It
-// returns iperf3's Gbit/s container to container ("overlay") and host to
-// host ("hosts"), interleaved as the cluster row's.
+// returns iperf3's Gbit/s container to container ("overlay"), host to host
+// over the VXLAN device itself, an address on each bridge and no container
+// ("vxlan": what encapsulation alone leaves of the underlay, the ceiling of
+// any VXLAN overlay on this machine) and host to host over the underlay
+// ("hosts"), interleaved as the cluster row's.
 func bareVXLAN(sfx string) (map[string][]float64, error) {
 	ns := func(n string) string { return "obv-" + n + "-" + sfx }
 	var servers []*exec.Cmd
@@ -226,8 +232,9 @@ func bareVXLAN(sfx string) (map[string][]float64, error) {
 			[]string{"nsenter", "--net=/run/netns/" + h, "bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx", "dst", fmt.Sprintf("203.0.113.%d", 103-i)},
 			[]string{"ip", "-n", h, "link", "add", "vth", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", c},
 			[]string{"ip", "-n", h, "link", "set", "vth", "master", "brx", "up"},
+			[]string{"ip", "-n", h, "addr", "add", fmt.Sprintf("198.18.238.%d/24", i), "dev", "brx"},
 			[]string{"ip", "-n", c, "addr", "add", fmt.Sprintf("198.18.239.%d/24", i), "dev", "eth0"},
-			[]string{"ip", "-n", c, "link", "set", "eth0", "up"},
+			[]string{"ip", "-n", c, "link", "set", "eth0", "mtu", "1450", "up"},
 		)
 	}
 	for _, c := range cmds {
@@ -243,8 +250,8 @@ func bareVXLAN(sfx string) (map[string][]float64, error) {
 		servers = append(servers, s)
 	}
 	time.Sleep(500 * time.Millisecond)
-	from := map[string][2]string{"overlay": {ns("c1"), "198.18.239.2"}, "hosts": {ns("h1"), "203.0.113.102"}}
-	gbits, err := iperfRounds([]string{"overlay", "hosts"}, func(target string, args ...string) ([]byte, error) {
+	from := map[string][2]string{"overlay": {ns("c1"), "198.18.239.2"}, "vxlan": {ns("h1"), "198.18.238.2"}, "hosts": {ns("h1"), "203.0.113.102"}}
+	gbits, err := iperfRounds([]string{"overlay", "vxlan", "hosts"}, func(target string, args ...string) ([]byte, error) {
 		return exec.Command("nsenter", append([]string{"--net=/run/netns/" + from[target][0], "iperf3", "-c", from[target][1]}, args...)...).CombinedOutput()
 	})
 	if err != nil {
