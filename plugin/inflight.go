@@ -43,6 +43,14 @@ type inflight struct {
 // dockerd's own retries of a broken call stop well within it.
 const replayWindow = 2 * time.Minute
 
+// retryWindow bounds how old a cut-short call may be to be the one an
+// empty retry repeats (take): dockerd retries a broken call for 30 s from
+// its first attempt, and the call's file was made after that attempt
+// reached the plugin. An older one was given up on by dockerd (a longer
+// outage): replaying it would answer the retry of another call, or, with
+// the retry's own call beside it, make both ambiguous.
+const retryWindow = 40 * time.Second
+
 func newInflight(dir string) (*inflight, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
@@ -228,13 +236,20 @@ func markCutShort(f *inflight, a interface {
 // take returns what an earlier run of the plugin kept of a call to path
 // that was cut short: its body, and its reply if it had one. All retries
 // come with an empty body, so they cannot be told apart: a call is
-// replayed only when it is the one of its kind that was cut short (two
-// cut-short Joins could otherwise swap containers); with several, every
-// retry is answered "run the command again".
+// replayed only when it is the one of its kind that was cut short within
+// retryWindow (two cut-short Joins could otherwise swap containers); with
+// several, every retry is answered "run the command again".
 func (f *inflight) take(path string) (body, reply []byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	files := f.saved[path]
+	var files []string
+	for _, full := range f.saved[path] {
+		if at, _, ok := parseInflightName(filepath.Base(full)); ok && time.Since(at) <= retryWindow {
+			files = append(files, full)
+		} else {
+			os.Remove(full)
+		}
+	}
 	delete(f.saved, path)
 	if len(files) != 1 {
 		for _, full := range files {

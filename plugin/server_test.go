@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
@@ -327,5 +328,46 @@ func TestCutShortRequestAddressMarked(t *testing.T) {
 	markCutShort(nil, &marks) // no directory for calls in flight: nothing
 	if bodies, _ := next.takeAll("/IpamDriver.RequestAddress"); len(bodies) != 2 {
 		t.Fatalf("%d bodies left for a replay, want 2", len(bodies))
+	}
+}
+
+// createRec records CreateEndpoint calls.
+type createRec struct {
+	stubDriver
+	created *[]string
+}
+
+func (d createRec) CreateEndpoint(r *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	*d.created = append(*d.created, r.EndpointID)
+	return &network.CreateEndpointResponse{}, nil
+}
+
+// A kept call older than dockerd's retries (a CreateEndpoint dockerd gave
+// up on in a longer outage) is not the one an empty retry repeats: the
+// retry replays the young one beside it, not neither, and a retry with
+// only an old one kept is refused, not answered with the old call.
+func TestEmptyRetryIgnoresCallsGivenUp(t *testing.T) {
+	dir := t.TempDir()
+	old := func(id string) {
+		name := fmt.Sprintf("%020d-%06d-%s.json", time.Now().Add(-retryWindow-5*time.Second).UnixNano(), 1, "NetworkDriver.CreateEndpoint")
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(`{"NetworkID":"n1","EndpointID":"`+id+`"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old("e-old")
+	_ = openInflight(t, dir).begin("/NetworkDriver.CreateEndpoint", []byte(`{"NetworkID":"n1","EndpointID":"e-young"}`))
+	restartInflight(t, dir)
+	var created []string
+	mux := newMux(createRec{created: &created}, stubIPAM{}, nil)
+	if code, out := call(t, mux, "/NetworkDriver.CreateEndpoint", ""); code != 200 || !slices.Equal(created, []string{"e-young"}) {
+		t.Fatalf("the retry = %d %v, created %v, want e-young replayed", code, out, created)
+	}
+	old("e-old2")
+	restartInflight(t, dir)
+	if code, out := call(t, mux, "/NetworkDriver.CreateEndpoint", ""); code != 500 || len(created) != 1 {
+		t.Fatalf("a retry with only a given-up call kept = %d %v, created %v", code, out, created)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("files left in %s: %v", dir, entries)
 	}
 }
