@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	log "github.com/sirupsen/logrus"
@@ -90,6 +91,12 @@ type Driver struct {
 	// keepUnknown keeps the published ports of endpoints the state does
 	// not know (a state restored from a backup older than them).
 	keepUnknown bool
+
+	// cutShort: endpoints of CreateEndpoint calls an earlier run saved
+	// and never answered, until dockerd shows it has them
+	// (cutshort.go); cutShortWindow overrides the const (tests).
+	cutShort       map[string]bool
+	cutShortWindow time.Duration
 
 	ready chan struct{} // closed once Restore has run
 	boot  string        // this run's ID, see Network.Boot

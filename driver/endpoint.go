@@ -25,7 +25,8 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 	}
 	if old, ok := d.endpoints[req.EndpointID]; ok && old.NetworkID == n.ID {
 		// The same call again (replayed after a crash): make sure its veth
-		// is there and answer as the first time.
+		// is there and answer as the first time. dockerd has it after all.
+		delete(d.cutShort, old.ID)
 		if err := d.links.EnsureVeth(d.veth(n, old)); err != nil {
 			return nil, fmt.Errorf("ournet: creating the container's interface: %w", err)
 		}
@@ -60,6 +61,7 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 		return nil, err
 	}
 
+	d.dropCutShortWith(ep)
 	if err := d.journalCreate("endpoint", ep.ID); err != nil {
 		return nil, err
 	}
@@ -91,6 +93,8 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 		return nil, fmt.Errorf("ournet: saving endpoint state: %w", err)
 	}
 	d.endpoints[ep.ID] = ep
+	delete(d.cutShort, ep.ID) // the replay of a create cut short before its save
+	crash.Point("create-endpoint:after-save")
 	logEp(n.ID, ep.ID).WithField("addr", ep.Addr).Debug("endpoint created")
 	return res, nil
 }
@@ -141,8 +145,16 @@ func (d *Driver) DeleteLeftEndpoints() {
 // goes on to the kernel even when the state file cannot be written (a full
 // disk): see forget.
 func (d *Driver) deleteEndpoint(n *Network, ep *Endpoint) error {
+	return d.removeEndpoint(n, ep, true)
+}
+
+// removeEndpoint is deleteEndpoint; addrsGone says whether to tell the
+// IPAM its addresses are free once released (cutshort.go does not).
+func (d *Driver) removeEndpoint(n *Network, ep *Endpoint, addrsGone bool) error {
 	d.forget("endpoint", bucketEndpoints, ep.ID)
-	d.addressesGone(n, ep)
+	if addrsGone {
+		d.addressesGone(n, ep)
+	}
 	crash.Point("delete-endpoint:after-forget")
 	if ep.published || d.endpoints[ep.ID] != nil {
 		d.unpublish(n, ep)

@@ -20,6 +20,7 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if !ok {
 		return nil, fmt.Errorf("ournet: network %s is unknown to ournet (its state may have been lost); remove and recreate the network", short12(ep.NetworkID))
 	}
+	delete(d.cutShort, ep.ID) // dockerd has it (cutshort.go)
 	// After a restart the pair may be gone (the engine created the endpoint
 	// before a reboot): make it again.
 	if err := d.links.EnsureVeth(d.veth(n, ep)); err != nil {

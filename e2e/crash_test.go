@@ -20,7 +20,7 @@ import (
 
 var crashPoints = []string{
 	"request-pool:after-save", "create-network:before-save", "create-network:after-save",
-	"request-address:after-save", "create-endpoint:before-save",
+	"request-address:after-save", "create-endpoint:before-save", "create-endpoint:after-save",
 	"delete-endpoint:after-forget", "delete-network:after-forget",
 	// The network's ReleasePool sent but never read: dockerd retries it
 	// with an empty body, which names no pool (ipam/orphan.go).
@@ -101,7 +101,7 @@ func TestCrashInjection(t *testing.T) {
 	}
 	// Every point was reached: the markers are there.
 	markers := e.StateDir(t)
-	for _, p := range crashPoints[:5] {
+	for _, p := range crashPoints[:6] {
 		if ok, _ := filepath.Glob(filepath.Join(markers, "crashed-at-"+p)); len(ok) == 0 {
 			t.Errorf("crash point %s was never reached", p)
 		}
@@ -109,7 +109,7 @@ func TestCrashInjection(t *testing.T) {
 
 	attempt(t, e, "rm", "-f", "crash-a", "crash-b", "crash-c")
 	attempt(t, e, "network", "rm", "crash")
-	for _, p := range crashPoints[5:] {
+	for _, p := range crashPoints[6:] {
 		if ok, _ := filepath.Glob(filepath.Join(markers, "crashed-at-"+p)); len(ok) == 0 {
 			t.Errorf("crash point %s was never reached", p)
 		}
@@ -127,6 +127,78 @@ func TestCrashInjection(t *testing.T) {
 	}
 	if out := e.Rules(); strings.Contains(out, `"ournet:`) {
 		t.Errorf("rules left behind:\n%s", out)
+	}
+}
+
+// A container's CreateEndpoint that the plugin saved and died before
+// answering, on an engine that gave up on it: its retries all fell in the
+// outage (stood in for by no-replay, which refuses the retry once). dockerd
+// fails the start and releases the address, and never deletes the
+// endpoint; ournet removes it once no retry can come (driver/cutshort.go):
+// no veth is left, and the next container gets the address, on one
+// endpoint. A cut-short create that the retry replayed stays past that.
+func TestCreateEndpointGivenUp(t *testing.T) {
+	e := NewEngine(t)
+	const cut, refuse = "create-endpoint:after-save", "no-replay:NetworkDriver.CreateEndpoint"
+	e.Run(t, "plugin", "disable", PluginName)
+	e.Run(t, "plugin", "set", PluginName, "OURNET_CRASH_AT="+cut+","+refuse)
+	e.Run(t, "plugin", "enable", PluginName)
+	Net(t, e, "gu", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.53.0/24")
+	links := func() int { out, _ := e.Sh("ip", "-o", "link"); return strings.Count(out, "\n") }
+	before := links()
+	if out, err := e.Docker(2*time.Minute, "run", "-d", "--name", "gu-a", "--network", "gu", "--ip", "198.18.53.5", Image, "sleep", "600"); err == nil {
+		t.Fatalf("the start whose CreateEndpoint retry was refused succeeded: %s", out)
+	}
+	markers := e.StateDir(t)
+	for _, p := range []string{cut, refuse} {
+		if ok, _ := filepath.Glob(filepath.Join(markers, "crashed-at-"+p)); len(ok) == 0 {
+			t.Fatalf("point %s was never reached", p)
+		}
+	}
+	e.Run(t, "rm", "-f", "gu-a")
+	since := time.Now()
+	waitFor(t, 90*time.Second, "the given-up endpoint's veth gone", func() error {
+		if n := links(); n != before {
+			return fmt.Errorf("%d links, %d before", n, before)
+		}
+		return nil
+	})
+	t.Logf("the given-up endpoint went %.1f s after its container was removed", time.Since(since).Seconds())
+	Container(t, e, "gu-b", "--network", "gu", "--ip", "198.18.53.5")
+	endpoints := func() (eps []string) {
+		nets, _ := e.status(t)
+		for _, raw := range nets {
+			var n struct {
+				Endpoints []struct{ Addr, HostVeth string }
+			}
+			if err := json.Unmarshal(raw, &n); err != nil {
+				t.Fatal(err)
+			}
+			for _, ep := range n.Endpoints {
+				eps = append(eps, ep.Addr)
+			}
+		}
+		return eps
+	}
+	if eps := endpoints(); len(eps) != 1 || eps[0] != "198.18.53.5/24" || links() != before+1 {
+		t.Fatalf("after the next container got its address: endpoints %v, %d links (%d before)", eps, links(), before)
+	}
+
+	// The same crash with the retry replayed: the container starts, and
+	// its endpoint outlives the window.
+	if err := os.Remove(filepath.Join(markers, "crashed-at-"+cut)); err != nil {
+		t.Fatal(err)
+	}
+	Container(t, e, "gu-c", "--network", "gu", "--ip", "198.18.53.6")
+	if ok, _ := filepath.Glob(filepath.Join(markers, "crashed-at-"+cut)); len(ok) == 0 {
+		t.Fatalf("point %s was never reached again", cut)
+	}
+	time.Sleep(50 * time.Second)
+	if eps := endpoints(); len(eps) != 2 || links() != before+2 {
+		t.Fatalf("after the window: endpoints %v, %d links (%d before)", eps, links(), before)
+	}
+	if err := e.Ping("gu-c", "gu-b"); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -233,6 +233,23 @@ func markCutShort(f *inflight, a interface {
 	}
 }
 
+// markEndpointsCutShort tells the driver which CreateEndpoint calls an
+// earlier run was handling, unanswered, when it stopped
+// (driver/cutshort.go). f may be nil.
+func markEndpointsCutShort(f *inflight, d interface{ EndpointsCutShort([]string) }) {
+	if f == nil {
+		return
+	}
+	var ids []string
+	for _, body := range f.unanswered("/NetworkDriver.CreateEndpoint") {
+		var req network.CreateEndpointRequest
+		if json.Unmarshal(body, &req) == nil && req.EndpointID != "" {
+			ids = append(ids, req.EndpointID)
+		}
+	}
+	d.EndpointsCutShort(ids)
+}
+
 // take returns what an earlier run of the plugin kept of a call to path
 // that was cut short: its body, and its reply if it had one. All retries
 // come with an empty body, so they cannot be told apart: a call is

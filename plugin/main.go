@@ -196,6 +196,7 @@ func run() error {
 	drv := driver.New(driver.Deps{Links: links, Firewall: fw, Sysctls: sysctlSetter{}, Store: st, AntiSpoof: spoof, Ports: ports, Pools: alloc})
 	alloc.SetReclaim(drv.ReclaimUnlearnt)
 	markCutShort(replays.f, alloc)
+	markEndpointsCutShort(replays.f, drv)
 	if verdict.Fresh {
 		drv.RemoveUnknownAtRestore()
 	}

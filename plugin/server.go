@@ -61,6 +61,10 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 				replayDeletes(w, path, fn, sweep)
 				return
 			}
+			if crash.Refuse("no-replay:" + strings.TrimPrefix(path, "/")) {
+				writeFailure(w, emptyRetry) // as if dockerd had given up
+				return
+			}
 			var reply []byte
 			if body, reply = replays.take(path); body == nil {
 				writeFailure(w, emptyRetry)

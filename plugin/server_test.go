@@ -331,6 +331,35 @@ func TestCutShortRequestAddressMarked(t *testing.T) {
 	}
 }
 
+// endpointMarks records EndpointsCutShort.
+type endpointMarks [][]string
+
+func (e *endpointMarks) EndpointsCutShort(ids []string) { *e = append(*e, ids) }
+
+// At start, the endpoints of the CreateEndpoint calls an earlier run
+// stopped in, unanswered, reach the driver, in one call; the body stays
+// for the replay.
+func TestCutShortCreateEndpointMarked(t *testing.T) {
+	dir := t.TempDir()
+	f := openInflight(t, dir)
+	f.begin("/NetworkDriver.CreateEndpoint", []byte(`{"NetworkID":"n1","EndpointID":"e1","Interface":{"Address":"10.1.0.5/24"}}`))
+	f.begin("/NetworkDriver.CreateEndpoint", []byte(`{"NetworkID":"n1","EndpointID":"e2"}`)).answered([]byte(`{}`))
+	f.begin("/NetworkDriver.Join", []byte(`{"NetworkID":"n1","EndpointID":"e3"}`))
+	var marks endpointMarks
+	next := openInflight(t, dir)
+	markEndpointsCutShort(next, &marks)
+	if len(marks) != 1 || !slices.Equal(marks[0], []string{"e1"}) {
+		t.Fatalf("marked %v, want [[e1]]", marks)
+	}
+	markEndpointsCutShort(nil, &marks)
+	if len(marks) != 1 {
+		t.Fatalf("marked %v with no directory for calls in flight", marks)
+	}
+	if left := next.unanswered("/NetworkDriver.CreateEndpoint"); len(left) != 1 || !strings.Contains(string(left[0]), `"e1"`) {
+		t.Fatalf("kept for the replay: %q", left)
+	}
+}
+
 // createRec records CreateEndpoint calls.
 type createRec struct {
 	stubDriver

@@ -71,3 +71,25 @@ func Point(name string) {
 	log.WithField("point", name).Warn("OURNET_CRASH_AT: crashing on purpose")
 	os.Exit(3)
 }
+
+// Refuse says whether name is a listed point not reached before, and
+// marks it reached: the caller then fails the call it is handling instead
+// of doing it, once. It stands in for what a test cannot make happen on
+// cue: a "no-replay:" point refuses the empty retry of a cut-short call,
+// as if every retry had fallen in an outage longer than dockerd's 30 s.
+func Refuse(name string) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	if !points[name] {
+		return false
+	}
+	marker := filepath.Join(dir, "crashed-at-"+name)
+	if _, err := os.Stat(marker); err == nil {
+		return false
+	}
+	if err := os.WriteFile(marker, nil, 0o600); err != nil {
+		return false
+	}
+	log.WithField("point", name).Warn("OURNET_CRASH_AT: failing this call on purpose")
+	return true
+}
