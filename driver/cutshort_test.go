@@ -1,15 +1,10 @@
 package driver
 
 import (
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
-
-	"github.com/ournet/ournet/internal/firewall"
-	"github.com/ournet/ournet/internal/netdev"
-	"github.com/ournet/ournet/internal/store"
 )
 
 // Endpoints whose CreateEndpoint an earlier run saved and never answered
@@ -19,20 +14,10 @@ import (
 // nothing claimed goes when the window closes. None of their addresses is
 // told to the IPAM.
 func TestEndpointsCutShort(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	l := &fakeLinks{bridges: map[string]netdev.Bridge{}, veths: map[string]netdev.Veth{}, foreign: map[string]bool{}}
-	fw := &fakeFW{nets: map[string]firewall.Network{}}
+	d, l, fw, st := newTestDriver(t)
 	id := func(c byte) string { return string([]byte{c, c, c, c, c, c, c, c, c, c, c, c}) + eid[12:] }
 	req := func(c byte, addr string) *network.CreateEndpointRequest {
 		return &network.CreateEndpointRequest{NetworkID: nid, EndpointID: id(c), Interface: &network.EndpointInterface{Address: addr}}
-	}
-	d := New(Deps{Links: l, Firewall: fw, Sysctls: fakeSysctl{}, Store: st})
-	if err := d.Restore(); err != nil {
-		t.Fatal(err)
 	}
 	if err := d.CreateNetwork(createReq()); err != nil {
 		t.Fatal(err)
