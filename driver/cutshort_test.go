@@ -52,10 +52,10 @@ func TestEndpointsCutShort(t *testing.T) {
 		t.Fatal(err)
 	}
 	has := func(c byte) bool {
+		defer d2.lock()() // the window's removal runs on a timer
 		_, veth := l.veths["ov"+id(c)[:12]]
 		var ep Endpoint
 		saved, _ := st.Get(bucketEndpoints, id(c), &ep)
-		defer d2.lock()()
 		_, known := d2.endpoints[id(c)]
 		if veth != saved || saved != known {
 			t.Errorf("endpoint %c: veth %v, saved %v, known %v", c, veth, saved, known)
