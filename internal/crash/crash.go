@@ -54,15 +54,8 @@ func Setup(markerDir string) {
 func Point(name string) {
 	mu.Lock()
 	defer mu.Unlock()
-	if !points[name] {
+	if !firstReach(name) {
 		return
-	}
-	marker := filepath.Join(dir, "crashed-at-"+name)
-	if _, err := os.Stat(marker); err == nil {
-		return
-	}
-	if err := os.WriteFile(marker, nil, 0o600); err != nil {
-		return // no marker, no crash: it would crash again forever
 	}
 	if wait := minUptime - time.Since(started); wait > 0 {
 		log.WithField("point", name).WithField("wait", wait).Info("OURNET_CRASH_AT: waiting until the plugin has run long enough for dockerd to restart it")
@@ -80,6 +73,17 @@ func Point(name string) {
 func Refuse(name string) bool {
 	mu.Lock()
 	defer mu.Unlock()
+	if !firstReach(name) {
+		return false
+	}
+	log.WithField("point", name).Warn("OURNET_CRASH_AT: failing this call on purpose")
+	return true
+}
+
+// firstReach says whether name is a listed point reached for the first
+// time, and writes its marker; with no marker written it says no (the
+// point would act again at every reach, for ever). Called with mu held.
+func firstReach(name string) bool {
 	if !points[name] {
 		return false
 	}
@@ -87,9 +91,5 @@ func Refuse(name string) bool {
 	if _, err := os.Stat(marker); err == nil {
 		return false
 	}
-	if err := os.WriteFile(marker, nil, 0o600); err != nil {
-		return false
-	}
-	log.WithField("point", name).Warn("OURNET_CRASH_AT: failing this call on purpose")
-	return true
+	return os.WriteFile(marker, nil, 0o600) == nil
 }
