@@ -201,11 +201,12 @@ func (f *inflight) unanswered(path string) [][]byte {
 
 // markCutShort tells the IPAM which RequestAddress and CreateNetwork
 // calls an earlier run was handling, unanswered, when it stopped
-// (ipam/orphan.go). f may be nil.
+// (ipam/orphan.go), and the driver which CreateEndpoint calls
+// (driver/cutshort.go). f may be nil.
 func markCutShort(f *inflight, a interface {
 	GatewayCutShort(*ipamapi.RequestAddressRequest)
 	NetworkCutShort([]netip.Prefix)
-}) {
+}, d interface{ EndpointsCutShort([]string) }) {
 	if f == nil {
 		return
 	}
@@ -230,15 +231,6 @@ func markCutShort(f *inflight, a interface {
 			}
 		}
 		a.NetworkCutShort(subnets)
-	}
-}
-
-// markEndpointsCutShort tells the driver which CreateEndpoint calls an
-// earlier run was handling, unanswered, when it stopped
-// (driver/cutshort.go). f may be nil.
-func markEndpointsCutShort(f *inflight, d interface{ EndpointsCutShort([]string) }) {
-	if f == nil {
-		return
 	}
 	var ids []string
 	for _, body := range f.unanswered("/NetworkDriver.CreateEndpoint") {

@@ -195,8 +195,7 @@ func run() error {
 	ports := portmap.New(portmap.Config{Runner: runner, Families: families})
 	drv := driver.New(driver.Deps{Links: links, Firewall: fw, Sysctls: sysctlSetter{}, Store: st, AntiSpoof: spoof, Ports: ports, Pools: alloc})
 	alloc.SetReclaim(drv.ReclaimUnlearnt)
-	markCutShort(replays.f, alloc)
-	markEndpointsCutShort(replays.f, drv)
+	markCutShort(replays.f, alloc, drv)
 	if verdict.Fresh {
 		drv.RemoveUnknownAtRestore()
 	}

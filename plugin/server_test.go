@@ -320,12 +320,13 @@ func TestCutShortRequestAddressMarked(t *testing.T) {
 	f.begin("/NetworkDriver.CreateNetwork", []byte(`{"NetworkID":"n1","IPv4Data":[{"Pool":"10.3.0.0/24"}],"IPv6Data":[{"Pool":"fd00:3::/64"}]}`))
 	f.begin("/NetworkDriver.CreateNetwork", []byte(`{"NetworkID":"n2","IPv4Data":[{"Pool":"10.4.0.0/24"}]}`)).answered([]byte(`{}`))
 	var marks gatewayMarks
+	var eps endpointMarks
 	next := openInflight(t, dir)
-	markCutShort(next, &marks)
+	markCutShort(next, &marks, &eps)
 	if want := []string{"ournet-local/10.1.0.0/24:com.docker.network.gateway", "network:[10.3.0.0/24 fd00:3::/64]"}; !slices.Equal(marks, want) {
 		t.Fatalf("marked %v, want %v", marks, want)
 	}
-	markCutShort(nil, &marks) // no directory for calls in flight: nothing
+	markCutShort(nil, &marks, &eps) // no directory for calls in flight: nothing
 	if bodies, _ := next.takeAll("/IpamDriver.RequestAddress"); len(bodies) != 2 {
 		t.Fatalf("%d bodies left for a replay, want 2", len(bodies))
 	}
@@ -346,12 +347,13 @@ func TestCutShortCreateEndpointMarked(t *testing.T) {
 	f.begin("/NetworkDriver.CreateEndpoint", []byte(`{"NetworkID":"n1","EndpointID":"e2"}`)).answered([]byte(`{}`))
 	f.begin("/NetworkDriver.Join", []byte(`{"NetworkID":"n1","EndpointID":"e3"}`))
 	var marks endpointMarks
+	var ipam gatewayMarks
 	next := openInflight(t, dir)
-	markEndpointsCutShort(next, &marks)
-	if len(marks) != 1 || !slices.Equal(marks[0], []string{"e1"}) {
-		t.Fatalf("marked %v, want [[e1]]", marks)
+	markCutShort(next, &ipam, &marks)
+	if len(marks) != 1 || !slices.Equal(marks[0], []string{"e1"}) || len(ipam) != 0 {
+		t.Fatalf("marked %v and in the IPAM %v, want [[e1]] and nothing", marks, ipam)
 	}
-	markEndpointsCutShort(nil, &marks)
+	markCutShort(nil, &ipam, &marks)
 	if len(marks) != 1 {
 		t.Fatalf("marked %v with no directory for calls in flight", marks)
 	}
