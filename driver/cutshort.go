@@ -17,11 +17,10 @@ import (
 // So the plugin names those calls at start (EndpointsCutShort, before it
 // listens). The replay (a create of the same endpoint: of one cut short
 // before its save too, which the restart undid), or a Join, clears the
-// mark; a CreateEndpoint of
-// another endpoint with the same address in the same network, which the
-// IPAM can only have handed out after dockerd released it, removes the
-// marked one first; and cutShortWindow after the start, every endpoint
-// still marked is removed. Its addresses are not released here: dockerd's
+// mark; a CreateEndpoint of another endpoint with the same address in the
+// same network, which the IPAM can only have handed out after dockerd
+// released it, removes the marked one first; and cutShortWindow after the
+// start, every endpoint still marked is removed. Its addresses are not released here: dockerd's
 // own ReleaseAddress did that or was lost (then the address stays held
 // until its pool goes, which is safe), and a new container may hold them
 // by now.
@@ -54,7 +53,7 @@ func (d *Driver) EndpointsCutShort(ids []string) {
 func (d *Driver) dropCutShort() {
 	defer d.lock()()
 	for id := range d.cutShort {
-		if ep := d.endpoints[id]; ep != nil && ep.Sandbox == "" {
+		if ep := d.endpoints[id]; ep != nil {
 			d.removeCutShort(ep, "its CreateEndpoint was cut short and the engine never retried it")
 		}
 	}
@@ -66,7 +65,7 @@ func (d *Driver) dropCutShort() {
 func (d *Driver) dropCutShortWith(ep *Endpoint) {
 	for id := range d.cutShort {
 		old := d.endpoints[id]
-		if old == nil || old.ID == ep.ID || old.NetworkID != ep.NetworkID || old.Sandbox != "" {
+		if old == nil || old.ID == ep.ID || old.NetworkID != ep.NetworkID {
 			continue
 		}
 		if (ep.Addr.IsValid() && old.Addr.Addr() == ep.Addr.Addr()) || (ep.AddrV6.IsValid() && old.AddrV6.Addr() == ep.AddrV6.Addr()) {
