@@ -169,7 +169,7 @@ func TestCreateEndpointGivenUp(t *testing.T) {
 		nets, _ := e.status(t)
 		for _, raw := range nets {
 			var n struct {
-				Endpoints []struct{ Addr, HostVeth string }
+				Endpoints []struct{ Addr string }
 			}
 			if err := json.Unmarshal(raw, &n); err != nil {
 				t.Fatal(err)
