@@ -87,8 +87,9 @@ func (d *Driver) addSpoofChecks(n *Network, ep *Endpoint) error {
 	return nil
 }
 
-// delSpoofChecks removes the checks of ep's port; a port without any is
-// success, so it runs whatever the network's option.
+// delSpoofChecks removes the checks of ep's port (soon: antispoof.Del
+// queues the removal); a port without any is success, so it runs whatever
+// the network's option.
 func (d *Driver) delSpoofChecks(ep *Endpoint) error {
 	if err := d.spoof.Del(ep.HostVeth); err != nil {
 		return fmt.Errorf("ournet: removing anti-spoofing checks of %s: %w", ep.HostVeth, err)

@@ -282,6 +282,8 @@ func run() error {
 			log.WithError(err).Warn("removing ournet's nftables table")
 		}
 		log.Info("no network left: removed ournet's chains and tables")
+	} else if err := spoof.Settle(); err != nil { // removals still queued
+		log.WithError(err).Warn("removing the anti-spoofing checks of deleted endpoints (the next start does)")
 	}
 	return nil
 }

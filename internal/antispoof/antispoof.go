@@ -27,7 +27,8 @@
 // its element does not (under 1 ms). So Add, for a port the Filter knows has
 // no chain yet and with a base it knows is intact, only creates; every other
 // case (the first change, a repeated Add, anything after an error) rewrites
-// the base and the chain whole. Del removes at once, in one transaction.
+// the base and the chain whole. Del leaves its removal to a goroutine,
+// which does every removal queued meanwhile in one transaction.
 // nftables works whatever iptables backend the host uses and needs only
 // CAP_NET_ADMIN.
 package antispoof
@@ -36,9 +37,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -97,6 +100,14 @@ type Filter struct {
 	// says that the table, map and base chain are as ensureBase makes them:
 	// all as of this Filter's last change or check. nil: unknown.
 	known map[string]*Endpoint
+
+	// gone holds the ports Del queued, reaping whether a goroutine is on
+	// its way to remove them (reap). pmu guards both; taken after mu when
+	// both are, and alone by Del, which so never waits for a transaction.
+	pmu     sync.Mutex
+	gone    map[string]bool
+	reaping bool
+	hold    chan struct{} // tests: the reaper waits for it first
 }
 
 // New returns a Filter for the current network namespace, or for another
@@ -132,6 +143,9 @@ func (f *Filter) Add(ep Endpoint) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.pmu.Lock()
+	delete(f.gone, ep.Port) // its checks are still there: the cases below judge them
+	f.pmu.Unlock()
 	if f.known != nil {
 		switch cur, ok := f.known[ep.Port]; {
 		case ok && cur != nil && cur.same(ep):
@@ -163,19 +177,85 @@ func (ep Endpoint) same(o Endpoint) bool {
 	return ep.Port == o.Port && bytes.Equal(ep.MAC, o.MAC) && ep.IPv4 == o.IPv4 && ep.IPv6 == o.IPv6
 }
 
-// Del removes the checks of a port; a port without any is success.
+// Del removes the checks of a port; a port without any is success. It
+// only queues the removal: a goroutine does it, in one transaction with
+// the others queued meanwhile. A deletion waits for an RCU grace period
+// in the kernel, which removing a container need not wait for and which
+// parallel removals then share. Call it once the port is gone: its checks
+// outlive it, never the reverse. An Add of a queued port cancels its
+// removal; Ports first does what is queued, and Sync and Teardown do it
+// as part of their work. A removal that fails stays queued, and the next
+// Settle or Ports retries it and reports why.
 func (f *Filter) Del(port string) error {
 	if err := (Endpoint{Port: port, MAC: make(net.HardwareAddr, 6)}).check(); err != nil {
 		return err
 	}
+	f.pmu.Lock()
+	defer f.pmu.Unlock()
+	if f.gone == nil {
+		f.gone = map[string]bool{}
+	}
+	f.gone[port] = true
+	if !f.reaping {
+		f.reaping = true
+		go f.reap(f.hold)
+	}
+	return nil
+}
+
+func (f *Filter) reap(hold chan struct{}) {
+	if hold != nil {
+		<-hold
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.apply("removing checks for "+port, func(c Conn) error {
-		return delEndpoint(c, port)
-	}); err != nil {
-		return err
+	_ = f.settle() // what failed stays queued for the next call
+}
+
+// Settle removes the checks Del queued, and says why it could not.
+func (f *Filter) Settle() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.settle()
+}
+
+// takeGone empties the queue and returns it, sorted.
+func (f *Filter) takeGone() []string {
+	f.pmu.Lock()
+	defer f.pmu.Unlock()
+	ports := slices.Sorted(maps.Keys(f.gone))
+	f.gone, f.reaping = nil, false
+	return ports
+}
+
+// settle removes the queued ports' checks, syncChunk per transaction.
+// Called with f.mu held.
+func (f *Filter) settle() error {
+	ports := f.takeGone()
+	for i := 0; i < len(ports); i += syncChunk {
+		chunk := ports[i:min(i+syncChunk, len(ports))]
+		if err := f.apply("removing checks for "+strings.Join(chunk, ", "), func(c Conn) error {
+			for _, p := range chunk {
+				if err := delEndpoint(c, p); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			f.pmu.Lock()
+			if f.gone == nil {
+				f.gone = map[string]bool{}
+			}
+			for _, p := range ports[i:] {
+				f.gone[p] = true
+			}
+			f.pmu.Unlock()
+			return err
+		}
+		for _, p := range chunk {
+			delete(f.known, p) // a no-op on nil
+		}
 	}
-	delete(f.known, port) // a no-op on nil
 	return nil
 }
 
@@ -195,6 +275,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.takeGone() // every port not in eps goes below
 	have, _, err := f.ports()
 	if err != nil {
 		return err
@@ -272,6 +353,9 @@ func (f *Filter) rebuild() error {
 func (f *Filter) Ports() ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.settle(); err != nil {
+		return nil, err
+	}
 	have, intact, err := f.ports()
 	if err != nil || !intact {
 		return nil, err

@@ -105,6 +105,9 @@ func TestChecksDropSpoofedFrames(t *testing.T) {
 		if err := f.Del(a.port); err != nil {
 			t.Fatal(err)
 		}
+		if err := f.Settle(); err != nil {
+			t.Fatal(err)
+		}
 		run(false)
 	})
 }

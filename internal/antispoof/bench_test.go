@@ -67,8 +67,8 @@ func toggle(b *testing.B, others int, start flow) {
 			var err error
 			if on {
 				err = f.Add(src.endpoint())
-			} else {
-				err = f.Del(src.port)
+			} else if err = f.Del(src.port); err == nil {
+				err = f.Settle()
 			}
 			if err != nil {
 				b.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/nftables"
@@ -132,4 +133,68 @@ func TestFilterDriftAndFailureWithoutRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	havePorts(t, f, "ovc")
+}
+
+// Del only queues: the kernel is untouched until the reaper runs, which
+// removes every port queued meanwhile in one transaction; an Add of a
+// queued port cancels its removal and, its checks being the same, costs
+// nothing; a removal that fails stays queued and the next call reports it.
+func TestDelQueues(t *testing.T) {
+	k := nft.NewFake()
+	var refuse atomic.Bool // set while reapers may run: k.Fail is read under k's lock
+	k.Fail = func() error {
+		if refuse.Load() {
+			return errors.New("injected")
+		}
+		return nil
+	}
+	f := NewWith(k.Dial)
+	if err := f.Sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := fakeEP("ova", 2), fakeEP("ovb", 3), fakeEP("ovc", 4)
+	for _, ep := range []Endpoint{a, b, c} {
+		if err := f.Add(ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hold := make(chan struct{})
+	f.hold = hold
+	before := k.Transactions
+	for _, p := range []string{"ova", "ovb", "ovc"} {
+		if err := f.Del(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Add(c); err != nil { // the same endpoint, back before the reaper
+		t.Fatal(err)
+	}
+	if k.Transactions != before {
+		t.Fatalf("Del and a repeated Add made %d transactions before the reaper ran, want 0", k.Transactions-before)
+	}
+	if _, ok := k.Rules(table, ChainPrefix+"ova"); !ok {
+		t.Fatal("Del removed ova's chain itself")
+	}
+	close(hold)
+	havePorts(t, f, "ovc") // settles, or finds the reaper done
+	if k.Transactions != before+1 {
+		t.Fatalf("removing two ports took %d transactions, want 1", k.Transactions-before)
+	}
+	if r, ok := k.Rules(table, ChainPrefix+"ovc"); !ok || len(r) != len(endpointRules(c)) {
+		t.Fatalf("ovc's chain after its removal was cancelled: %d rules (%v), want %d", len(r), ok, len(endpointRules(c)))
+	}
+
+	f.hold = make(chan struct{}) // this reaper never runs: Settle does its work
+	refuse.Store(true)
+	if err := f.Del("ovc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Settle(); err == nil {
+		t.Fatal("Settle with the kernel refusing: no error")
+	}
+	refuse.Store(false)
+	if _, err := f.Ports(); err != nil {
+		t.Fatal(err)
+	}
+	havePorts(t, f) // the failed removal was retried
 }

@@ -12,6 +12,7 @@ import (
 func (f *Filter) Teardown() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.takeGone() // the table takes them along
 	c, err := f.dial()
 	if err != nil {
 		return fmt.Errorf("antispoof: teardown: opening nftables: %w", err)
