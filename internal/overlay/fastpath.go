@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -181,16 +182,20 @@ func filterKey(u *netlink.U32) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d|%d|%x|", u.Priority, u.RedirIndex, u.ClassId)
 	for _, k := range u.Sel.Keys {
-		fmt.Fprintf(&b, "%d:%08x/%08x,", k.Off, k.Val, k.Mask)
+		if k.Mask != 0 { // a key that matches all is no match
+			fmt.Fprintf(&b, "%d:%08x/%08x,", k.Off, k.Val, k.Mask)
+		}
 	}
 	return b.String()
 }
 
-// redirect sends what keys match out of the device ifindex.
+// redirect sends what keys match out of the device ifindex. Keys are
+// clipped: the library sends as many as their capacity, the spare ones
+// zero (keys that match all, which the kernel would then check too).
 func redirect(keys []nl.TcU32Key, ifindex int) *netlink.U32 {
 	return &netlink.U32{
 		FilterAttrs: netlink.FilterAttrs{Priority: prioRedirect},
-		Sel:         &nl.TcU32Sel{Flags: nl.TC_U32_TERMINAL, Keys: keys},
+		Sel:         &nl.TcU32Sel{Flags: nl.TC_U32_TERMINAL, Keys: slices.Clip(keys)},
 		RedirIndex:  ifindex, // the library adds the mirred action
 	}
 }
@@ -200,7 +205,7 @@ func redirect(keys []nl.TcU32Key, ifindex int) *netlink.U32 {
 func pass(keys []nl.TcU32Key) *netlink.U32 {
 	return &netlink.U32{
 		FilterAttrs: netlink.FilterAttrs{Priority: prioPass},
-		Sel:         &nl.TcU32Sel{Flags: nl.TC_U32_TERMINAL, Keys: keys},
+		Sel:         &nl.TcU32Sel{Flags: nl.TC_U32_TERMINAL, Keys: slices.Clip(keys)},
 		ClassId:     netlink.MakeHandle(1, 1),
 	}
 }
