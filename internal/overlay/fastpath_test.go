@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -61,10 +62,14 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 	if filters[0] != filters[1] {
 		t.Fatalf("the second run made the filters again:\n%s\nthen\n%s", filters[0], filters[1])
 	}
-	if n := strings.Count(filters[1], "fh 8"); n != 2+2+2 {
-		// on the veth, two hash tables (one per priority), a pass and a
-		// redirect; on the VXLAN device, a table and a redirect
-		t.Fatalf("%d u32 entries after two runs, want 6:\n%s", n, filters[1])
+	// Two root hash tables (one per priority), the pass and the link to
+	// the remotes' table, and in it one redirect, in the bucket of the
+	// remote MAC's last byte; nothing else.
+	out := sh(t, "tc", "-n", l.a, "filter", "show", "dev", a.Veth, "ingress")
+	bucket := fmt.Sprintf("fh 1:%x:800 ", b.MAC[5])
+	if strings.Count(out, "fh 8") != 4 || strings.Count(out, "fh 1:") != 2 || !strings.Contains(out, "fh 1: ht divisor 256") ||
+		!strings.Contains(out, bucket) || !strings.Contains(out, "link 1:") || strings.Count(out, "mirred") != 1 {
+		t.Fatalf("u32 entries on %s after two runs, want 4 in the roots, the remotes' table and one redirect (%s):\n%s", a.Veth, bucket, out)
 	}
 	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
 		t.Fatalf("over the fast path: %v", err)
@@ -139,4 +144,80 @@ func (l *lab) udpArrives(ns string, sport int, dstNS, dst string) bool {
 	rest, _ := io.ReadAll(out)
 	_ = recv.Wait()
 	return strings.Contains(string(buf[:n])+string(rest), "dgram")
+}
+
+// With many remote endpoints, each veth's redirects are spread over the
+// remotes' hash table by the last byte of their MAC: the one for a remote
+// whose bucket it shares with others still forwards, frames for MACs not
+// listed do not take the fast path, and the linear redirects of an older
+// version are replaced. The bridges drop every frame they would forward,
+// so only the fast path carries anything.
+func TestFastPathManyRemotes(t *testing.T) {
+	l := newLab(t)
+	for i, m := range []*Manager{l.ma, l.mb} {
+		d := Device{Name: "ov-4096", VNI: 4096, Local: netip.MustParseAddr([]string{"198.51.100.1", "198.51.100.2"}[i]),
+			Bridge: "br0", MTU: 1500 - Overhead, Owner: "net1"}
+		if err := m.Ensure(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := Local{Veth: "v" + l.ca, MAC: l.macA, IPv4: netip.MustParseAddr("10.50.0.10")}
+	b := Local{Veth: "v" + l.cb, MAC: l.macB, IPv4: netip.MustParseAddr("10.50.0.20")}
+	if _, _, err := l.ma.SetPeers("ov-4096", []Peer{{Addr: b.IPv4, MAC: b.MAC, VTEP: netip.MustParseAddr("198.51.100.2")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := l.mb.SetPeers("ov-4096", []Peer{{Addr: a.IPv4, MAC: a.MAC, VTEP: netip.MustParseAddr("198.51.100.1")}}); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "ip", "-n", l.ca, "neigh", "replace", "10.50.0.20", "lladdr", l.macB.String(), "dev", "eth0", "nud", "permanent")
+	sh(t, "ip", "-n", l.cb, "neigh", "replace", "10.50.0.10", "lladdr", l.macA.String(), "dev", "eth0", "nud", "permanent")
+	for _, ns := range []string{l.a, l.b} {
+		sh(t, "ip", "netns", "exec", ns, "nft", "add table bridge t { chain f { type filter hook forward priority 0; policy drop; }; }")
+	}
+	if err := l.mb.SetFastPath("ov-4096", []Local{b}, []net.HardwareAddr{a.MAC}); err != nil {
+		t.Fatal(err)
+	}
+	// An older version's layout on a's veth: linear redirects in the root.
+	sh(t, "tc", "-n", l.a, "qdisc", "add", "dev", a.Veth, "clsact")
+	sh(t, "tc", "-n", l.a, "filter", "add", "dev", a.Veth, "ingress", "prio", "2", "protocol", "ip", "u32",
+		"match", "ether", "dst", b.MAC.String(), "action", "mirred", "egress", "redirect", "dev", "ov-4096")
+	var others, sameBucket []net.HardwareAddr
+	for i := range 300 {
+		mac := net.HardwareAddr{0x02, 0x42, 0x0b, 0, byte(i >> 8), byte(i)}
+		others = append(others, mac)
+		if mac[5] == b.MAC[5] {
+			sameBucket = append(sameBucket, mac)
+		}
+	}
+	if len(sameBucket) < 2 {
+		t.Fatalf("%d other remotes in %s's bucket: the test proves nothing", len(sameBucket), b.MAC)
+	}
+	redirects := func(want int) {
+		t.Helper()
+		out := sh(t, "tc", "-n", l.a, "filter", "show", "dev", a.Veth, "ingress")
+		if n, in := strings.Count(out, "mirred"), strings.Count(out, "key ht 1 bkt"); n != want || in != want {
+			t.Fatalf("%d redirects on %s, %d of them in the remotes' table; want %d in it", n, a.Veth, in, want)
+		}
+	}
+	if err := l.ma.SetFastPath("ov-4096", []Local{a}, append(slices.Clone(others), b.MAC)); err != nil {
+		t.Fatal(err)
+	}
+	redirects(len(others) + 1)
+	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+		t.Fatalf("to a remote sharing its bucket with %d others: %v", len(sameBucket), err)
+	}
+	if err := l.ma.SetFastPath("ov-4096", []Local{a}, others); err != nil { // b gone, the others stay
+		t.Fatal(err)
+	}
+	redirects(len(others))
+	if err := l.ping(l.ca, "10.50.0.20"); err == nil {
+		t.Fatal("frames for a remote no longer listed took the fast path")
+	}
+	if err := l.ma.SetFastPath("ov-4096", []Local{a}, []net.HardwareAddr{b.MAC}); err != nil {
+		t.Fatal(err)
+	}
+	redirects(1)
+	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+		t.Fatalf("to the one remote left: %v", err)
+	}
 }
