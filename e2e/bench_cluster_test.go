@@ -76,7 +76,7 @@ func (b *bench) cluster() error {
 		return err
 	}
 	time.Sleep(500 * time.Millisecond)
-	fpBefore, _, err := h2.FastPathPackets()
+	fpBefore, _, _, err := h2.FastPathPackets()
 	if err != nil {
 		return err
 	}
@@ -100,7 +100,7 @@ func (b *bench) cluster() error {
 		return err
 	}
 	b.t.Logf("cluster throughput Gbit/s: %v", gbits)
-	fpAfter, out, err := h2.FastPathPackets()
+	fpAfter, _, out, err := h2.FastPathPackets()
 	if err != nil {
 		return err
 	}

@@ -482,17 +482,22 @@ func (c *Cluster) link(i int, state string) error {
 	return nil
 }
 
-// FastPathPackets adds up the packets the host's VXLAN devices handed
-// straight to their containers' veths (the fast path's redirects, tc -s),
-// and returns tc's output too.
-func (h *CHost) FastPathPackets() (int, string, error) {
-	out, err := h.ShFor(10*time.Second, "sh", "-c", "for d in $(ip -o link show type vxlan | cut -d: -f2 | tr -d ' '); do tc -s filter show dev $d ingress; done")
-	n := 0
-	for _, m := range regexp.MustCompile(`Sent \d+ bytes (\d+) pkt`).FindAllStringSubmatch(out, -1) {
-		k, _ := strconv.Atoi(m[1])
-		n += k
+// FastPathPackets adds up the packets the host's fast path redirected
+// (tc -s, mirred): from its VXLAN devices straight to their containers'
+// veths, and from the containers' veths straight to the VXLAN devices. It
+// returns tc's output too.
+func (h *CHost) FastPathPackets() (fromTunnel, toTunnel int, out string, err error) {
+	out, err = h.ShFor(10*time.Second, "sh", "-c", "for d in $(ip -o link show type vxlan | cut -d: -f2 | tr -d ' '); do tc -s filter show dev $d ingress; done; echo VETHS; "+
+		"for d in $(ip -o link show type veth | cut -d: -f2 | cut -d@ -f1 | tr -d ' '); do tc -s filter show dev $d ingress; done")
+	count := func(s string) (n int) {
+		for _, m := range regexp.MustCompile(`Sent \d+ bytes (\d+) pkt`).FindAllStringSubmatch(s, -1) {
+			k, _ := strconv.Atoi(m[1])
+			n += k
+		}
+		return n
 	}
-	return n, out, err
+	vx, veths, _ := strings.Cut(out, "VETHS")
+	return count(vx), count(veths), out, err
 }
 
 // ShFor runs a command in the host's namespace, killed after timeout.

@@ -619,12 +619,13 @@ func (s *clusterSuite) createAndTalk(t testing.TB) {
 	}
 	// That IPv4 took the fast path, past the bridges (overlay.SetFastPath):
 	// each host's VXLAN device handed the packets for its container
-	// straight to the container's veth.
+	// straight to the container's veth, and the veth its container's
+	// packets straight to the VXLAN device.
 	for _, h := range s.Hosts {
-		if n, out, err := h.FastPathPackets(); err != nil || n == 0 {
-			t.Errorf("host %d: the VXLAN device redirected %d packets to its containers (%v):\n%s", h.I, n, err, out)
+		if from, to, out, err := h.FastPathPackets(); err != nil || from == 0 || to == 0 {
+			t.Errorf("host %d: the fast path redirected %d packets from the tunnel to the containers and %d from the containers to the tunnel (%v):\n%s", h.I, from, to, err, out)
 		} else {
-			t.Logf("host %d: %d packets from the tunnel went straight to their container", h.I, n)
+			t.Logf("host %d: %d packets from the tunnel went straight to their container, %d from the container straight to the tunnel", h.I, from, to)
 		}
 	}
 }
