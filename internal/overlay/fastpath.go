@@ -63,7 +63,7 @@ func (m *Manager) SetFastPath(dev string, locals []Local, remotes []net.Hardware
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", dev, err)
 	}
-	var in []*netlink.U32 // on dev: to each local endpoint
+	in := []*netlink.U32{macTable(), macLink()} // on dev: to each local endpoint
 	var first error
 	type port struct {
 		link  netlink.Link
@@ -79,9 +79,9 @@ func (m *Manager) SetFastPath(dev string, locals []Local, remotes []net.Hardware
 			continue
 		}
 		ports = append(ports, port{link, l})
-		in = append(in, redirect(keysDstMAC(l.MAC), link.Attrs().Index))
+		in = append(in, inBucket(l.MAC, redirect(keysDstMAC(l.MAC), link.Attrs().Index)))
 	}
-	if len(remotes) == 0 {
+	if len(remotes) == 0 || len(ports) == 0 {
 		in = nil // nothing can come for them from there
 	}
 	if err := m.setIngress(vx, in); err != nil {
@@ -108,14 +108,12 @@ func (m *Manager) SetFastPath(dev string, locals []Local, remotes []net.Hardware
 	for _, p := range ports {
 		var out []*netlink.U32
 		if len(remotes) > 0 {
-			out = append(out, pass(keysDHCPServer()), remotesTable(), remotesLink())
+			out = append(out, pass(keysDHCPServer()), macTable(), macLink())
 			for _, r := range remotes {
 				if len(r) != 6 {
 					continue
 				}
-				f := redirect(append(append(keysDstMAC(r), keysSrcMAC(p.local.MAC)...), keysIPv4(p.local.IPv4)...), vx.Attrs().Index)
-				f.Hash = remotesHT | uint32(r[5])<<12 // its bucket
-				out = append(out, f)
+				out = append(out, inBucket(r, redirect(append(append(keysDstMAC(r), keysSrcMAC(p.local.MAC)...), keysIPv4(p.local.IPv4)...), vx.Attrs().Index)))
 			}
 		}
 		if err := m.setIngress(p.link, out); err != nil {
@@ -150,7 +148,7 @@ func (m *Manager) setIngress(link netlink.Link, want []*netlink.U32) error {
 	}
 	for _, f := range have {
 		u, ok := f.(*netlink.U32)
-		if ok && u.Sel == nil && (u.Handle != remotesHT || u.Divisor != remotesBuckets) {
+		if ok && u.Sel == nil && (u.Handle != macHT || u.Divisor != macBuckets) {
 			continue // a priority's root hash table
 		}
 		if ok {
@@ -179,14 +177,14 @@ func (m *Manager) setIngress(link netlink.Link, want []*netlink.U32) error {
 }
 
 // filterKey is what makes two filters the same: priority, the hash table
-// and bucket it is in, matches and where a match goes. The remotes' table
+// and bucket it is in, matches and where a match goes. The MAC table
 // sorts first in its priority: it is added before what goes in or to it.
 func filterKey(u *netlink.U32) string {
 	if u.Sel == nil || u.Divisor != 0 {
 		return fmt.Sprintf("%d|!table %x/%d", u.Priority, u.Handle, u.Divisor)
 	}
 	in := "root" // a priority's own table, whatever handle the kernel gave it
-	if u.Hash&htidMask == remotesHT {
+	if u.Hash&htidMask == macHT {
 		in = fmt.Sprintf("bucket %02x", u.Hash&bucketMask>>12)
 	}
 	var b strings.Builder
@@ -199,32 +197,38 @@ func filterKey(u *netlink.U32) string {
 	return b.String()
 }
 
-// A veth's redirects to the remote endpoints are in a u32 hash table of
-// their own, hashed on the last byte of the destination MAC, so a frame
-// is matched against the few remotes of its bucket, not against all the
-// network's: with 500 remotes in one list, 64-byte UDP to the last one
-// got half the packet rate.
+// The redirects are in a u32 hash table of their own, hashed on the last
+// byte of the destination MAC: on a veth those to the remote endpoints, on
+// the VXLAN device those to the local ones. A frame is matched against the
+// few of its bucket, not against all the network's: with 500 remotes in
+// one list, 64-byte UDP to the last one got half the packet rate.
 const (
-	remotesHT      = 0x00100000 // table 1:, in the redirects' priority
-	remotesBuckets = 256
-	htidMask       = 0xfff00000 // of a u32 handle: its table, its bucket, its node
-	bucketMask     = 0x000ff000
+	macHT      = 0x00100000 // table 1:, in the redirects' priority
+	macBuckets = 256
+	htidMask   = 0xfff00000 // of a u32 handle: its table, its bucket, its node
+	bucketMask = 0x000ff000
 )
 
-// remotesTable makes the remotes' table.
-func remotesTable() *netlink.U32 {
-	return &netlink.U32{FilterAttrs: netlink.FilterAttrs{Priority: prioRedirect, Handle: remotesHT}, Divisor: remotesBuckets}
+// macTable makes the MAC table.
+func macTable() *netlink.U32 {
+	return &netlink.U32{FilterAttrs: netlink.FilterAttrs{Priority: prioRedirect, Handle: macHT}, Divisor: macBuckets}
 }
 
-// remotesLink sends every frame to the bucket of its destination MAC's
-// last byte (the low byte of the word at -12) in the remotes' table; a
-// frame no filter there matches goes on to the bridge.
-func remotesLink() *netlink.U32 {
+// macLink sends every frame to the bucket of its destination MAC's last
+// byte (the low byte of the word at -12) in the MAC table; a frame no
+// filter there matches goes on to the bridge.
+func macLink() *netlink.U32 {
 	return &netlink.U32{
 		FilterAttrs: netlink.FilterAttrs{Priority: prioRedirect},
-		Link:        remotesHT,
+		Link:        macHT,
 		Sel:         &nl.TcU32Sel{Hoff: -12, Hmask: 0x000000ff, Keys: []nl.TcU32Key{{}}}, // the key matches all
 	}
+}
+
+// inBucket puts f, a redirect of frames to mac, in mac's bucket.
+func inBucket(mac net.HardwareAddr, f *netlink.U32) *netlink.U32 {
+	f.Hash = macHT | uint32(mac[5])<<12
+	return f
 }
 
 // redirect sends what keys match out of the device ifindex. Keys are

@@ -63,13 +63,13 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 		t.Fatalf("the second run made the filters again:\n%s\nthen\n%s", filters[0], filters[1])
 	}
 	// Two root hash tables (one per priority), the pass and the link to
-	// the remotes' table, and in it one redirect, in the bucket of the
+	// the MAC table, and in it one redirect, in the bucket of the
 	// remote MAC's last byte; nothing else.
 	out := sh(t, "tc", "-n", l.a, "filter", "show", "dev", a.Veth, "ingress")
 	bucket := fmt.Sprintf("fh 1:%x:800 ", b.MAC[5])
 	if strings.Count(out, "fh 8") != 4 || strings.Count(out, "fh 1:") != 2 || !strings.Contains(out, "fh 1: ht divisor 256") ||
 		!strings.Contains(out, bucket) || !strings.Contains(out, "link 1:") || strings.Count(out, "mirred") != 1 {
-		t.Fatalf("u32 entries on %s after two runs, want 4 in the roots, the remotes' table and one redirect (%s):\n%s", a.Veth, bucket, out)
+		t.Fatalf("u32 entries on %s after two runs, want 4 in the roots, the MAC table and one redirect (%s):\n%s", a.Veth, bucket, out)
 	}
 	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
 		t.Fatalf("over the fast path: %v", err)
@@ -146,12 +146,13 @@ func (l *lab) udpArrives(ns string, sport int, dstNS, dst string) bool {
 	return strings.Contains(string(buf[:n])+string(rest), "dgram")
 }
 
-// With many remote endpoints, each veth's redirects are spread over the
-// remotes' hash table by the last byte of their MAC: the one for a remote
-// whose bucket it shares with others still forwards, frames for MACs not
-// listed do not take the fast path, and the linear redirects of an older
-// version are replaced. The bridges drop every frame they would forward,
-// so only the fast path carries anything.
+// With many remote endpoints, each veth's redirects are spread over a
+// hash table by the last byte of their MAC, and so are the VXLAN device's
+// to many local ones: the one for an endpoint whose bucket it shares with
+// others still forwards, frames for MACs not listed do not take the fast
+// path, and the linear redirects of an older version are replaced. The
+// bridges drop every frame they would forward, so only the fast path
+// carries anything.
 func TestFastPathManyRemotes(t *testing.T) {
 	l := newLab(t)
 	for i, m := range []*Manager{l.ma, l.mb} {
@@ -174,8 +175,21 @@ func TestFastPathManyRemotes(t *testing.T) {
 	for _, ns := range []string{l.a, l.b} {
 		sh(t, "ip", "netns", "exec", ns, "nft", "add table bridge t { chain f { type filter hook forward priority 0; policy drop; }; }")
 	}
-	if err := l.mb.SetFastPath("ov-4096", []Local{b}, []net.HardwareAddr{a.MAC}); err != nil {
+	// Host b has three more local endpoints in b's bucket, on veths of
+	// their own.
+	locals := []Local{b}
+	for i := range 3 {
+		name := fmt.Sprintf("vmore%d", i)
+		sh(t, "ip", "-n", l.b, "link", "add", name, "type", "veth", "peer", "name", name+"p")
+		sh(t, "ip", "-n", l.b, "link", "set", name, "master", "br0", "up")
+		locals = append(locals, Local{Veth: name, MAC: net.HardwareAddr{0x02, 0x42, 0x0c, 0, byte(i), b.MAC[5]}, IPv4: netip.AddrFrom4([4]byte{10, 50, 1, byte(i)})})
+	}
+	if err := l.mb.SetFastPath("ov-4096", locals, []net.HardwareAddr{a.MAC}); err != nil {
 		t.Fatal(err)
+	}
+	if out := sh(t, "tc", "-n", l.b, "filter", "show", "dev", "ov-4096", "ingress"); strings.Count(out, "mirred") != 4 ||
+		strings.Count(out, fmt.Sprintf("key ht 1 bkt %x ", b.MAC[5])) != 4 {
+		t.Fatalf("the VXLAN device's redirects, want 4 in bucket %x:\n%s", b.MAC[5], out)
 	}
 	// An older version's layout on a's veth: linear redirects in the root.
 	sh(t, "tc", "-n", l.a, "qdisc", "add", "dev", a.Veth, "clsact")
@@ -196,7 +210,7 @@ func TestFastPathManyRemotes(t *testing.T) {
 		t.Helper()
 		out := sh(t, "tc", "-n", l.a, "filter", "show", "dev", a.Veth, "ingress")
 		if n, in := strings.Count(out, "mirred"), strings.Count(out, "key ht 1 bkt"); n != want || in != want {
-			t.Fatalf("%d redirects on %s, %d of them in the remotes' table; want %d in it", n, a.Veth, in, want)
+			t.Fatalf("%d redirects on %s, %d of them in the MAC table; want %d in it", n, a.Veth, in, want)
 		}
 	}
 	if err := l.ma.SetFastPath("ov-4096", []Local{a}, append(slices.Clone(others), b.MAC)); err != nil {
