@@ -27,6 +27,7 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -498,6 +499,29 @@ func (h *CHost) FastPathPackets() (fromTunnel, toTunnel int, out string, err err
 	}
 	vx, veths, _ := strings.Cut(out, "VETHS")
 	return count(vx), count(veths), out, err
+}
+
+// FastPathFilters maps each fast-path redirect on the host (a filter on
+// a VXLAN device's or a veth's ingress, by device and handle) to its
+// mirred action's index: a filter made again has a new one. It returns
+// tc's output too.
+func (h *CHost) FastPathFilters() (map[string]string, string) {
+	out, _ := h.ShFor(10*time.Second, "sh", "-c", "for d in $( (ip -o link show type vxlan; ip -o link show type veth) | cut -d: -f2 | cut -d@ -f1 | tr -d ' '); do echo \"dev $d\"; tc filter show dev $d ingress; done")
+	filters := map[string]string{}
+	dev, fh := "", ""
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "dev":
+			dev = f[1]
+		case slices.Contains(f, "fh") && slices.Index(f, "fh")+1 < len(f):
+			fh = dev + " " + f[slices.Index(f, "fh")+1]
+		case len(f) >= 2 && f[0] == "index" && fh != "":
+			filters[fh] = f[1]
+			fh = ""
+		}
+	}
+	return filters, out
 }
 
 // ShFor runs a command in the host's namespace, killed after timeout.

@@ -652,6 +652,7 @@ func (s *clusterSuite) parallelRuns(t testing.TB) {
 			return err
 		})
 	})
+	kept, _ := s.H(1).FastPathFilters()
 	start := time.Now()
 	err := each(cs, func(c ctr) error {
 		_, err := c.h.Docker(2*time.Minute, "run", "-d", "--name", c.name, "--network", appNet, Image, "sleep", "3600")
@@ -660,6 +661,22 @@ func (s *clusterSuite) parallelRuns(t testing.TB) {
 	t.Logf("18 parallel runs over 3 hosts: %s", time.Since(start).Round(time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Each run reprogrammed host 1's fast path; the filters that stay
+	// wanted (those for a2 and a3) were left as they were, not made again.
+	now, out := s.H(1).FastPathFilters()
+	if len(kept) < 2 {
+		t.Errorf("host 1 had %d fast-path redirects before the runs, want at least 2 (to a2 and a3):\n%s", len(kept), out)
+	}
+	t.Logf("host 1's %d fast-path redirects before the runs, %d after", len(kept), len(now))
+	var remade []string
+	for fh, action := range kept {
+		if now[fh] != action {
+			remade = append(remade, fmt.Sprintf("%s (action %s, then %q)", fh, action, now[fh]))
+		}
+	}
+	if len(remade) > 0 {
+		t.Errorf("host 1's fast-path filters made again by the runs: %v\n%s", remade, out)
 	}
 	all, err := s.allAddrs(appNet)
 	if err != nil {
