@@ -18,23 +18,7 @@ import (
 // static here: ARP takes the bridge, as it always does.
 func TestFastPathSkipsTheBridge(t *testing.T) {
 	l := newLab(t)
-	for i, m := range []*Manager{l.ma, l.mb} {
-		d := Device{Name: "ov-4096", VNI: 4096, Local: netip.MustParseAddr([]string{"198.51.100.1", "198.51.100.2"}[i]),
-			Bridge: "br0", MTU: 1500 - Overhead, Owner: "net1"}
-		if err := m.Ensure(d); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a := Local{Veth: "v" + l.ca, MAC: l.macA, IPv4: netip.MustParseAddr("10.50.0.10")}
-	b := Local{Veth: "v" + l.cb, MAC: l.macB, IPv4: netip.MustParseAddr("10.50.0.20")}
-	if _, _, err := l.ma.SetPeers("ov-4096", []Peer{{Addr: b.IPv4, MAC: b.MAC, VTEP: netip.MustParseAddr("198.51.100.2")}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := l.mb.SetPeers("ov-4096", []Peer{{Addr: a.IPv4, MAC: a.MAC, VTEP: netip.MustParseAddr("198.51.100.1")}}); err != nil {
-		t.Fatal(err)
-	}
-	sh(t, "ip", "-n", l.ca, "neigh", "replace", "10.50.0.20", "lladdr", l.macB.String(), "dev", "eth0", "nud", "permanent")
-	sh(t, "ip", "-n", l.cb, "neigh", "replace", "10.50.0.10", "lladdr", l.macA.String(), "dev", "eth0", "nud", "permanent")
+	a, b := l.overlay()
 	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
 		t.Fatalf("through the bridges: %v", err)
 	}
@@ -115,6 +99,33 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 	}
 }
 
+// overlay joins the lab's two hosts with a VXLAN device each, each
+// knowing the other's container as a peer, and gives the containers
+// static neighbour entries (ARP takes the bridge, as it always does); it
+// returns the two containers as local endpoints.
+func (l *lab) overlay() (a, b Local) {
+	t := l.t
+	t.Helper()
+	for i, m := range []*Manager{l.ma, l.mb} {
+		d := Device{Name: "ov-4096", VNI: 4096, Local: netip.MustParseAddr([]string{"198.51.100.1", "198.51.100.2"}[i]),
+			Bridge: "br0", MTU: 1500 - Overhead, Owner: "net1"}
+		if err := m.Ensure(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a = Local{Veth: "v" + l.ca, MAC: l.macA, IPv4: netip.MustParseAddr("10.50.0.10")}
+	b = Local{Veth: "v" + l.cb, MAC: l.macB, IPv4: netip.MustParseAddr("10.50.0.20")}
+	if _, _, err := l.ma.SetPeers("ov-4096", []Peer{{Addr: b.IPv4, MAC: b.MAC, VTEP: netip.MustParseAddr("198.51.100.2")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := l.mb.SetPeers("ov-4096", []Peer{{Addr: a.IPv4, MAC: a.MAC, VTEP: netip.MustParseAddr("198.51.100.1")}}); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "ip", "-n", l.ca, "neigh", "replace", "10.50.0.20", "lladdr", l.macB.String(), "dev", "eth0", "nud", "permanent")
+	sh(t, "ip", "-n", l.cb, "neigh", "replace", "10.50.0.10", "lladdr", l.macA.String(), "dev", "eth0", "nud", "permanent")
+	return a, b
+}
+
 func (l *lab) pingFrom(ns, src, to string) (string, error) {
 	out, err := exec.Command("ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "2", "-I", src, to).CombinedOutput()
 	return string(out), err
@@ -155,23 +166,7 @@ func (l *lab) udpArrives(ns string, sport int, dstNS, dst string) bool {
 // carries anything.
 func TestFastPathManyRemotes(t *testing.T) {
 	l := newLab(t)
-	for i, m := range []*Manager{l.ma, l.mb} {
-		d := Device{Name: "ov-4096", VNI: 4096, Local: netip.MustParseAddr([]string{"198.51.100.1", "198.51.100.2"}[i]),
-			Bridge: "br0", MTU: 1500 - Overhead, Owner: "net1"}
-		if err := m.Ensure(d); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a := Local{Veth: "v" + l.ca, MAC: l.macA, IPv4: netip.MustParseAddr("10.50.0.10")}
-	b := Local{Veth: "v" + l.cb, MAC: l.macB, IPv4: netip.MustParseAddr("10.50.0.20")}
-	if _, _, err := l.ma.SetPeers("ov-4096", []Peer{{Addr: b.IPv4, MAC: b.MAC, VTEP: netip.MustParseAddr("198.51.100.2")}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := l.mb.SetPeers("ov-4096", []Peer{{Addr: a.IPv4, MAC: a.MAC, VTEP: netip.MustParseAddr("198.51.100.1")}}); err != nil {
-		t.Fatal(err)
-	}
-	sh(t, "ip", "-n", l.ca, "neigh", "replace", "10.50.0.20", "lladdr", l.macB.String(), "dev", "eth0", "nud", "permanent")
-	sh(t, "ip", "-n", l.cb, "neigh", "replace", "10.50.0.10", "lladdr", l.macA.String(), "dev", "eth0", "nud", "permanent")
+	a, b := l.overlay()
 	for _, ns := range []string{l.a, l.b} {
 		sh(t, "ip", "netns", "exec", ns, "nft", "add table bridge t { chain f { type filter hook forward priority 0; policy drop; }; }")
 	}
