@@ -49,6 +49,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netns"
 
 	"github.com/ournet/ournet/internal/nft"
 	"golang.org/x/sys/unix"
@@ -107,12 +108,22 @@ type Filter struct {
 	pmu     sync.Mutex
 	gone    map[string]bool
 	reaping bool
-	hold    chan struct{} // tests: the reaper waits for it first
+	hold    chan struct{} // tests: the reaper waits for it first,
+	reaped  chan struct{} // and sends on this when done
 }
 
-// New returns a Filter for the current network namespace, or for another
-// one with nftables.WithNetNSFd.
-func New(opts ...nftables.ConnOption) *Filter { return NewWith(nft.Dialer(opts...)) }
+// New returns a Filter for the network namespace it is called in, or for
+// another one with nftables.WithNetNSFd. It holds on to that namespace:
+// Del's goroutine may run on a thread in another one (a test's thread in
+// its own namespace, say).
+func New(opts ...nftables.ConnOption) *Filter {
+	if len(opts) == 0 {
+		if ns, err := netns.Get(); err == nil { // kept open for the Filter's life
+			opts = append(opts, nftables.WithNetNSFd(int(ns)))
+		}
+	}
+	return NewWith(nft.Dialer(opts...))
+}
 
 // NewWith returns a Filter that opens its connections with dial (a
 // nft.Fake's Dial in tests).
@@ -198,18 +209,21 @@ func (f *Filter) Del(port string) error {
 	f.gone[port] = true
 	if !f.reaping {
 		f.reaping = true
-		go f.reap(f.hold)
+		go f.reap(f.hold, f.reaped)
 	}
 	return nil
 }
 
-func (f *Filter) reap(hold chan struct{}) {
+func (f *Filter) reap(hold, reaped chan struct{}) {
 	if hold != nil {
 		<-hold
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	_ = f.settle() // what failed stays queued for the next call
+	f.mu.Unlock()
+	if reaped != nil {
+		reaped <- struct{}{}
+	}
 }
 
 // Settle removes the checks Del queued, and says why it could not.

@@ -330,3 +330,31 @@ func ruleCount(t *testing.T, chain string) int {
 	}
 	return len(rules)
 }
+
+// Del's goroutine removes the checks in the Filter's namespace, not in the
+// one of whatever thread it runs on (here the host's: this test's thread
+// is the only one in its namespace).
+func TestDelInTheFiltersNamespace(t *testing.T) {
+	testns.Do(t, func() {
+		f := New()
+		ep := Endpoint{Port: "vpreap", MAC: net.HardwareAddr{2, 0x42, 198, 18, 91, 9}, IPv4: netip.MustParseAddr("198.18.91.9")}
+		if err := f.Add(ep); err != nil {
+			t.Fatal(err)
+		}
+		reaped := make(chan struct{}, 1)
+		f.reaped = reaped
+		if err := f.Del(ep.Port); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-reaped:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the reaper did not run within 10 s")
+		}
+		// Another Filter reads this namespace's kernel (f.Ports would
+		// settle the queue itself, on this thread).
+		if ports, err := New().Ports(); err != nil || len(ports) != 0 {
+			t.Fatalf("after the reaper: ports with checks %v (%v), want none", ports, err)
+		}
+	})
+}
