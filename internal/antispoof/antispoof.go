@@ -203,10 +203,7 @@ func (f *Filter) Del(port string) error {
 	}
 	f.pmu.Lock()
 	defer f.pmu.Unlock()
-	if f.gone == nil {
-		f.gone = map[string]bool{}
-	}
-	f.gone[port] = true
+	f.queue(port)
 	if !f.reaping {
 		f.reaping = true
 		go f.reap(f.hold, f.reaped)
@@ -233,6 +230,16 @@ func (f *Filter) Settle() error {
 	return f.settle()
 }
 
+// queue adds ports to the queue. Called with f.pmu held.
+func (f *Filter) queue(ports ...string) {
+	if f.gone == nil {
+		f.gone = map[string]bool{}
+	}
+	for _, p := range ports {
+		f.gone[p] = true
+	}
+}
+
 // takeGone empties the queue and returns it, sorted.
 func (f *Filter) takeGone() []string {
 	f.pmu.Lock()
@@ -257,12 +264,7 @@ func (f *Filter) settle() error {
 			return nil
 		}); err != nil {
 			f.pmu.Lock()
-			if f.gone == nil {
-				f.gone = map[string]bool{}
-			}
-			for _, p := range ports[i:] {
-				f.gone[p] = true
-			}
+			f.queue(ports[i:]...) // no reaper: the next Settle or Ports
 			f.pmu.Unlock()
 			return err
 		}
