@@ -483,13 +483,20 @@ func (c *Cluster) link(i int, state string) error {
 	return nil
 }
 
+// tcIngress lists the ingress filters, with their counters (tc -s), of
+// the host's VXLAN devices and then its veths, each after a line "dev
+// <kind> <name>".
+func (h *CHost) tcIngress() (string, error) {
+	return h.ShFor(10*time.Second, "sh", "-c", "for k in vxlan veth; do for d in $(ip -o link show type $k | cut -d: -f2 | cut -d@ -f1 | tr -d ' '); do "+
+		"echo \"dev $k $d\"; tc -s filter show dev $d ingress; done; done")
+}
+
 // FastPathPackets adds up the packets the host's fast path redirected
-// (tc -s, mirred): from its VXLAN devices straight to their containers'
-// veths, and from the containers' veths straight to the VXLAN devices. It
-// returns tc's output too.
+// (mirred's counters): from its VXLAN devices straight to their
+// containers' veths, and from the containers' veths straight to the VXLAN
+// devices. It returns tc's output too.
 func (h *CHost) FastPathPackets() (fromTunnel, toTunnel int, out string, err error) {
-	out, err = h.ShFor(10*time.Second, "sh", "-c", "for d in $(ip -o link show type vxlan | cut -d: -f2 | tr -d ' '); do tc -s filter show dev $d ingress; done; echo VETHS; "+
-		"for d in $(ip -o link show type veth | cut -d: -f2 | cut -d@ -f1 | tr -d ' '); do tc -s filter show dev $d ingress; done")
+	out, err = h.tcIngress()
 	count := func(s string) (n int) {
 		for _, m := range regexp.MustCompile(`Sent \d+ bytes (\d+) pkt`).FindAllStringSubmatch(s, -1) {
 			k, _ := strconv.Atoi(m[1])
@@ -497,7 +504,7 @@ func (h *CHost) FastPathPackets() (fromTunnel, toTunnel int, out string, err err
 		}
 		return n
 	}
-	vx, veths, _ := strings.Cut(out, "VETHS")
+	vx, veths, _ := strings.Cut(out, "dev veth ")
 	return count(vx), count(veths), out, err
 }
 
@@ -506,14 +513,14 @@ func (h *CHost) FastPathPackets() (fromTunnel, toTunnel int, out string, err err
 // mirred action's index: a filter made again has a new one. It returns
 // tc's output too.
 func (h *CHost) FastPathFilters() (map[string]string, string) {
-	out, _ := h.ShFor(10*time.Second, "sh", "-c", "for d in $( (ip -o link show type vxlan; ip -o link show type veth) | cut -d: -f2 | cut -d@ -f1 | tr -d ' '); do echo \"dev $d\"; tc filter show dev $d ingress; done")
+	out, _ := h.tcIngress()
 	filters := map[string]string{}
 	dev, fh := "", ""
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		switch {
-		case len(f) == 2 && f[0] == "dev":
-			dev = f[1]
+		case len(f) == 3 && f[0] == "dev":
+			dev = f[2]
 		case slices.Contains(f, "fh") && slices.Index(f, "fh")+1 < len(f):
 			fh = dev + " " + f[slices.Index(f, "fh")+1]
 		case len(f) >= 2 && f[0] == "index" && fh != "":
