@@ -20,10 +20,10 @@ import (
 // mark; a CreateEndpoint of another endpoint with the same address in the
 // same network, which the IPAM can only have handed out after dockerd
 // released it, removes the marked one first; and cutShortWindow after the
-// start, every endpoint still marked is removed. Its addresses are not released here: dockerd's
-// own ReleaseAddress did that or was lost (then the address stays held
-// until its pool goes, which is safe), and a new container may hold them
-// by now.
+// start, every endpoint still marked is removed. Its addresses are not
+// released here: dockerd's own ReleaseAddress did that or was lost (then
+// the address stays held until its pool goes, which is safe), and a new
+// container may hold them by now.
 const cutShortWindow = 45 * time.Second
 
 // EndpointsCutShort marks the endpoints of the CreateEndpoint calls an
