@@ -1,22 +1,18 @@
 package firewall
 
 import (
-	"flag"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/ournet/ournet/internal/golden"
 	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/nft"
 	"github.com/ournet/ournet/internal/testns"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
 
 var both = map[iptables.Family]bool{iptables.IPv4: true, iptables.IPv6: true}
 
@@ -40,27 +36,6 @@ var cases = []struct {
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.8.0/24"), netip.MustParsePrefix("fd00:8::/64")}}},
 	{"ipv6-only", Network{ID: "7123456789abcdef", Bridge: "ournet-71234567", ICC: true, Masquerade: both,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("fd00:9::/64")}}},
-}
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./internal/firewall -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs from golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
 }
 
 // nftList is table inet ournet as nft lists it, without handles or
@@ -124,8 +99,8 @@ func TestApplyInNetns(t *testing.T) {
 			}
 		}
 		empty := nftList(t)
-		golden(t, "empty.nft", empty)
-		golden(t, "static.iptables-save", save(t, r, iptables.IPv4))
+		golden.Check(t, "empty.nft", empty)
+		golden.Check(t, "static.iptables-save", save(t, r, iptables.IPv4))
 		var nets []Network
 		for _, c := range cases {
 			nets = append(nets, c.n)
@@ -134,7 +109,7 @@ func TestApplyInNetns(t *testing.T) {
 			}
 		}
 		all := nftList(t)
-		golden(t, "all.nft", all)
+		golden.Check(t, "all.nft", all)
 		for _, c := range cases {
 			if err := fw.AddNetwork(c.n); err != nil {
 				t.Fatalf("%s again: %v", c.name, err)

@@ -1,38 +1,13 @@
 package portmap
 
 import (
-	"flag"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/ournet/ournet/internal/golden"
 	"github.com/ournet/ournet/internal/iptables"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./internal/portmap -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs from golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
-	}
-}
 
 const eid = "0123456789abcdef0000"
 
@@ -47,11 +22,11 @@ var sample = []Mapping{
 
 func TestScriptsGolden(t *testing.T) {
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-		golden(t, "base."+f.String(), BaseScript(f, iptables.Tables{}))
-		golden(t, "add."+f.String(), AddScript(f, eid, sample, iptables.Tables{}))
+		golden.Check(t, "base."+f.String(), BaseScript(f, iptables.Tables{}))
+		golden.Check(t, "add."+f.String(), AddScript(f, eid, sample, iptables.Tables{}))
 	}
 	withRules := iptables.Tables{"nat": iptables.Parse(AddScript(iptables.IPv4, eid, sample, iptables.Tables{}))}
-	golden(t, "del", DelScript(eid, withRules))
+	golden.Check(t, "del", DelScript(eid, withRules))
 	if s := AddScript(iptables.IPv4, eid, sample, withRules); strings.Contains(s, "-A "+DNATChain) {
 		t.Errorf("a jump that exists is added again:\n%s", s)
 	}
