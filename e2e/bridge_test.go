@@ -195,7 +195,7 @@ func TestOptionsReachTheKernel(t *testing.T) {
 // Bad input is refused with a message that says what was wrong, and leaves
 // no bridge behind.
 func TestBadOptionsRefused(t *testing.T) {
-	before, _ := eng.Sh("ip", "-o", "link")
+	before := eng.Links(t)
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -212,9 +212,7 @@ func TestBadOptionsRefused(t *testing.T) {
 			t.Errorf("%v: error %q does not say %q", tc.args, msg, tc.want)
 		}
 	}
-	if after, _ := eng.Sh("ip", "-o", "link"); strings.Count(after, "\n") != strings.Count(before, "\n") {
-		t.Fatalf("refused networks left links behind:\nbefore\n%s\nafter\n%s", before, after)
-	}
+	eng.NoNewLinks(t, before, "the refused networks")
 	if out, _ := eng.Sh("iptables-save"); strings.Contains(out, "198.18.21.0") {
 		t.Fatalf("refused networks left rules behind:\n%s", out)
 	}

@@ -202,13 +202,7 @@ func checkConsistent(t *testing.T, e *Engine, stage string) {
 			}
 		}
 	}
-	links, _ := e.Sh("ip", "-o", "link", "show")
-	for _, l := range strings.Split(links, "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 {
-			continue
-		}
-		name := strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0]
+	for _, name := range e.Links(t) {
 		switch {
 		case strings.HasPrefix(name, "ournet-"):
 			found := false

@@ -465,23 +465,6 @@ func crossStream(t testing.TB, from, to ctr, toIP string, port, lines int) func(
 	return count
 }
 
-// links is the set of link names in h's namespace.
-func (h *CHost) links(t testing.TB) []string {
-	t.Helper()
-	out, err := h.Sh("ip", "-o", "link")
-	if err != nil {
-		t.Fatal(out, err)
-	}
-	var names []string
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) > 1 {
-			names = append(names, strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0])
-		}
-	}
-	sort.Strings(names)
-	return names
-}
-
 // --- the cases -----------------------------------------------------------
 
 // rig: the rig itself, with nothing of issue #13 needed: the underlay, etcd
@@ -999,7 +982,7 @@ func (s *clusterSuite) mismatchRefused(t testing.TB) {
 		{"no --subnet", []string{"network", "create", "-d", "ournet", "--ipam-driver", "ournet", "-o", "ournet.cluster=nosub", "nosub"},
 			[]string{"--subnet"}},
 	} {
-		keys, links := s.EtcdKeys(t, EtcdPrefix), h.links(t)
+		keys, links := s.EtcdKeys(t, EtcdPrefix), h.Links(t)
 		name := c.args[len(c.args)-1]
 		t.Cleanup(func() { _, _ = h.Docker(time.Minute, "network", "rm", name) })
 		msg := h.Fails(t, c.args...)
@@ -1012,7 +995,7 @@ func (s *clusterSuite) mismatchRefused(t testing.TB) {
 		if after := s.EtcdKeys(t, EtcdPrefix); !slices.Equal(after, keys) {
 			t.Errorf("%s: etcd keys changed:\nbefore %v\nafter  %v", c.what, keys, after)
 		}
-		if after := h.links(t); !slices.Equal(after, links) {
+		if after := h.Links(t); !slices.Equal(after, links) {
 			t.Errorf("%s: links on host 2 changed:\nbefore %v\nafter  %v", c.what, links, after)
 		}
 		if out := h.Run(t, "network", "ls", "--format", "{{.Name}}"); slices.Contains(strings.Fields(out), name) {

@@ -80,7 +80,7 @@ func TestCrashInjection(t *testing.T) {
 	e.Run(t, "plugin", "disable", PluginName)
 	e.Run(t, "plugin", "set", PluginName, "OURNET_CRASH_AT="+strings.Join(crashPoints, ","))
 	e.Run(t, "plugin", "enable", PluginName)
-	linksBefore, _ := e.Sh("ip", "-o", "link")
+	linksBefore := e.Links(t)
 
 	attempt(t, e, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.46.0/24", "crash")
 	for _, c := range []string{"crash-a", "crash-b", "crash-c"} {
@@ -122,9 +122,7 @@ func TestCrashInjection(t *testing.T) {
 	if len(nets) != 0 || len(pools) != 0 {
 		t.Errorf("state left behind: %d networks, pools %+v", len(nets), pools)
 	}
-	if after, _ := e.Sh("ip", "-o", "link"); strings.Count(after, "\n") != strings.Count(linksBefore, "\n") {
-		t.Errorf("links left behind:\nbefore\n%s\nafter\n%s", linksBefore, after)
-	}
+	e.NoNewLinks(t, linksBefore, "the crashes")
 	if out := e.Rules(); strings.Contains(out, `"ournet:`) {
 		t.Errorf("rules left behind:\n%s", out)
 	}
@@ -144,7 +142,7 @@ func TestCreateEndpointGivenUp(t *testing.T) {
 	e.Run(t, "plugin", "set", PluginName, "OURNET_CRASH_AT="+cut+","+refuse)
 	e.Run(t, "plugin", "enable", PluginName)
 	Net(t, e, "gu", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.53.0/24")
-	links := func() int { out, _ := e.Sh("ip", "-o", "link"); return strings.Count(out, "\n") }
+	links := func() int { return len(e.Links(t)) }
 	before := links()
 	if out, err := e.Docker(2*time.Minute, "run", "-d", "--name", "gu-a", "--network", "gu", "--ip", "198.18.53.5", Image, "sleep", "600"); err == nil {
 		t.Fatalf("the start whose CreateEndpoint retry was refused succeeded: %s", out)

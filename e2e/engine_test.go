@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -220,6 +221,38 @@ func (e *Engine) Remove() {
 func (e *Engine) Sh(args ...string) (string, error) {
 	out, err := exec.Command("nsenter", append([]string{"--net=/run/netns/" + e.NetNS}, args...)...).CombinedOutput()
 	return strings.TrimSpace(string(out)), err
+}
+
+// Links is the sorted list of the link names in the engine's namespace.
+func (e *Engine) Links(t testing.TB) []string {
+	t.Helper()
+	out, err := e.Sh("ip", "-o", "link")
+	if err != nil {
+		t.Fatal(out, err)
+	}
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			names = append(names, strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0])
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// NoNewLinks fails t if the namespace has a link now that was not among
+// before (from Links): what it is doing left it behind.
+func (e *Engine) NoNewLinks(t testing.TB, before []string, what string) {
+	t.Helper()
+	var left []string
+	for _, l := range e.Links(t) {
+		if !slices.Contains(before, l) {
+			left = append(left, l)
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("%s left links behind: %v", what, left)
+	}
 }
 
 // Rules is the engine host's whole firewall as text: iptables-save,

@@ -296,14 +296,12 @@ func TestFullDiskDeletes(t *testing.T) {
 	// A create on the full disk fails cleanly, or succeeds where bbolt
 	// still has free pages of its own file to write into (it reuses them,
 	// so a full filesystem does not always stop it).
-	links, _ := e.Sh("ip", "-o", "link")
+	links := e.Links(t)
 	if out, err := e.Docker(time.Minute, "network", "create", "-d", "ournet", "--ipam-driver", "ournet", "--subnet", "198.18.136.0/24", "full3"); err != nil {
 		if !strings.Contains(err.Error(), "no space left on device") {
 			t.Errorf("create on a full disk: %v", err)
 		}
-		if after, _ := e.Sh("ip", "-o", "link"); strings.Count(after, "\n") != strings.Count(links, "\n") {
-			t.Errorf("a failed create left links:\n%s", after)
-		}
+		e.NoNewLinks(t, links, "a failed create")
 	} else {
 		t.Logf("create on the full disk succeeded (bbolt had room in its file): %s", out)
 		e.Run(t, "network", "rm", "full3")

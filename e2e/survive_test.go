@@ -258,7 +258,7 @@ func TestDriftRepair(t *testing.T) {
 // rule, table, link or socket of ournet's behind.
 func TestUninstallLeavesNothing(t *testing.T) {
 	e := NewEngine(t)
-	before, _ := e.Sh("ip", "-o", "link")
+	before := e.Links(t)
 	Net(t, e, "bye", "-d", "ournet", "--ipam-driver", "ournet", "--ipv6", "--subnet", "198.18.49.0/24", "--subnet", "2001:db8:49::/64")
 	Container(t, e, "bye-a", "--network", "bye", "-p", "18049:80")
 	e.Run(t, "rm", "-f", "bye-a")
@@ -275,9 +275,7 @@ func TestUninstallLeavesNothing(t *testing.T) {
 	if out, _ := e.Sh("nft", "list", "tables"); strings.Contains(out, "ournet") {
 		t.Errorf("nftables keeps ournet's table: %s", out)
 	}
-	if after, _ := e.Sh("ip", "-o", "link"); strings.Count(after, "\n") != strings.Count(before, "\n") {
-		t.Errorf("links left:\nbefore\n%s\nafter\n%s", before, after)
-	}
+	e.NoNewLinks(t, before, "the uninstall")
 	if _, err := os.Stat(filepath.Join(e.Dir, "plugins", "ournet.sock")); err == nil {
 		t.Error("the legacy socket ournet.sock is left behind")
 	}
