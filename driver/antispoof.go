@@ -15,7 +15,9 @@ type AntiSpoof interface {
 	Add(antispoof.Endpoint) error
 	Del(port string) error
 	Sync([]antispoof.Endpoint) error
-	Ports() ([]string, error)
+	// Ports lists the ports with checks in force, and whether the table
+	// is altered (so that Sync must rebuild it).
+	Ports() (ports []string, altered bool, err error)
 }
 
 // noSpoof programs no checks (Deps without AntiSpoof); it only keeps the
@@ -49,7 +51,7 @@ func (n *noSpoof) Sync(eps []antispoof.Endpoint) error {
 	return nil
 }
 
-func (n *noSpoof) Ports() ([]string, error) {
+func (n *noSpoof) Ports() ([]string, bool, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	out := make([]string, 0, len(n.ports))
@@ -57,7 +59,7 @@ func (n *noSpoof) Ports() ([]string, error) {
 		out = append(out, p)
 	}
 	slices.Sort(out)
-	return out, nil
+	return out, false, nil
 }
 
 // spoofChecked reports whether n's endpoints get the checks.
@@ -125,15 +127,15 @@ func (d *Driver) repairSpoofChecks() bool {
 		}
 	}
 	slices.Sort(want)
-	have, err := d.spoof.Ports()
+	have, altered, err := d.spoof.Ports()
 	if err != nil {
 		logNet("").WithError(err).Warn("drift: listing anti-spoofing checks")
 		return false
 	}
-	if slices.Equal(have, want) {
+	if !altered && slices.Equal(have, want) {
 		return false
 	}
-	logNet("").WithField("have", len(have)).WithField("want", len(want)).Warn("drift: anti-spoofing checks changed, restoring them")
+	logNet("").WithField("have", len(have)).WithField("want", len(want)).WithField("table altered", altered).Warn("drift: anti-spoofing checks changed, restoring them")
 	if err := d.syncSpoofChecks(); err != nil {
 		logNet("").WithError(err).Error("drift: restoring anti-spoofing checks")
 	}

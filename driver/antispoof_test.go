@@ -2,16 +2,19 @@ package driver
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/network"
+	"github.com/google/nftables"
 
 	"github.com/ournet/ournet/internal/antispoof"
 	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/netdev"
+	"github.com/ournet/ournet/internal/nft"
 )
 
 // fakeSpoof records the checks by port, as the kernel would hold them.
@@ -42,7 +45,7 @@ func (f *fakeSpoof) Sync(eps []antispoof.Endpoint) error {
 	return nil
 }
 
-func (f *fakeSpoof) Ports() ([]string, error) { return f.portList(), nil }
+func (f *fakeSpoof) Ports() ([]string, bool, error) { return f.portList(), false, nil }
 
 func (f *fakeSpoof) portList() []string {
 	var out []string
@@ -186,5 +189,51 @@ func TestReconcileRepairsAntiSpoof(t *testing.T) {
 	d.Reconcile()
 	if got := sp.portList(); sp.syncs != 1 || !slices.Equal(got, []string{hostVethName(eid2)}) {
 		t.Fatalf("after Reconcile: %d syncs, checks on %v; want them back on %s", sp.syncs, got, hostVethName(eid2))
+	}
+}
+
+// The anti-spoofing table replaced by one of another shape, where every
+// Add fails (over the real Filter and nft.Fake): a repair round rebuilds
+// it, so the next container starts, with or without endpoints in the
+// network, and with a removal queued that cannot be done in that table
+// (it once made every round give up before rebuilding).
+func TestReconcileRebuildsAlteredSpoofTable(t *testing.T) {
+	eidB, eidC := "b"+eid2[1:], "c"+eid2[1:]
+	for _, tc := range []struct {
+		name      string
+		endpoints int
+		deleteOne bool
+	}{{"no endpoints", 0, false}, {"two endpoints", 2, false}, {"one of two deleted", 2, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, _, _, _ := newTestDriver(t)
+			k := nft.NewFake()
+			d.setAntiSpoof(antispoof.NewWith(k.Dial))
+			if err := d.CreateNetwork(dualStackReq()); err != nil {
+				t.Fatal(err)
+			}
+			for i, id := range []string{eid2, eidB}[:tc.endpoints] {
+				if _, err := d.CreateEndpoint(epReq(nid2, id, fmt.Sprintf("198.18.90.%d/24", 5+i), "")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			conn, _ := k.Dial()
+			tbl := &nftables.Table{Name: antispoof.TableName, Family: nftables.TableFamilyBridge}
+			conn.AddTable(tbl)
+			conn.DelTable(tbl)
+			conn.AddTable(tbl)
+			conn.AddChain(&nftables.Chain{Name: antispoof.BaseChain, Table: tbl, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput})
+			if err := conn.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if tc.deleteOne {
+				if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid2, EndpointID: eidB}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			d.Reconcile()
+			if _, err := d.CreateEndpoint(epReq(nid2, eidC, "198.18.90.9/24", "")); err != nil {
+				t.Fatalf("CreateEndpoint after a repair round: %v", err)
+			}
+		})
 	}
 }

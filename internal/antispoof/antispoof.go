@@ -195,8 +195,9 @@ func (ep Endpoint) same(o Endpoint) bool {
 // parallel removals then share. Call it once the port is gone: its checks
 // outlive it, never the reverse. An Add of a queued port cancels its
 // removal; Ports first does what is queued, and Sync and Teardown do it
-// as part of their work. A removal that fails stays queued, and the next
-// Settle or Ports retries it and reports why.
+// as part of their work. A removal that fails stays queued: the next
+// Settle retries it and reports why, the next Ports retries it and lists
+// the port while it keeps its checks.
 func (f *Filter) Del(port string) error {
 	if err := (Endpoint{Port: port, MAC: make(net.HardwareAddr, 6)}).check(); err != nil {
 		return err
@@ -292,7 +293,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.takeGone() // every port not in eps goes below
-	have, _, err := f.ports()
+	have, _, _, err := f.ports()
 	if err != nil {
 		return err
 	}
@@ -364,25 +365,31 @@ func (f *Filter) rebuild() error {
 
 // Ports lists the ports whose checks are in force, sorted: those that have
 // a chain or a map element, or none at all when the base chain that leads
-// to them is missing or altered (so that the repair loop rewrites it). For
-// the repair loop, tests and troubleshooting.
-func (f *Filter) Ports() ([]string, error) {
+// to them is missing or altered. altered says that the table is there in
+// such a shape, where Add can fail until Sync rebuilds it. It first does
+// the removals Del queued; a port whose removal fails keeps its checks and
+// stays queued and listed, so that the repair loop, seeing it, calls Sync,
+// which removes it or rebuilds the table. For the repair loop, tests and
+// troubleshooting.
+func (f *Filter) Ports() (ports []string, altered bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.settle(); err != nil {
-		return nil, err
+	_ = f.settle() // what failed shows below
+	have, intact, present, err := f.ports()
+	if err != nil {
+		return nil, false, err
 	}
-	have, intact, err := f.ports()
-	if err != nil || !intact {
-		return nil, err
+	if !intact {
+		return nil, present, nil
 	}
-	return have, nil
+	return have, false, nil
 }
 
-// ports lists the ports that have a chain or a map element, and whether the
-// base chain holds its one rule; it records what it saw in f.known (nil when
-// the base is altered, so that the next Add rewrites it).
-func (f *Filter) ports() (have []string, intact bool, err error) {
+// ports lists the ports that have a chain or a map element, whether the
+// base chain holds its one rule, and whether the table exists; it records
+// what it saw in f.known (nil when the base is altered, so that the next
+// Add rewrites it).
+func (f *Filter) ports() (have []string, intact, present bool, err error) {
 	defer func() {
 		if !intact {
 			f.known = nil
@@ -390,11 +397,11 @@ func (f *Filter) ports() (have []string, intact bool, err error) {
 	}()
 	c, err := f.dial()
 	if err != nil {
-		return nil, false, fmt.Errorf("antispoof: opening nftables: %w", err)
+		return nil, false, false, fmt.Errorf("antispoof: opening nftables: %w", err)
 	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
 	if err != nil {
-		return nil, false, fmt.Errorf("antispoof: listing chains: %w", err)
+		return nil, false, false, fmt.Errorf("antispoof: listing chains: %w", err)
 	}
 	seen := map[string]bool{}
 	hasTable, hasBase := false, false
@@ -413,7 +420,7 @@ func (f *Filter) ports() (have []string, intact bool, err error) {
 	if hasTable {
 		elems, err := c.GetSetElements(portsMap())
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, false, fmt.Errorf("antispoof: listing map %s: %w", PortsMap, err)
+			return nil, false, false, fmt.Errorf("antispoof: listing map %s: %w", PortsMap, err)
 		}
 		for _, e := range elems {
 			seen[strings.TrimRight(string(e.Key), "\x00")] = true
@@ -422,7 +429,7 @@ func (f *Filter) ports() (have []string, intact bool, err error) {
 	if hasBase {
 		rules, err := c.GetRules(table, &nftables.Chain{Name: BaseChain, Table: table})
 		if err != nil {
-			return nil, false, fmt.Errorf("antispoof: listing chain %s: %w", BaseChain, err)
+			return nil, false, false, fmt.Errorf("antispoof: listing chain %s: %w", BaseChain, err)
 		}
 		intact = len(rules) == 1
 	}
@@ -438,7 +445,7 @@ func (f *Filter) ports() (have []string, intact bool, err error) {
 		}
 		f.known = known
 	}
-	return out, intact, nil
+	return out, intact, hasTable, nil
 }
 
 // apply sends the base objects and fill's messages as one transaction.

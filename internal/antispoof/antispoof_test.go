@@ -285,7 +285,7 @@ func TestSyncScales(t *testing.T) {
 		if err := f.Add(Endpoint{Port: "ovextra", MAC: eps[0].MAC}); err != nil {
 			t.Fatal(err)
 		}
-		got, err := f.Ports()
+		got, _, err := f.Ports()
 		if err != nil || len(got) != 501 {
 			t.Fatalf("Ports() = %d ports, %v; want 501", len(got), err)
 		}
@@ -309,7 +309,7 @@ func TestEndpointCheckRefusesBadInput(t *testing.T) {
 
 func wantPorts(t *testing.T, f *Filter, want ...string) {
 	t.Helper()
-	got, err := f.Ports()
+	got, _, err := f.Ports()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +353,7 @@ func TestDelInTheFiltersNamespace(t *testing.T) {
 		}
 		// Another Filter reads this namespace's kernel (f.Ports would
 		// settle the queue itself, on this thread).
-		if ports, err := New().Ports(); err != nil || len(ports) != 0 {
+		if ports, _, err := New().Ports(); err != nil || len(ports) != 0 {
 			t.Fatalf("after the reaper: ports with checks %v (%v), want none", ports, err)
 		}
 	})

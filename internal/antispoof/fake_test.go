@@ -22,9 +22,18 @@ func fakeEP(port string, last byte) Endpoint {
 
 func havePorts(t *testing.T, f *Filter, want ...string) {
 	t.Helper()
-	got, err := f.Ports()
-	if err != nil || !slices.Equal(got, want) {
-		t.Fatalf("Ports = %v, %v; want %v", got, err, want)
+	got, altered, err := f.Ports()
+	if err != nil || altered || !slices.Equal(got, want) {
+		t.Fatalf("Ports = %v, altered %v, %v; want %v", got, altered, err, want)
+	}
+}
+
+// haveAltered checks that Ports reports the table altered, with no port's
+// checks in force.
+func haveAltered(t *testing.T, f *Filter) {
+	t.Helper()
+	if got, altered, err := f.Ports(); err != nil || !altered || len(got) != 0 {
+		t.Fatalf("Ports = %v, altered %v, %v; want none, altered", got, altered, err)
 	}
 }
 
@@ -81,8 +90,8 @@ func TestFilterWithoutRoot(t *testing.T) {
 	}
 }
 
-// Drift: the base rule flushed by someone else makes Ports report nothing
-// (so the repair loop acts), and Sync brings back exactly the endpoints
+// Drift: the base rule flushed by someone else makes Ports report nothing,
+// and the table altered (so the repair loop acts), and Sync brings back exactly the endpoints
 // asked for, dropping stale ones; a failed transaction changes nothing and
 // makes the next Add rewrite whole.
 func TestFilterDriftAndFailureWithoutRoot(t *testing.T) {
@@ -98,7 +107,7 @@ func TestFilterDriftAndFailureWithoutRoot(t *testing.T) {
 	if err := conn.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	havePorts(t, f) // not intact: nothing is in force
+	haveAltered(t, f) // nothing is in force, and the table is not as made
 	if err := f.Sync([]Endpoint{a, c}); err != nil {
 		t.Fatal(err)
 	}
@@ -193,8 +202,65 @@ func TestDelQueues(t *testing.T) {
 		t.Fatal("Settle with the kernel refusing: no error")
 	}
 	refuse.Store(false)
-	if _, err := f.Ports(); err != nil {
-		t.Fatal(err)
-	}
 	havePorts(t, f) // the failed removal was retried
+}
+
+// The table replaced by one of another shape (its base chain on another
+// hook), where every Add fails: Ports says so, with no port in force,
+// whether or not a removal is queued and failing (a failing removal once
+// made Ports fail, and the repair loop never rebuilt the table), and
+// whether or not any port wants checks. The repair's Sync rebuilds it, and
+// the next Add works.
+func TestAlteredTableIsRebuiltWithoutRoot(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		keep   []string // the ports with checks before; the last is removed when queued
+		queued bool
+	}{
+		{"no ports", nil, false},
+		{"two ports", []string{"ova", "ovb"}, false},
+		{"a removal queued", []string{"ova", "ovb"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := nft.NewFake()
+			f := NewWith(k.Dial)
+			var eps []Endpoint
+			for i, p := range tc.keep {
+				eps = append(eps, fakeEP(p, byte(2+i)))
+			}
+			if err := f.Sync(eps); err != nil {
+				t.Fatal(err)
+			}
+			conn, _ := k.Dial()
+			conn.DelTable(table)
+			conn.AddTable(table)
+			conn.AddChain(&nftables.Chain{Name: BaseChain, Table: table, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput})
+			if err := conn.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Add(fakeEP("ovx", 9)); err == nil {
+				t.Fatal("Add into the altered table succeeded: the test's table is not altered enough")
+			}
+			if tc.queued {
+				f.hold = make(chan struct{}) // Ports does the removal, and it fails
+				if err := f.Del(eps[len(eps)-1].Port); err != nil {
+					t.Fatal(err)
+				}
+				eps = eps[:len(eps)-1]
+			}
+			haveAltered(t, f)
+			if err := f.Sync(eps); err != nil { // what the repair loop does
+				t.Fatal(err)
+			}
+			want := []string{}
+			for _, ep := range eps {
+				want = append(want, ep.Port)
+			}
+			havePorts(t, f, want...)
+			if err := f.Add(fakeEP("ovc", 7)); err != nil {
+				t.Fatalf("Add after the repair: %v", err)
+			}
+			havePorts(t, f, append(want, "ovc")...)
+		})
+	}
 }
