@@ -14,7 +14,8 @@ import (
 type AntiSpoof interface {
 	Add(antispoof.Endpoint) error
 	Del(port string) error
-	Sync([]antispoof.Endpoint) error
+	// Sync keeps the checks of the keep ports as they are.
+	Sync(eps []antispoof.Endpoint, keep ...string) error
 	// Ports lists the ports with checks in force, and whether the table
 	// is altered (so that Sync must rebuild it).
 	Ports() (ports []string, altered bool, err error)
@@ -41,10 +42,16 @@ func (n *noSpoof) Del(port string) error {
 	return nil
 }
 
-func (n *noSpoof) Sync(eps []antispoof.Endpoint) error {
+func (n *noSpoof) Sync(eps []antispoof.Endpoint, keep ...string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	old := n.ports
 	n.ports = map[string]bool{}
+	for _, p := range keep {
+		if old[p] {
+			n.ports[p] = true
+		}
+	}
 	for _, ep := range eps {
 		n.ports[ep.Port] = true
 	}
@@ -101,7 +108,8 @@ func (d *Driver) delSpoofChecks(ep *Endpoint) error {
 
 // syncSpoofChecks makes the kernel hold the checks of exactly the known
 // endpoints whose network has them on, dropping any others (endpoints
-// deleted while the plugin was down). Called with d.mu held.
+// deleted while the plugin was down) but those of stray endpoints, left
+// as they are. Called with d.mu held.
 func (d *Driver) syncSpoofChecks() error {
 	var eps []antispoof.Endpoint
 	for _, ep := range d.endpoints {
@@ -109,10 +117,28 @@ func (d *Driver) syncSpoofChecks() error {
 			eps = append(eps, ep.spoofEndpoint())
 		}
 	}
-	if err := d.spoof.Sync(eps); err != nil {
+	if err := d.spoof.Sync(eps, d.strayPorts()...); err != nil {
 		return fmt.Errorf("ournet: restoring anti-spoofing checks: %w", err)
 	}
 	return nil
+}
+
+// strayPorts are the stray links (removeOrphans) that are still there:
+// veths of endpoints the state does not know, such as containers newer
+// than the backup a state was restored from, still running. Their checks
+// stay as the kernel holds them (what they should be is not known), and
+// go with their veth. Called with d.mu held.
+func (d *Driver) strayPorts() []string {
+	var out []string
+	for name := range d.strayLinks {
+		if ok, err := d.links.Exists(name); err == nil && !ok {
+			delete(d.strayLinks, name)
+		} else {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // repairSpoofChecks restores the checks when ports gained or lost them
@@ -131,6 +157,10 @@ func (d *Driver) repairSpoofChecks() bool {
 	if err != nil {
 		logNet("").WithError(err).Warn("drift: listing anti-spoofing checks")
 		return false
+	}
+	if len(d.strayLinks) > 0 {
+		stray := d.strayPorts()
+		have = slices.DeleteFunc(have, func(p string) bool { _, ok := slices.BinarySearch(stray, p); return ok })
 	}
 	if !altered && slices.Equal(have, want) {
 		return false

@@ -36,9 +36,15 @@ func (f *fakeSpoof) Add(ep antispoof.Endpoint) error {
 	return nil
 }
 func (f *fakeSpoof) Del(port string) error { delete(f.ports, port); return nil }
-func (f *fakeSpoof) Sync(eps []antispoof.Endpoint) error {
+func (f *fakeSpoof) Sync(eps []antispoof.Endpoint, keep ...string) error {
 	f.syncs++
+	old := f.ports
 	f.ports = map[string]antispoof.Endpoint{}
+	for _, p := range keep {
+		if ep, ok := old[p]; ok {
+			f.ports[p] = ep
+		}
+	}
 	for _, ep := range eps {
 		f.ports[ep.Port] = ep
 	}
@@ -235,5 +241,55 @@ func TestReconcileRebuildsAlteredSpoofTable(t *testing.T) {
 				t.Fatalf("CreateEndpoint after a repair round: %v", err)
 			}
 		})
+	}
+}
+
+// A stray endpoint (its veth marked as ournet's, its ID in neither the
+// state nor the journal: a container newer than the backup the state was
+// restored from) keeps its anti-spoofing checks through the restore and
+// the repair rounds, and they go with its veth.
+func TestRestoreKeepsStrayEndpointsChecks(t *testing.T) {
+	d, l, fw, st := newTestDriver(t)
+	k := nft.NewFake()
+	d.setAntiSpoof(antispoof.NewWith(k.Dial))
+	if err := d.CreateNetwork(dualStackReq()); err != nil {
+		t.Fatal(err)
+	}
+	eidB := "b" + eid2[1:]
+	for i, id := range []string{eid2, eidB} {
+		if _, err := d.CreateEndpoint(epReq(nid2, id, fmt.Sprintf("198.18.90.%d/24", 5+i), "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The state forgets B, and nothing says it was being deleted.
+	d.mu.Lock()
+	d.forget("endpoint", bucketEndpoints, eidB)
+	d.journalDone(eidB)
+	d.mu.Unlock()
+
+	d2 := New(Deps{Links: l, Firewall: fw, Sysctls: fakeSysctl{}, Store: st, AntiSpoof: antispoof.NewWith(k.Dial)})
+	if err := d2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	checked := func() []string {
+		t.Helper()
+		got, altered, err := antispoof.NewWith(k.Dial).Ports()
+		if err != nil || altered {
+			t.Fatalf("listing the checks: %v (altered %v)", err, altered)
+		}
+		return got
+	}
+	a, b := hostVethName(eid2), hostVethName(eidB) // b sorts first
+	if got := checked(); !slices.Equal(got, []string{b, a}) {
+		t.Fatalf("after the restore: checks on %v, want %s and the stray %s", got, a, b)
+	}
+	d2.Reconcile()
+	if got := checked(); !slices.Equal(got, []string{b, a}) {
+		t.Fatalf("after a repair round: checks on %v, want %s and the stray %s", got, a, b)
+	}
+	delete(l.veths, b) // the stray's container stops
+	d2.Reconcile()
+	if got := checked(); !slices.Equal(got, []string{a}) {
+		t.Fatalf("after the stray's veth went: checks on %v, want only %s", got, a)
 	}
 }

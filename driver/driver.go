@@ -85,6 +85,9 @@ type Driver struct {
 	// strays are kernel objects marked as ournet's whose IDs neither the
 	// state nor the journal knows: left alone, reported by Status.
 	strays []string
+	// strayLinks are the names of the stray links: a stray endpoint's
+	// anti-spoofing checks are left as they are while its veth exists.
+	strayLinks map[string]bool
 	// removeUnknown makes the restore treat every unknown object as an
 	// orphan (STATE_RECOVER=fresh).
 	removeUnknown bool

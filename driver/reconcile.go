@@ -24,7 +24,7 @@ func (d *Driver) removeOrphans() {
 	for id := range d.endpoints {
 		known[id] = true
 	}
-	d.strays = nil
+	d.strays, d.strayLinks = nil, map[string]bool{}
 	keep := map[string]bool{} // journal entries whose objects could not be removed
 	owned, lerr := d.links.Owned()
 	if lerr != nil {
@@ -36,6 +36,7 @@ func (d *Driver) removeOrphans() {
 		}
 		if !journalHas(journal, owner) && !d.removeUnknown {
 			d.strays = append(d.strays, fmt.Sprintf("link %s (ournet:%s)", name, short12(owner)))
+			d.strayLinks[name] = true
 			continue
 		}
 		if err := d.links.DeleteLink(name, owner); err != nil {

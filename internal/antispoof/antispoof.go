@@ -282,9 +282,10 @@ func (f *Filter) settle() error {
 const syncChunk = 32
 
 // Sync makes the table hold exactly the checks of eps: it rewrites theirs
-// and removes those of every other port. Each transaction rewrites whole
-// endpoints, so a port that keeps its checks never goes without them.
-func (f *Filter) Sync(eps []Endpoint) error {
+// and removes those of every other port but keep's, which stay as they are
+// (where the table is rebuilt, they go too). Each transaction rewrites
+// whole endpoints, so a port that keeps its checks never goes without them.
+func (f *Filter) Sync(eps []Endpoint, keep ...string) error {
 	for _, ep := range eps {
 		if err := ep.check(); err != nil {
 			return err
@@ -324,7 +325,7 @@ func (f *Filter) Sync(eps []Endpoint) error {
 	}
 	var stale []string
 	for _, p := range have {
-		if _, ok := want[p]; !ok {
+		if _, ok := want[p]; !ok && !slices.Contains(keep, p) {
 			stale = append(stale, p)
 		}
 	}
