@@ -243,6 +243,25 @@ func (d *Driver) storeAnswered() {
 	d.cl.mu.Unlock()
 }
 
+// StoreDown says whether the cluster store did not answer moments ago
+// and has not answered since (always false without a cluster): a call to
+// it from outside the driver, such as the IPAM's block claims, fails at
+// once then instead of waiting on it again.
+func (d *Driver) StoreDown() bool { return d.cl != nil && d.storeDown() }
+
+// StoreResult tells the driver how such a call ended: a store that could
+// not be reached is down until it answers; any answer (a refusal too)
+// clears that.
+func (d *Driver) StoreResult(err error) {
+	switch {
+	case d.cl == nil:
+	case errors.Is(err, cluster.ErrUnavailable):
+		d.noteStore(err)
+	default:
+		d.storeAnswered()
+	}
+}
+
 func (d *Driver) storeDown() bool {
 	d.cl.mu.Lock()
 	defer d.cl.mu.Unlock()

@@ -1051,6 +1051,10 @@ func (s *clusterSuite) quorumLost(t testing.TB) {
 	startAll(t, t, []ctr{r2, r3}, "--network", appNet)
 	a1, a2, a3 := ctr{s.H(1), "a1"}, ctr{s.H(2), "a2"}, ctr{s.H(3), "a3"}
 	count := crossStream(t, a1, a2, s.appIPs["a2"], 9000, 900)
+	// A network no host has a container on yet: its first container on
+	// each host needs an address block from the store.
+	const fresh = "fresh"
+	s.clusterNet(t, t, fresh, "198.18.218.0/24", []int{1, 2, 3})
 
 	_ = each([]int{2, 3}, func(i int) error { s.StopEtcd(i); return nil })
 	restarted := false
@@ -1091,9 +1095,10 @@ func (s *clusterSuite) quorumLost(t testing.TB) {
 	}
 	flows("quorum lost")
 
-	// New containers, six on every host at once: each refused, fast (they
-	// queue in the plugin: the last must still beat dockerd's 30 s),
-	// naming the store.
+	// New containers, six on every host at once, half of them on app and
+	// half on fresh (whose addresses need a block from the store): each
+	// refused, fast (they queue in the plugin: the last must still beat
+	// dockerd's 30 s), naming the store.
 	var mu sync.Mutex
 	took := map[int]time.Duration{}
 	var runs []ctr
@@ -1105,8 +1110,12 @@ func (s *clusterSuite) quorumLost(t testing.TB) {
 	_ = each(runs, func(c ctr) error {
 		h, name := c.h, c.name
 		t.Cleanup(func() { _, _ = h.Docker(time.Minute, "rm", "-f", name) })
+		on := appNet
+		if strings.HasSuffix(name, "-1") || strings.HasSuffix(name, "-3") || strings.HasSuffix(name, "-5") {
+			on = fresh
+		}
 		start := time.Now()
-		out, err := h.Docker(time.Minute, "run", "-d", "--name", name, "--network", appNet, Image, "sleep", "3600")
+		out, err := h.Docker(time.Minute, "run", "-d", "--name", name, "--network", on, Image, "sleep", "3600")
 		d := time.Since(start)
 		mu.Lock()
 		took[h.I] = max(took[h.I], d)
@@ -1118,8 +1127,8 @@ func (s *clusterSuite) quorumLost(t testing.TB) {
 			t.Errorf("host %d: docker run refused only after %s (dockerd gives up at 30 s): %v", h.I, d, err)
 		case !strings.Contains(strings.ToLower(err.Error()), "cluster store") && !strings.Contains(strings.ToLower(err.Error()), "etcd"):
 			t.Errorf("host %d: the refusal does not name the cluster store: %v", h.I, err)
-		case strings.HasSuffix(name, "-0"):
-			t.Logf("host %d: docker run refused in %s: %v", h.I, d.Round(time.Millisecond), err)
+		case strings.HasSuffix(name, "-0") || strings.HasSuffix(name, "-1"):
+			t.Logf("host %d: docker run on %s refused in %s: %v", h.I, on, d.Round(time.Millisecond), err)
 		}
 		return nil
 	})
@@ -1161,6 +1170,12 @@ func (s *clusterSuite) quorumLost(t testing.TB) {
 			t.Errorf("with quorum back, docker run on host %d: %v", b.h.I, err)
 		}
 		ran[b.h.I-1] = took
+		// and on fresh, whose first container here takes a block
+		name := b.name + "-" + fresh
+		t.Cleanup(func() { _, _ = b.h.Docker(time.Minute, "rm", "-f", name) })
+		if _, err := b.h.Docker(time.Minute, "run", "-d", "--name", name, "--network", fresh, Image, "sleep", "3600"); err != nil {
+			t.Errorf("with quorum back, docker run on host %d on %s: %v", b.h.I, fresh, err)
+		}
 		return nil
 	})
 	if t.Failed() {

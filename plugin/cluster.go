@@ -129,19 +129,38 @@ func advertise(h *netlink.Handle, c clusterSettings) (netip.Addr, netlink.Link, 
 	return a, nil, fmt.Errorf("CLUSTER_ADVERTISE=%s is not an address of this host", a)
 }
 
-// blocks adapts the cluster store to the IPAM's second backend.
-type blocks struct{ s *cluster.Store }
+// blocks adapts the cluster store to the IPAM's second backend. The IPAM
+// calls it under its lock, so a store that did not answer moments ago
+// (the driver keeps that, from its calls, these and its sync's) is not
+// waited for again: parallel runs would queue past dockerd's timeout.
+type blocks struct {
+	s interface {
+		ClaimBlock(ctx context.Context, name string, subnet netip.Prefix, have ...netip.Prefix) (netip.Prefix, error)
+		ClaimBlockFor(ctx context.Context, name string, subnet netip.Prefix, a netip.Addr) (netip.Prefix, error)
+	}
+	gate interface {
+		StoreDown() bool
+		StoreResult(error)
+	}
+}
 
 func (b blocks) Claim(name string, subnet netip.Prefix, have []netip.Prefix) (netip.Prefix, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
-	defer cancel()
-	return b.s.ClaimBlock(ctx, name, subnet, have...)
+	return b.claim(name, func(ctx context.Context) (netip.Prefix, error) { return b.s.ClaimBlock(ctx, name, subnet, have...) })
 }
 
 func (b blocks) ClaimFor(name string, subnet netip.Prefix, a netip.Addr) (netip.Prefix, error) {
+	return b.claim(name, func(ctx context.Context) (netip.Prefix, error) { return b.s.ClaimBlockFor(ctx, name, subnet, a) })
+}
+
+func (b blocks) claim(name string, call func(context.Context) (netip.Prefix, error)) (netip.Prefix, error) {
+	if b.gate.StoreDown() {
+		return netip.Prefix{}, fmt.Errorf("ournet: claiming an address block of %s: cluster store: %w (it did not answer moments ago; check etcd's health: `docker rm` and `docker network rm` still work meanwhile)", name, cluster.ErrUnavailable)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
-	return b.s.ClaimBlockFor(ctx, name, subnet, a)
+	p, err := call(ctx)
+	b.gate.StoreResult(err)
+	return p, err
 }
 
 var _ ipam.Blocks = blocks{}
@@ -172,7 +191,7 @@ func setupCluster(c clusterSettings, st *store.Store, fw *firewall.Firewall, drv
 		h.Close()
 		return nil, err
 	}
-	alloc.SetBlocks(blocks{cs})
+	alloc.SetBlocks(blocks{s: cs, gate: drv})
 	drv.SetCluster(&driver.Cluster{Store: cs, Overlay: overlay.New(h), Pools: alloc, Guard: fw,
 		Underlay: link.Attrs().Name, UnderlayMTU: link.Attrs().MTU})
 	cs.OnRegistered = drv.Resync
