@@ -94,8 +94,12 @@ type clusterState struct {
 	cfg    *Cluster
 	mu     sync.Mutex
 	agents map[string]*agent // network ID -> its data path's watcher
-	down   bool              // the store did not answer (noteStore)
-	kick   chan struct{}
+	// guarded are networks guardFirst guarded whose agent has not
+	// started: their VXLAN device may exist, so a guard stays (admitting
+	// the other agents' hosts: this network has no peer yet).
+	guarded map[string]bool
+	down    bool // the store did not answer (noteStore)
+	kick    chan struct{}
 	// guardMu orders the guard's updates (each writes what it read of the
 	// agents under mu): the last one written is the newest.
 	guardMu sync.Mutex
@@ -106,7 +110,7 @@ func (d *Driver) SetCluster(c *Cluster) {
 	if c.SyncEvery == 0 {
 		c.SyncEvery = 5 * time.Second
 	}
-	d.cl = &clusterState{cfg: c, agents: map[string]*agent{}, kick: make(chan struct{}, 1)}
+	d.cl = &clusterState{cfg: c, agents: map[string]*agent{}, guarded: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
 // ClusterOff records why the cluster store could not be set up (a bad
@@ -379,6 +383,7 @@ func (d *Driver) startAgent(n *Network) {
 	}
 	d.cl.mu.Lock()
 	defer d.cl.mu.Unlock()
+	delete(d.cl.guarded, n.ID) // its agent keeps the guard from now on
 	if _, ok := d.cl.agents[n.ID]; ok {
 		return
 	}
@@ -581,7 +586,7 @@ func (d *Driver) updateGuard() {
 	d.cl.guardMu.Lock()
 	defer d.cl.guardMu.Unlock()
 	d.cl.mu.Lock()
-	nets := len(d.cl.agents)
+	nets := len(d.cl.agents) + len(d.cl.guarded)
 	var hosts []netip.Addr
 	keep := false
 	for _, a := range d.cl.agents {
@@ -601,16 +606,29 @@ func (d *Driver) updateGuard() {
 	}
 }
 
-// guardFirst makes sure a guard exists before a VXLAN device does
-// (admitting no one until the network's agent has listed its peers).
+// guardFirst makes sure a guard exists before n's VXLAN device does
+// (admitting no one until the network's agent has listed its peers), and
+// that updateGuard keeps it until the agent starts or the device goes.
 // Called with d.mu held.
-func (d *Driver) guardFirst() error {
+func (d *Driver) guardFirst(n *Network) error {
 	d.cl.guardMu.Lock()
 	defer d.cl.guardMu.Unlock()
+	d.cl.mu.Lock()
+	if _, ok := d.cl.agents[n.ID]; !ok {
+		d.cl.guarded[n.ID] = true
+	}
+	d.cl.mu.Unlock()
 	if err := d.cl.cfg.Guard.EnsureVXLAN(overlay.Port, d.cl.cfg.Underlay, d.cl.cfg.Store.Advertise(), nil, true); err != nil {
 		return fmt.Errorf("ournet: guarding the VXLAN port (UDP %d) before making the VXLAN device: %w", overlay.Port, err)
 	}
 	return nil
+}
+
+// unguard forgets what guardFirst noted of network id: its device is gone.
+func (d *Driver) unguard(id string) {
+	d.cl.mu.Lock()
+	delete(d.cl.guarded, id)
+	d.cl.mu.Unlock()
 }
 
 func (d *Driver) kickSync() {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/docker/go-plugins-helpers/network"
+
 	"github.com/ournet/ournet/internal/cluster"
 	"github.com/ournet/ournet/internal/overlay"
 )
@@ -75,6 +77,55 @@ func (o *fakeOverlay) Ensure(overlay.Device) error {
 func (o *fakeOverlay) Delete(string, string) error                                   { return nil }
 func (o *fakeOverlay) SetPeers(string, []overlay.Peer) (int, int, error)             { return 0, 0, nil }
 func (o *fakeOverlay) SetFastPath(string, []overlay.Local, []net.HardwareAddr) error { return nil }
+
+func clusterReq() *network.CreateNetworkRequest {
+	return &network.CreateNetworkRequest{
+		NetworkID: nid, Options: generic(optCluster, "app"),
+		IPv4Data: []*network.IPAMData{{AddressSpace: "ournet-local", Pool: "198.18.7.0/24", Gateway: "198.18.7.1/24"}},
+	}
+}
+
+// The first cluster network's VXLAN device is made with the guard up,
+// even when a sync or repair round updates the guard (it takes no driver
+// lock) between the guard's creation and the network's agent: that round
+// once counted no agent and removed the guard, leaving UDP 4789 open.
+// Once the network is gone, so is the guard.
+func TestGuardStaysUnderTheFirstDevice(t *testing.T) {
+	d, _, _, _ := newTestDriver(t)
+	g := &fakeGuard{}
+	o := &fakeOverlay{g: g, onEnsure: func() {}}
+	o.onEnsure = func() { d.updateGuard() } // the round, from another goroutine's point of view
+	d.SetCluster(&Cluster{Store: quietStore{}, Overlay: o, Pools: anyPools{}, Guard: g, Underlay: "eth0", UnderlayMTU: 1500})
+	if err := d.CreateNetwork(clusterReq()); err != nil {
+		t.Fatal(err)
+	}
+	if !o.guardAtDev {
+		t.Fatal("the VXLAN device was made with no guard")
+	}
+	if d.updateGuard(); !g.up() {
+		t.Fatal("a round after the create removed the guard of a cluster network")
+	}
+	if err := d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: nid}); err != nil {
+		t.Fatal(err)
+	}
+	if d.updateGuard(); g.up() {
+		t.Fatal("the guard outlived the last cluster network")
+	}
+}
+
+// A failed create leaves no guard behind it either.
+func TestGuardGoesWithAFailedCreate(t *testing.T) {
+	d, _, fw, _ := newTestDriver(t)
+	g := &fakeGuard{}
+	d.SetCluster(&Cluster{Store: quietStore{}, Overlay: &fakeOverlay{g: g}, Pools: anyPools{}, Guard: g, Underlay: "eth0", UnderlayMTU: 1500})
+	fw.fail = errors.New("iptables: boom")
+	if err := d.CreateNetwork(clusterReq()); err == nil {
+		t.Fatal("the create succeeded with the firewall failing")
+	}
+	if d.updateGuard(); g.up() {
+		t.Fatal("a failed create's guard stayed")
+	}
+}
 
 // StoreDown and StoreResult: a store that could not be reached is down
 // for calls outside the driver until any answer; without a cluster it is

@@ -190,7 +190,7 @@ func (d *Driver) prepareNetwork(n *Network) error {
 		if d.cl == nil {
 			return fmt.Errorf("ournet: network %s is part of cluster network %s, but ETCD_ENDPOINTS is not set any more; set it again", short12(n.ID), n.Cluster.Name)
 		}
-		if err := d.guardFirst(); err != nil {
+		if err := d.guardFirst(n); err != nil {
 			return err
 		}
 		if err := d.cl.cfg.Overlay.Ensure(d.device(n)); err != nil {
@@ -239,6 +239,8 @@ func (d *Driver) unprogramNetwork(n *Network) error {
 		if err := d.cl.cfg.Overlay.Delete(n.Cluster.Device, n.ID); err != nil {
 			logNet(n.ID).WithError(err).Warn("removing the VXLAN device")
 			first = err
+		} else {
+			d.unguard(n.ID)
 		}
 	}
 	if err := d.links.DeleteBridge(n.Bridge, n.ID); err != nil && !errors.Is(err, netdev.ErrNotOurs) {
