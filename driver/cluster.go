@@ -367,8 +367,12 @@ func (d *Driver) clusterNets() []*Network {
 // agent follows one cluster network's endpoints in the store and keeps the
 // kernel's entries equal to the remote ones.
 type agent struct {
-	stop   context.CancelFunc
-	kick   chan struct{}
+	stop context.CancelFunc
+	kick chan struct{}
+	// local: this host's endpoints of the network changed (programmed
+	// again without listing: the store's echo of a change that wrote
+	// nothing, such as an address and MAC taken again, never comes).
+	local  chan struct{}
 	vteps  []netip.Addr
 	listed bool // vteps come from the store (not yet after a start)
 	// fastPathErr: the fast path's last error, said once (only the
@@ -388,7 +392,7 @@ func (d *Driver) startAgent(n *Network) {
 		return
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	a := &agent{stop: stop, kick: make(chan struct{}, 1)}
+	a := &agent{stop: stop, kick: make(chan struct{}, 1), local: make(chan struct{}, 1)}
 	d.cl.agents[n.ID] = a
 	go d.runAgent(ctx, a, n.ID, n.Cluster.Name, n.Cluster.Device)
 }
@@ -410,6 +414,22 @@ func (d *Driver) kickAgent(id string) {
 	if a, ok := d.cl.agents[id]; ok {
 		select {
 		case a.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// localChanged tells network id's agent that this host's endpoints of it
+// changed. Called with d.mu held.
+func (d *Driver) localChanged(n *Network) {
+	if n == nil || n.Cluster == nil || d.cl == nil {
+		return
+	}
+	d.cl.mu.Lock()
+	defer d.cl.mu.Unlock()
+	if a, ok := d.cl.agents[n.ID]; ok {
+		select {
+		case a.local <- struct{}{}:
 		default:
 		}
 	}
@@ -461,6 +481,8 @@ func (d *Driver) runAgent(ctx context.Context, a *agent, id, name, dev string) {
 				break watch
 			case <-resync.C:
 				break watch
+			case <-a.local:
+				d.program(id, dev, a, remote)
 			case ev, ok := <-events:
 				if !ok {
 					break watch

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 
@@ -150,4 +152,74 @@ func TestStoreDownForOthers(t *testing.T) {
 			t.Fatalf("after %v: down %v, want %v", step.err, d.StoreDown(), step.down)
 		}
 	}
+}
+
+// listedStore lists no endpoint at once, and its watch never sends: the
+// store's echo of this host's own changes never comes.
+type listedStore struct{ quietStore }
+
+func (listedStore) Endpoints(context.Context, string) (map[netip.Addr]cluster.Endpoint, int64, error) {
+	return nil, 1, nil
+}
+func (listedStore) WatchEndpoints(ctx context.Context, _ string, _ int64) <-chan cluster.EndpointEvent {
+	ch := make(chan cluster.EndpointEvent)
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch
+}
+
+// fastPathOverlay records the local endpoints of each SetFastPath.
+type fastPathOverlay struct {
+	fakeOverlay
+	mu     sync.Mutex
+	locals []string
+}
+
+func (o *fastPathOverlay) SetFastPath(_ string, locals []overlay.Local, _ []net.HardwareAddr) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.locals = o.locals[:0]
+	for _, l := range locals {
+		o.locals = append(o.locals, l.Veth)
+	}
+	return nil
+}
+
+func (o *fastPathOverlay) has() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.locals)
+}
+
+// The fast path follows this host's endpoints when they come and go, with
+// no word from the store: an endpoint that takes again the address (and
+// so the MAC) of one removed while the store was down writes nothing
+// there, and no echo comes.
+func TestFastPathFollowsLocalEndpoints(t *testing.T) {
+	d, _, _, _ := newTestDriver(t)
+	g := &fakeGuard{}
+	o := &fastPathOverlay{fakeOverlay: fakeOverlay{g: g}}
+	d.SetCluster(&Cluster{Store: listedStore{}, Overlay: o, Pools: anyPools{}, Guard: g, Underlay: "eth0", UnderlayMTU: 1500})
+	if err := d.CreateNetwork(clusterReq()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: nid}) })
+	waitLocals := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !slices.Equal(o.has(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the fast path's local endpoints are %v, want %v", o.has(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitLocals()
+	if _, err := d.CreateEndpoint(epReq(nid, eid, "198.18.7.5/24", "")); err != nil {
+		t.Fatal(err)
+	}
+	waitLocals(hostVethName(eid))
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	waitLocals()
 }

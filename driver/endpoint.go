@@ -94,6 +94,7 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (res *networ
 	}
 	d.endpoints[ep.ID] = ep
 	delete(d.cutShort, ep.ID) // the replay of a create cut short before its save
+	d.localChanged(n)
 	crash.Point("create-endpoint:after-save")
 	logEp(n.ID, ep.ID).WithField("addr", ep.Addr).Debug("endpoint created")
 	return res, nil
@@ -165,6 +166,7 @@ func (d *Driver) removeEndpoint(n *Network, ep *Endpoint, addrsGone bool) error 
 	if err := d.links.DeleteVeth(ep.HostVeth, ep.ID); err != nil {
 		return fmt.Errorf("ournet: removing the container's interface: %w", err)
 	}
+	d.localChanged(n)
 	// After the veth: its port never exists without its checks.
 	if err := d.delSpoofChecks(ep); err != nil {
 		return err
