@@ -43,14 +43,13 @@ func retireRoute(cs *cluster.Store) func(*http.ServeMux) {
 				return nil, err
 			}
 			if req.Host != "" {
-				switch alive, known := hosts[req.Host]; {
+				switch _, known := hosts[req.Host]; {
 				case req.Host == cs.Host():
 					return nil, fmt.Errorf("ournet: %s is this host; retire a host from another one", req.Host)
 				case !known:
 					return nil, fmt.Errorf("ournet: the cluster store knows no host %s", req.Host)
-				case alive:
-					return nil, fmt.Errorf("ournet: host %s is alive (it renews its lease); stop its plugin, or wait for its lease to expire, then retire it", req.Host)
 				}
+				// It refuses a host that is alive, or comes back meanwhile.
 				if err := cs.RetireHost(ctx, req.Host); err != nil {
 					return nil, err
 				}

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -306,7 +307,24 @@ func TestClusterStore(t *testing.T) {
 		if _, err := b.ClaimBlock(ctx, "small", small); err == nil || !strings.Contains(err.Error(), "every address block of cluster network small") {
 			t.Fatalf("claim on a full subnet: %v", err)
 		}
-		// A host retired for good gives its blocks back.
+		// A live host is not retired, and keeps its blocks.
+		var ue *UserError
+		if err := b.RetireHost(ctx, "host-1"); !errors.As(err, &ue) || !strings.Contains(err.Error(), "host host-1 is alive") {
+			t.Fatalf("retiring a live host: %v", err)
+		}
+		if _, err := b.ClaimBlock(ctx, "small", small); err == nil || !strings.Contains(err.Error(), "every address block of cluster network small") {
+			t.Fatalf("claim after a refused retirement: %v", err)
+		}
+		// host-1 dies (no renewal; its lease ends).
+		lease := a.Lease()
+		a.Close()
+		cli := c.client()
+		_, err = cli.Revoke(ctx, clientv3.LeaseID(lease))
+		cli.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Retired for good, it gives its blocks back.
 		if err := b.RetireHost(ctx, "host-1"); err != nil {
 			t.Fatal(err)
 		}
@@ -360,17 +378,58 @@ func TestClusterStore(t *testing.T) {
 		}
 	})
 
+	t.Run("a member's leave takes its blocks; the last one's every key, and only its own VNI", func(t *testing.T) {
+		subnet := netip.MustParsePrefix("10.52.0.0/24")
+		nb, err := b.Define(ctx, "lv", Spec{Subnets: []string{subnet.String()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h3.Define(ctx, "lv", Spec{Subnets: []string{subnet.String()}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h3.ClaimBlock(ctx, "lv", subnet); err != nil {
+			t.Fatal(err)
+		}
+		if err := h3.Leave(ctx, "lv"); err != nil {
+			t.Fatal(err)
+		}
+		if held, err := b.Blocks(ctx, "lv"); err != nil || len(held) != 0 {
+			t.Fatalf("blocks after host-3 left: %v %v", held, err)
+		}
+		if k := keysUnder(t, c, netKey("lv")); !slices.Equal(k, []string{netKey("lv") + "members/host-2", netKey("lv") + "spec"}) {
+			t.Fatalf("keys after host-3 left, host-2 still a member: %v", k)
+		}
+		// Its VNI taken by another network meanwhile (a drop that raced
+		// a define): the last member's leave leaves that one alone.
+		vkey := prefix + "vni/" + strconv.Itoa(nb.VNI)
+		cli := c.client()
+		defer cli.Close()
+		if _, err := cli.Put(ctx, vkey, "another"); err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Delete(ctx, vkey)
+		if err := b.Leave(ctx, "lv"); err != nil {
+			t.Fatal(err)
+		}
+		if k := keysUnder(t, c, netKey("lv")); len(k) != 0 {
+			t.Fatalf("keys left after the last member left: %v", k)
+		}
+		if r, err := cli.Get(ctx, vkey); err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "another" {
+			t.Fatalf("another network's VNI after the leave: %v %v", r.Kvs, err)
+		}
+	})
+
 	t.Run("one member lost changes nothing; quorum lost fails fast naming the store", func(t *testing.T) {
 		// The worst member to lose: the leader (an election follows).
 		lead := c.leader()
 		other := c.members[(slices.Index(c.members, lead)+1)%len(c.members)]
 		c.stop(lead)
-		if _, err := a.Define(ctx, "q1", Spec{Subnets: []string{"10.70.0.0/24"}}); err != nil {
+		if _, err := b.Define(ctx, "q1", Spec{Subnets: []string{"10.70.0.0/24"}}); err != nil {
 			t.Fatalf("with the leader of three members down: %v", err)
 		}
 		c.stop(other)
 		start := time.Now()
-		_, err := a.Define(ctx, "q2", Spec{Subnets: []string{"10.71.0.0/24"}})
+		_, err := b.Define(ctx, "q2", Spec{Subnets: []string{"10.71.0.0/24"}})
 		took := time.Since(start)
 		if err == nil || !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "cluster store (etcd at") {
 			t.Fatalf("without quorum: %v", err)
@@ -383,7 +442,7 @@ func TestClusterStore(t *testing.T) {
 		c.restart(lead)
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			if _, err = a.Define(ctx, "q2", Spec{Subnets: []string{"10.71.0.0/24"}}); err == nil {
+			if _, err = b.Define(ctx, "q2", Spec{Subnets: []string{"10.71.0.0/24"}}); err == nil {
 				break
 			}
 			if time.Now().After(deadline) {

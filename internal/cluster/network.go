@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -150,32 +151,64 @@ func (s *Store) freeVNI(ctx context.Context) (int, error) {
 
 // Leave makes this host no longer a member of name. The last member to
 // leave removes every key of the network: nothing of it stays in etcd.
+// This host's blocks go first, while it is still a member: a Leave cut
+// short then stays among its Memberships, and the sync does it again.
 func (s *Store) Leave(ctx context.Context, name string) error {
 	return s.call(ctx, "leaving cluster network "+name, func(ctx context.Context) error {
-		if _, err := s.cli.Delete(ctx, netKey(name)+"members/"+s.cfg.Host); err != nil {
+		if _, err := s.releaseBlocks(ctx, name, s.cfg.Host); err != nil {
 			return err
 		}
-		// This host's blocks of it go too: its endpoints are gone.
-		if err := s.releaseBlocks(ctx, name, s.cfg.Host); err != nil {
-			return err
-		}
-		return s.dropIfEmpty(ctx, name)
+		_, err := s.dropMember(ctx, name, s.cfg.Host)
+		return err
 	})
 }
 
-// dropIfEmpty removes every key of network name if it has no member left.
-func (s *Store) dropIfEmpty(ctx context.Context, name string) error {
-	r, err := s.cli.Get(ctx, netKey(name)+"spec")
-	if err != nil || len(r.Kvs) == 0 {
-		return err
+// dropMember removes host's membership of network name; when it is the
+// last member, in the same transaction, every key of the network and its
+// VNI (only if the VNI is still the network's): never a member gone with
+// the network's keys left behind it. With guard, only while guard holds
+// (done says whether it did).
+func (s *Store) dropMember(ctx context.Context, name, host string, guard ...clientv3.Cmp) (done bool, err error) {
+	mkey := netKey(name) + "members/" + host
+	for try := 0; try < 10; try++ {
+		r, err := s.cli.Txn(ctx).Then(
+			clientv3.OpGet(netKey(name)+"spec"),
+			clientv3.OpGet(netKey(name)+"members/", clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		).Commit()
+		if err != nil {
+			return false, err
+		}
+		spec, members := r.Responses[0].GetResponseRange(), r.Responses[1].GetResponseRange()
+		others := 0
+		for _, kv := range members.Kvs {
+			if string(kv.Key) != mkey {
+				others++
+			}
+		}
+		if others > 0 || len(spec.Kvs) == 0 {
+			t, err := s.cli.Txn(ctx).If(guard...).Then(clientv3.OpDelete(mkey)).Commit()
+			return err == nil && t.Succeeded, err
+		}
+		var n Network
+		_ = json.Unmarshal(spec.Kvs[0].Value, &n)
+		vkey := prefix + "vni/" + strconv.Itoa(n.VNI)
+		// No member joined since the listing (a join writes its key anew).
+		alone := clientv3.Compare(clientv3.ModRevision(netKey(name)+"members/").WithPrefix(), "<", r.Header.Revision+1)
+		t, err := s.cli.Txn(ctx).If(append(slices.Clone(guard), alone)...).Then(
+			clientv3.OpDelete(netKey(name), clientv3.WithPrefix()),
+			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(vkey), "=", name)}, []clientv3.Op{clientv3.OpDelete(vkey)}, nil),
+		).Commit()
+		if err != nil || t.Succeeded {
+			return err == nil, err
+		}
+		if len(guard) > 0 {
+			if g, err := s.cli.Txn(ctx).If(guard...).Commit(); err != nil || !g.Succeeded {
+				return false, err
+			}
+		}
+		// Another host joined meanwhile: again.
 	}
-	var n Network
-	_ = json.Unmarshal(r.Kvs[0].Value, &n)
-	_, err = s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Version(netKey(name)+"members/").WithPrefix(), "=", 0)).
-		Then(clientv3.OpDelete(netKey(name), clientv3.WithPrefix()), clientv3.OpDelete(prefix+"vni/"+strconv.Itoa(n.VNI))).
-		Commit()
-	return err
+	return false, fmt.Errorf("removing member %s of %s kept conflicting with other hosts", host, name)
 }
 
 // blockBits is the prefix length of the address blocks a subnet is split
@@ -343,67 +376,75 @@ func nextBlock(b netip.Prefix) netip.Prefix {
 	return netip.PrefixFrom(a, b.Bits())
 }
 
-// releaseBlocks frees host's blocks of name (each only if host still holds it).
-func (s *Store) releaseBlocks(ctx context.Context, name, host string) error {
+// releaseBlocks frees host's blocks of name (each only if host still
+// holds it). With guard, only while guard holds (done says whether it
+// did).
+func (s *Store) releaseBlocks(ctx context.Context, name, host string, guard ...clientv3.Cmp) (done bool, err error) {
 	r, err := s.cli.Get(ctx, netKey(name)+"blocks/", clientv3.WithPrefix())
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, kv := range r.Kvs {
 		if string(kv.Value) != host {
 			continue
 		}
-		if _, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(string(kv.Key)), "=", host)).
-			Then(clientv3.OpDelete(string(kv.Key))).Commit(); err != nil {
-			return err
+		held := clientv3.Compare(clientv3.Value(string(kv.Key)), "=", host)
+		t, err := s.cli.Txn(ctx).If(append(slices.Clone(guard), held)...).Then(clientv3.OpDelete(string(kv.Key))).Commit()
+		if err != nil {
+			return false, err
+		}
+		if !t.Succeeded && len(guard) > 0 {
+			if g, err := s.cli.Txn(ctx).If(guard...).Commit(); err != nil || !g.Succeeded {
+				return false, err
+			}
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // RetireHost is the operator's word that host is gone for good: its
 // blocks, memberships and endpoints are freed, so its addresses may be
-// handed out again.
+// handed out again; a network whose last member it was goes. A host that
+// is alive (its lease holds its key) is refused, and so is one that comes
+// back meanwhile, at the first change after it did: what it holds is its
+// own again.
 func (s *Store) RetireHost(ctx context.Context, host string) error {
 	return s.call(ctx, "retiring host "+host, func(ctx context.Context) error {
-		r, err := s.cli.Get(ctx, prefix+"networks/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		alive := userErr("ournet: host %s is alive (it renews its lease); stop its plugin, or wait for its lease to expire, then retire it", host)
+		gone := clientv3.Compare(clientv3.Version(prefix+"hosts/"+host), "=", 0)
+		r, err := s.cli.Txn(ctx).If(gone).Then(clientv3.OpGet(prefix+"networks/", clientv3.WithPrefix(), clientv3.WithKeysOnly())).Commit()
 		if err != nil {
 			return err
 		}
+		if !r.Succeeded {
+			return alive
+		}
 		names := map[string]bool{}
-		for _, kv := range r.Kvs {
+		for _, kv := range r.Responses[0].GetResponseRange().Kvs {
 			rest := strings.TrimPrefix(string(kv.Key), prefix+"networks/")
 			names[strings.SplitN(rest, "/", 2)[0]] = true
 		}
-		for name := range names {
-			if err := s.releaseBlocks(ctx, name, host); err != nil {
-				return err
+		for _, name := range slices.Sorted(maps.Keys(names)) {
+			if ok, err := s.releaseBlocks(ctx, name, host, gone); err != nil || !ok {
+				return cmp.Or(err, alive)
 			}
-			if _, err := s.cli.Delete(ctx, netKey(name)+"members/"+host); err != nil {
-				return err
-			}
-		}
-		for name := range names {
 			eps, err := s.cli.Get(ctx, netKey(name)+"endpoints/", clientv3.WithPrefix())
 			if err != nil {
 				return err
 			}
 			for _, kv := range eps.Kvs {
 				if ep, ok := decodeEndpoint(name, kv.Key, kv.Value); ok && ep.Host == host {
-					if _, err := s.cli.Delete(ctx, string(kv.Key)); err != nil {
-						return err
+					t, err := s.cli.Txn(ctx).If(gone).Then(clientv3.OpDelete(string(kv.Key))).Commit()
+					if err != nil || !t.Succeeded {
+						return cmp.Or(err, alive)
 					}
 				}
 			}
-		}
-		// A network whose last member was host goes, as Leave does it.
-		for name := range names {
-			if err := s.dropIfEmpty(ctx, name); err != nil {
-				return err
+			if ok, err := s.dropMember(ctx, name, host, gone); err != nil || !ok {
+				return cmp.Or(err, alive)
 			}
 		}
-		_, err = s.cli.Delete(ctx, prefix+"hosts/"+host)
-		return err
+		return nil
 	})
 }
 
