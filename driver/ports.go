@@ -164,7 +164,7 @@ func (d *Driver) restorePorts() {
 }
 
 // reconcilePorts repairs published-port rules that were removed or changed.
-// Called by Reconcile with d.mu held.
+// Called by Reconcile, without d.mu: the mapper has a lock of its own.
 func (d *Driver) reconcilePorts() {
 	repaired, err := d.ports.Reconcile()
 	for _, id := range repaired {
