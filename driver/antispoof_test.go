@@ -247,7 +247,7 @@ func TestReconcileRebuildsAlteredSpoofTable(t *testing.T) {
 // A stray endpoint (its veth marked as ournet's, its ID in neither the
 // state nor the journal: a container newer than the backup the state was
 // restored from) keeps its anti-spoofing checks through the restore and
-// the repair rounds, and they go with its veth.
+// the repair rounds; they go with its DeleteEndpoint, or with its veth.
 func TestRestoreKeepsStrayEndpointsChecks(t *testing.T) {
 	d, l, fw, st := newTestDriver(t)
 	k := nft.NewFake()
@@ -255,16 +255,18 @@ func TestRestoreKeepsStrayEndpointsChecks(t *testing.T) {
 	if err := d.CreateNetwork(dualStackReq()); err != nil {
 		t.Fatal(err)
 	}
-	eidB := "b" + eid2[1:]
-	for i, id := range []string{eid2, eidB} {
+	eidB, eidC := "b"+eid2[1:], "c"+eid2[1:]
+	for i, id := range []string{eid2, eidB, eidC} {
 		if _, err := d.CreateEndpoint(epReq(nid2, id, fmt.Sprintf("198.18.90.%d/24", 5+i), "")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// The state forgets B, and nothing says it was being deleted.
+	// The state forgets B and C, and nothing says they were being deleted.
 	d.mu.Lock()
-	d.forget("endpoint", bucketEndpoints, eidB)
-	d.journalDone(eidB)
+	for _, id := range []string{eidB, eidC} {
+		d.forget("endpoint", bucketEndpoints, id)
+		d.journalDone(id)
+	}
 	d.mu.Unlock()
 
 	d2 := New(Deps{Links: l, Firewall: fw, Sysctls: fakeSysctl{}, Store: st, AntiSpoof: antispoof.NewWith(k.Dial)})
@@ -279,15 +281,31 @@ func TestRestoreKeepsStrayEndpointsChecks(t *testing.T) {
 		}
 		return got
 	}
-	a, b := hostVethName(eid2), hostVethName(eidB) // b sorts first
-	if got := checked(); !slices.Equal(got, []string{b, a}) {
-		t.Fatalf("after the restore: checks on %v, want %s and the stray %s", got, a, b)
+	a, b, c := hostVethName(eid2), hostVethName(eidB), hostVethName(eidC) // b and c sort first
+	if got := checked(); !slices.Equal(got, []string{b, c, a}) {
+		t.Fatalf("after the restore: checks on %v, want %s and the strays %s, %s", got, a, b, c)
 	}
 	d2.Reconcile()
-	if got := checked(); !slices.Equal(got, []string{b, a}) {
-		t.Fatalf("after a repair round: checks on %v, want %s and the stray %s", got, a, b)
+	if got := checked(); !slices.Equal(got, []string{b, c, a}) {
+		t.Fatalf("after a repair round: checks on %v, want %s and the strays %s, %s", got, a, b, c)
 	}
-	delete(l.veths, b) // the stray's container stops
+	// dockerd removes B's container.
+	if err := d2.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid2, EndpointID: eidB}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.veths[b]; ok {
+		t.Fatal("the stray's veth outlived its DeleteEndpoint")
+	}
+	if err := d2.spoof.(*antispoof.Filter).Settle(); err != nil {
+		t.Fatal(err)
+	}
+	if got := checked(); !slices.Equal(got, []string{c, a}) {
+		t.Fatalf("after the stray's DeleteEndpoint: checks on %v, want %s and %s", got, c, a)
+	}
+	if s := strings.Join(d2.strays, "; "); strings.Contains(s, b) {
+		t.Fatalf("the deleted stray is still reported: %s", s)
+	}
+	delete(l.veths, c) // C's veth goes without a word from dockerd
 	d2.Reconcile()
 	if got := checked(); !slices.Equal(got, []string{a}) {
 		t.Fatalf("after the stray's veth went: checks on %v, want only %s", got, a)

@@ -2,11 +2,14 @@ package driver
 
 import (
 	"fmt"
-	"github.com/ournet/ournet/internal/crash"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/ournet/ournet/internal/crash"
 )
 
 // Veth names: "ov" (host end, stays) and "oc" (container end, renamed by the
@@ -106,7 +109,7 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	defer d.lock()()
 	ep, ok := d.endpoints[req.EndpointID]
 	if !ok {
-		return nil
+		return d.deleteStray(req.EndpointID)
 	}
 	// Forgotten whatever the kernel says: what it keeps of the endpoint is
 	// in the journal, and the next start removes it; a record written back
@@ -140,6 +143,24 @@ func (d *Driver) DeleteLeftEndpoints() {
 		}
 		delete(d.endpoints, id)
 	}
+}
+
+// deleteStray is DeleteEndpoint of an endpoint ournet does not know: a
+// stray's (removeOrphans: a container newer than the backup the state was
+// restored from) veth and anti-spoofing checks go, as dockerd removes it;
+// anything else is already gone. Called with d.mu held.
+func (d *Driver) deleteStray(id string) error {
+	port := hostVethName(id)
+	if !d.strayLinks[port] {
+		return nil
+	}
+	if err := d.links.DeleteVeth(port, id); err != nil {
+		return fmt.Errorf("ournet: removing the container's interface: %w", err)
+	}
+	delete(d.strayLinks, port)
+	d.strays = slices.DeleteFunc(d.strays, func(s string) bool { return strings.HasPrefix(s, "link "+port+" ") })
+	logEp("", id).Info("removed an endpoint the state did not know (left alone since the restore)")
+	return d.spoof.Del(port)
 }
 
 // deleteEndpoint removes ep's record and kernel state; n may be nil. It

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -103,6 +104,63 @@ func TestStateFileEmpty(t *testing.T) {
 		t.Fatalf("the damaged file was not kept aside: %v", m)
 	}
 	e.setPlugin(t, "STATE_RECOVER=")
+}
+
+// A state restored from a backup older than a running container: that
+// container's endpoint is unknown to ournet and left alone, its
+// anti-spoofing checks too, through the restore and the repair rounds;
+// they go with the container.
+func TestBackupKeepsNewerContainersChecks(t *testing.T) {
+	e := NewEngine(t)
+	f := engineFilter(t, e)
+	a, _ := twoOnNet(t, e, "st-old", "198.18.138.0/24")
+	dir := e.StateDir(t)
+	e.Run(t, "plugin", "disable", PluginName) // backs up a state with a and b
+	old, err := os.ReadFile(filepath.Join(dir, "state.db.backup.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Run(t, "plugin", "enable", PluginName)
+	Container(t, e, "st-new", "--network", "st-old")
+	pa, pn := portOf(t, e, a, "st-old"), portOf(t, e, "st-new", "st-old")
+	e.Run(t, "plugin", "disable", PluginName)
+	// Only the old backup is left, and the state file is empty.
+	for _, n := range []string{"state.db.backup.2", "state.db.backup.3"} {
+		os.Remove(filepath.Join(dir, n))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state.db.backup.1"), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(dir, "state.db"), 0); err != nil {
+		t.Fatal(err)
+	}
+	e.Run(t, "plugin", "set", PluginName, "STATE_RECOVER=backup")
+	e.Run(t, "plugin", "enable", PluginName)
+	t.Cleanup(func() { e.setPlugin(t, "STATE_RECOVER=") })
+	checked := func() []string {
+		t.Helper()
+		got, _, err := f.Ports()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	// The recovered state knows a and b only; st-new keeps its checks, also
+	// after a repair round.
+	time.Sleep(6 * time.Second)
+	if got := checked(); !slices.Contains(got, pa) || !slices.Contains(got, pn) {
+		t.Fatalf("after the recovery and a repair round: checks on %v, want %s's (%s) and st-new's (%s)", got, a, pa, pn)
+	}
+	if err := e.Ping("st-new", a); err != nil {
+		t.Fatal(err)
+	}
+	e.Run(t, "rm", "-f", "st-new")
+	waitFor(t, 20*time.Second, "st-new's checks gone with it", func() error {
+		if got := checked(); slices.Contains(got, pn) {
+			return fmt.Errorf("checks on %v", got)
+		}
+		return nil
+	})
 }
 
 // Case 5: a corrupt state file never panics the plugin: it listens, every
