@@ -96,11 +96,13 @@ func lookup(d *setDef, r uint32, invert bool) expr.Any {
 // FORWARD's policy, and no traffic between networks. A bridge of ournet's
 // without a network (it can only be drift) gets nothing through. Then a
 // packet that leaves an internal network's bridge for anywhere else is
-// dropped, and one that leaves any ournet bridge for a bridge that is not
-// ournet's (the engine's docker0 and br-*, anyone else's), unless it is a
-// connection DNATed to a port published there: other drivers' networks
-// are as isolated from ournet's as ournet's from each other, by the
-// device's kind, so that no bridge has to be listed. Sets only: a new
+// dropped, and one that leaves any ournet bridge for a bridge of the
+// engine's own networks (docker0, and br-* as the bridge driver names
+// them), unless it is a connection DNATed to a port published there: the
+// bridge driver's networks are as isolated from ournet's as ournet's from
+// each other, by the names it gives its bridges, so that no bridge has to
+// be listed. Any other bridge is the host's (its uplink may be one: br0,
+// vmbr0, virbr0), and a way out, as with the bridge driver. Sets only: a new
 // network adds elements, never a rule or a jump, so that a commit costs
 // the same with 500 networks as with one.
 func forwardBaseRules() []nftRule {
@@ -124,8 +126,13 @@ func forwardBaseRules() []nftRule {
 		nftRule{"ournet base: nothing else into a network", join(oif, one(lookup(setNets, reg, false), drop))},
 		nftRule{"ournet base: into an ournet bridge that has no network", join(one(meta(expr.MetaKeyOIFGROUP), eq(native32(BridgeGroup))), one(drop))},
 		nftRule{"ournet base: out of an internal network", join(one(meta(expr.MetaKeyIIFNAME), lookup(setInternal, reg, false)), one(drop))},
-		nftRule{"ournet base: into a bridge not ournet's, unless published there", join(
-			one(meta(expr.MetaKeyIIFGROUP), eq(native32(BridgeGroup)), meta(metaOIFKind), eq(nft.IfName("bridge"))),
+		nftRule{"ournet base: into docker0, unless published there", join(
+			one(meta(expr.MetaKeyIIFGROUP), eq(native32(BridgeGroup)), meta(expr.MetaKeyOIFNAME), eq(nft.IfName("docker0"))),
+			ctNone(expr.CtKeySTATUS, ctStatusDNAT), one(drop))},
+		nftRule{"ournet base: into a br- bridge (the engine's), unless published there", join(
+			one(meta(expr.MetaKeyIIFGROUP), eq(native32(BridgeGroup)), meta(metaOIFKind), eq(nft.IfName("bridge")),
+				// A prefix: cmp compares only the bytes given.
+				meta(expr.MetaKeyOIFNAME), eq([]byte("br-"))),
 			ctNone(expr.CtKeySTATUS, ctStatusDNAT), one(drop))},
 	)
 }

@@ -198,7 +198,9 @@ func TestPacketsInNetns(t *testing.T) {
 		masq := map[iptables.Family]bool{iptables.IPv4: true}
 		br1 := bridge("ournet-p1", p("198.18.91.1/24"), true)
 		br2 := bridge("ournet-p2", p("198.18.93.1/24"), true)
-		other := bridge("brx", p("198.18.92.1/24"), false)
+		other := bridge("br-0123456789ab", p("198.18.92.1/24"), false) // an engine network's
+		dock := bridge("docker0", p("198.18.94.1/24"), false)
+		hostbr := bridge("br0", p("198.18.95.1/24"), false) // the host's own: a LAN, an uplink
 		for _, n := range []Network{
 			{ID: "p10000000000", Bridge: "ournet-p1", Subnets: []netip.Prefix{p("198.18.91.0/24")}, ICC: true, Masquerade: masq},
 			{ID: "p20000000000", Bridge: "ournet-p2", Subnets: []netip.Prefix{p("198.18.93.0/24")}, ICC: true, Masquerade: masq},
@@ -211,8 +213,10 @@ func TestPacketsInNetns(t *testing.T) {
 		c2 := newBox(t, "c2", "vc2", br1, p("198.18.91.11/24"), p("198.18.91.1/24"))
 		e1 := newBox(t, "e1", "ve1", br2, p("198.18.93.10/24"), p("198.18.93.1/24"))
 		d1 := newBox(t, "d1", "vd1", other, p("198.18.92.10/24"), p("198.18.92.1/24"))
+		k1 := newBox(t, "k1", "vk1", dock, p("198.18.94.10/24"), p("198.18.94.1/24"))
+		h1 := newBox(t, "h1", "vh1", hostbr, p("198.18.95.10/24"), p("198.18.95.1/24"))
 		out := newBox(t, "outside", "up0", nil, p("203.0.113.2/24"), p("203.0.113.1/24"))
-		for _, b := range []*box{c1, c2, e1, d1, out} {
+		for _, b := range []*box{c1, c2, e1, d1, k1, h1, out} {
 			b.serve(t, 80)
 		}
 		// Ports published, DNAT as portmap's rules make it, at c1's
@@ -239,8 +243,11 @@ func TestPacketsInNetns(t *testing.T) {
 			{"inside the network (bridged): not masqueraded", c1, "198.18.91.11", 80, "198.18.91.10"},
 			{"out to the uplink: masqueraded", c1, "203.0.113.2", 80, "203.0.113.1"},
 			{"into another network: dropped", c1, "198.18.93.10", 80, ""},
-			{"into a bridge not ournet's: dropped", c1, "198.18.92.10", 80, ""},
+			{"into an engine network's bridge (br- and its ID): dropped", c1, "198.18.92.10", 80, ""},
+			{"into docker0: dropped", c1, "198.18.94.10", 80, ""},
+			{"into the host's own bridge: reached, masqueraded", c1, "198.18.95.10", 80, "198.18.95.1"},
 			{"from a bridge not ournet's: dropped", d1, "198.18.91.10", 80, ""},
+			{"from the host's own bridge: dropped", h1, "198.18.91.10", 80, ""},
 			{"a port published on a bridge not ournet's: reached, masqueraded", c1, "198.18.91.1", 8080, "198.18.92.1"},
 			{"a port published on another network: reached, masqueraded", c1, "198.18.91.1", 8082, "198.18.93.1"},
 			{"the outside to a container: dropped", out, "198.18.91.10", 80, ""},
