@@ -28,6 +28,10 @@ const (
 	optIfacePrefix   = "com.docker.network.container_iface_prefix"
 	optAntiSpoofing  = "ournet.anti_spoofing"
 	optCluster       = "ournet.cluster"
+	// Docker's fixed source address for a network's outgoing traffic
+	// (an SNAT instead of the masquerade): refused, saying what to do.
+	optHostIPv4 = "com.docker.network.host_ipv4"
+	optHostIPv6 = "com.docker.network.host_ipv6"
 
 	bridgeOptPrefix = "com.docker.network.bridge."
 	ournetOptPrefix = "ournet."
@@ -117,6 +121,8 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 		}
 		s := fmt.Sprint(v)
 		switch k {
+		case optHostIPv4, optHostIPv6:
+			return o, fmt.Errorf("ournet: option %s (a fixed source address for the network's outgoing traffic) is not supported; remove it, and add an SNAT rule for the subnet to iptables' nat POSTROUTING chain instead: ournet masquerades after that chain", k)
 		case optBridgeName:
 			if err := netdev.CheckName(s); err != nil {
 				return o, fmt.Errorf("ournet: option %s: %w", k, err)

@@ -62,6 +62,8 @@ func TestParseOptions(t *testing.T) {
 		{generic("com.docker.network.bridge.enable_icx", "true"), nil, `unknown option "com.docker.network.bridge.enable_icx"`},
 		{generic("ournet.nonsense", "1"), nil, `unknown option "ournet.nonsense"`},
 		{generic(optDefaultBridge, "true"), nil, "Docker's own default bridge"},
+		{generic(optHostIPv4, "198.51.100.7"), nil, "option com.docker.network.host_ipv4 (a fixed source address for the network's outgoing traffic) is not supported"},
+		{generic(optHostIPv6, "2001:db8::7"), nil, "add an SNAT rule for the subnet to iptables' nat POSTROUTING chain"},
 	} {
 		o, err := ParseOptions("0123456789abcdef", tc.opts)
 		if tc.wantErr != "" {

@@ -181,6 +181,29 @@ add element inet ournet into { "ournet-01234567" : jump net-0123456789ab }
 		if d, err := fw.Drifted([]Network{cases[0].n}); err != nil || len(d) != 0 || strings.Contains(nftList(t), "chain net-") || strings.Contains(nftList(t), "verdict") {
 			t.Fatalf("after an upgrade from the table with chains: drifted %v, %v\n%s", d, err, nftList(t))
 		}
+		// And the table of the version whose masquerade came before
+		// iptables' nat (a base chain's priority cannot be changed in
+		// place: the table is made anew).
+		nftDo(t, "delete", "table", "inet", TableName)
+		cmd = exec.Command("nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(`table inet ournet {
+	chain forward { type filter hook forward priority -5; policy accept; }
+	chain postrouting { type nat hook postrouting priority srcnat - 5; policy accept; }
+}
+`)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("the table with the masquerade first: %v: %s", err, out)
+		}
+		fw = New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := fw.Drifted([]Network{cases[0].n}); err != nil || len(d) != 0 || !strings.Contains(nftList(t), "priority srcnat + 1;") {
+			t.Fatalf("after an upgrade from the masquerade before iptables' nat: drifted %v, %v\n%s", d, err, nftList(t))
+		}
 		if got := save(t, r, iptables.IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") ||
 			strings.Contains(got, "OURNET-I") || strings.Contains(got, "OURNET-GUARD") || strings.Contains(got, "OURNET-POSTROUTING") {
 			t.Fatalf("old chains left after an upgrade:\n%s", got)

@@ -39,11 +39,12 @@ const BridgeGroup uint32 = 0x6f75
 
 // Priorities: the forward chain runs before iptables' filter table (0),
 // so a packet it drops never reaches dockerd's ACCEPT rules; the
-// masquerade before iptables' nat (100), as OURNET-POSTROUTING was first
-// in POSTROUTING.
+// masquerade after iptables' nat (100), as the bridge driver appends its
+// MASQUERADE to POSTROUTING: a rule a user put there (an SNAT to a fixed
+// address for a subnet) comes first, and the first to translate wins.
 const (
 	forwardPriority nftables.ChainPriority = -5
-	natPriority     nftables.ChainPriority = 95
+	natPriority     nftables.ChainPriority = 101
 )
 
 var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
@@ -226,6 +227,11 @@ type nftState struct {
 	strays  []elem // elements that name no network
 }
 
+// baseChainIs says whether ch hooks hook at priority p.
+func baseChainIs(ch *nftables.Chain, hook *nftables.ChainHook, p nftables.ChainPriority) bool {
+	return ch.Hooknum != nil && *ch.Hooknum == *hook && ch.Priority != nil && *ch.Priority == p
+}
+
 // readNFT reads the table; an absent table is an empty state.
 func readNFT(c nft.Conn) (*nftState, error) {
 	s := &nftState{byOwner: map[string]map[string]elem{}}
@@ -241,12 +247,15 @@ func readNFT(c nft.Conn) (*nftState, error) {
 		s.exists = true
 		switch ch.Name {
 		case ForwardBase:
-			hooked[ch.Name] = ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookForward
+			hooked[ch.Name] = baseChainIs(ch, nftables.ChainHookForward, forwardPriority)
 		case NATBase:
-			hooked[ch.Name] = ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookPostrouting
+			hooked[ch.Name] = baseChainIs(ch, nftables.ChainHookPostrouting, natPriority)
 		default:
 			s.legacy = true // a network's chain of the layout before sets
 		}
+		// A base chain on another hook or priority (an older version's
+		// masquerade came before iptables' nat) cannot be changed in place.
+		s.legacy = s.legacy || (ch.Hooknum != nil && !hooked[ch.Name])
 	}
 	if !s.exists {
 		return s, nil

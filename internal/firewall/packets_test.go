@@ -262,3 +262,48 @@ func TestPacketsInNetns(t *testing.T) {
 		}
 	})
 }
+
+// A user's SNAT in iptables' nat POSTROUTING (the bridge driver's way to
+// give a network a fixed source address outside: its MASQUERADE comes
+// after) applies: ournet's masquerade runs after that chain.
+func TestUserSNATComesFirstInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
+		fw, _ := newKernelFirewall(t)
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		p := netip.MustParsePrefix
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ournet-s1"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			t.Fatal(err)
+		}
+		for _, err := range []error{netlink.LinkSetGroup(br, int(BridgeGroup)),
+			netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(p("198.18.100.1/24"))}), netlink.LinkSetUp(br)} {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := fw.AddNetwork(Network{ID: "s10000000000", Bridge: "ournet-s1", Subnets: []netip.Prefix{p("198.18.100.0/24")}, ICC: true,
+			Masquerade: map[iptables.Family]bool{iptables.IPv4: true}}); err != nil {
+			t.Fatal(err)
+		}
+		c1 := newBox(t, "c1", "vs1", br, p("198.18.100.10/24"), p("198.18.100.1/24"))
+		out := newBox(t, "outside", "up0", nil, p("203.0.113.2/24"), p("203.0.113.1/24"))
+		up, err := netlink.LinkByName("up0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.AddrAdd(up, &netlink.Addr{IPNet: ipNet(p("203.0.113.9/24"))}); err != nil {
+			t.Fatal(err)
+		}
+		out.serve(t, 80)
+		if got, err := c1.seenAs(t, "203.0.113.2", 80); err != nil || got != "203.0.113.1" {
+			t.Fatalf("without the user's rule: seen as %q (%v), want the masquerade's 203.0.113.1", got, err)
+		}
+		run(t, "iptables", "-t", "nat", "-I", "POSTROUTING", "-s", "198.18.100.0/24", "-o", "up0", "-j", "SNAT", "--to-source", "203.0.113.9")
+		if got, err := c1.seenAs(t, "203.0.113.2", 80); err != nil || got != "203.0.113.9" {
+			t.Fatalf("with the user's SNAT: seen as %q (%v), want 203.0.113.9", got, err)
+		}
+	})
+}
