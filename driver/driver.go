@@ -146,10 +146,13 @@ type Deps struct {
 	Pools     Pools
 }
 
-// Pools is the IPAM's side of a deleted network: the pools of its subnets
-// wait for dockerd's ReleasePool as orphans, which a ReleasePool lost to a
-// plugin restart cannot leave held for ever (ipam/orphan.go). May be nil.
+// Pools is the IPAM's side of a network's life: a new one's pools are in
+// use (even without a gateway address); a deleted one's wait for
+// dockerd's ReleasePool as orphans, which a ReleasePool lost to a plugin
+// restart cannot leave held for ever (ipam/orphan.go). May be nil.
 type Pools interface {
+	// NetworkMade: a network was created on the pools of subnets.
+	NetworkMade(subnets []netip.Prefix)
 	NetworkGone(subnets []netip.Prefix)
 	// EndpointGone: the address addr, in the pool of subnet, of a deleted
 	// endpoint.

@@ -753,16 +753,19 @@ func TestWatchRounds(t *testing.T) {
 // goneNets records what the driver tells the IPAM of deleted networks and
 // endpoints.
 type goneNets struct {
+	made    []netip.Prefix
 	subnets []netip.Prefix
 	addrs   []string
 }
 
+func (g *goneNets) NetworkMade(s []netip.Prefix) { g.made = append(g.made, s...) }
 func (g *goneNets) NetworkGone(s []netip.Prefix) { g.subnets = append(g.subnets, s...) }
 func (g *goneNets) EndpointGone(s netip.Prefix, a netip.Addr) {
 	g.addrs = append(g.addrs, s.String()+" "+a.String())
 }
 
-// DeleteNetwork tells the IPAM which pools the network used, so a
+// CreateNetwork tells the IPAM which pools the network uses (one with no
+// gateway asks for no address); DeleteNetwork which it used, so a
 // ReleasePool lost to a restart cannot hold them for ever.
 func TestDeleteNetworkTellsThePools(t *testing.T) {
 	d, _, _, _ := newTestDriver(t)
@@ -770,6 +773,9 @@ func TestDeleteNetworkTellsThePools(t *testing.T) {
 	d.pools = gone
 	if err := d.CreateNetwork(createReq()); err != nil {
 		t.Fatal(err)
+	}
+	if len(gone.made) != 1 || gone.made[0].String() != "198.18.7.0/24" {
+		t.Fatalf("CreateNetwork told the IPAM %v, want 198.18.7.0/24", gone.made)
 	}
 	// And which address each deleted endpoint used, with its pool: one
 	// deleted on its own, one with the network.

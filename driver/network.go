@@ -76,6 +76,9 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) (retErr error)
 	}
 	crash.Point("create-network:after-save")
 	d.addNetwork(n)
+	if d.pools != nil {
+		d.pools.NetworkMade(n.pools(Subnet.ournetIPAM))
+	}
 	if n.Cluster != nil {
 		d.startAgent(n)
 		d.kickSync()

@@ -127,6 +127,22 @@ func TestGatewayModeIsolated(t *testing.T) {
 	}
 }
 
+// A network that asks for no gateway (gateway mode isolated: on 28 the
+// engine asks for no address in its pool at all) keeps its pool through a
+// plugin restart before its first container: that container then starts.
+func TestGatewaylessNetworkSurvivesRestart(t *testing.T) {
+	e := NewEngine(t)
+	Net(t, e, "gwless", "-d", "ournet", "--ipam-driver", "ournet", "--internal", "--subnet", "198.18.158.0/29",
+		"-o", "com.docker.network.bridge.gateway_mode_ipv4=isolated")
+	e.Run(t, "plugin", "disable", PluginName)
+	e.Run(t, "plugin", "enable", PluginName)
+	Container(t, e, "gwless-a", "--network", "gwless")
+	Container(t, e, "gwless-b", "--network", "gwless")
+	if err := e.Ping("gwless-a", e.IP(t, "gwless-b", "gwless")); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Gateway mode nat-unprotected: masquerade as nat, but the outside reaches
 // every port of a container by routing to it; other container networks
 // (ournet's and the engine's docker0) still do not.

@@ -156,6 +156,29 @@ func (p *pool) pastGrace() bool {
 	return p.Orphaned != 0 && time.Since(time.Unix(p.Orphaned, 0)) > orphanGrace
 }
 
+// NetworkMade tells the IPAM that an ournet network was created on the
+// pools of these subnets: dockerd has their IDs. A pool still pending is
+// one whose network asked for no gateway (gateway mode isolated, or an
+// internal network with inhibit_ipv4, engine 28+), which without this
+// a restart would drop while its network lives (see pool.Pending).
+func (a *Allocator) NetworkMade(subnets []netip.Prefix) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, s := range subnets {
+		cur := a.poolOf(s.Masked())
+		if cur == nil || !cur.Pending {
+			continue
+		}
+		p := cur.clone()
+		p.Pending = false
+		if err := a.save(p); err != nil {
+			log.WithField("pool", p.ID).WithError(err).Warn("ipam: saving that a network uses the pool (a restart before the next save drops it)")
+			continue
+		}
+		a.pools[p.ID] = p
+	}
+}
+
 // NetworkGone marks the pools of these subnets as orphans, or frees them
 // if a ReleasePool was lost: the ournet network that used them was
 // deleted. Pending pools are left alone (the restart drops them), and so

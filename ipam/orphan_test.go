@@ -344,3 +344,23 @@ func TestGatewayCutShortPoolReclaimed(t *testing.T) {
 		t.Fatal("a new pool was freed by the mark of the released pool of the same ID")
 	}
 }
+
+// A network that asks for no gateway (gateway mode isolated, engine 28+)
+// keeps its pool through a restart once its network is made; a pool
+// answered and then never used goes, as before.
+func TestGatewaylessPoolSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st, a := start(t, path)
+	used := mustPool(t, a, net1.String(), "", nil)
+	unused := mustPool(t, a, net2.String(), "", nil)
+	a.NetworkMade([]netip.Prefix{net1})
+	st.Close()
+	st, a = start(t, path)
+	defer st.Close()
+	if got := poolIDs(a); !slices.Equal(got, []string{used}) {
+		t.Fatalf("pools after a restart: %v, want only %s (%s was never used)", got, used, unused)
+	}
+	if _, err := reqAddr(a, used, "", nil); err != nil {
+		t.Fatalf("the first container on the gateway-less network after the restart: %v", err)
+	}
+}

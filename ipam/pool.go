@@ -38,10 +38,12 @@ type pool struct {
 	Next  netip.Addr   `json:"next"`
 	Addrs []Allocation `json:"addresses"` // sorted by Addr, no duplicates
 	// Pending is true from RequestPool until the first RequestAddress for
-	// the pool. dockerd always asks for the gateway right after it gets a
-	// pool, so a pool still pending when the plugin starts was answered by
-	// a plugin that crashed before dockerd could use it: dockerd never
-	// learnt its ID and would never release it. New drops such pools.
+	// the pool, or its network's CreateNetwork (NetworkMade: a network
+	// that asks for no gateway). dockerd asks for the gateway, if any,
+	// right after it gets a pool, then creates the network, so a pool
+	// still pending when the plugin starts was answered by a plugin that
+	// crashed before dockerd could use it: dockerd never learnt its ID and
+	// would never release it. New drops such pools.
 	Pending bool `json:"pending,omitempty"`
 	// Orphaned is when (Unix seconds) the ournet network that used this
 	// pool was deleted; zero while one may use it (orphan.go).
