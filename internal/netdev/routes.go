@@ -33,7 +33,14 @@ type routeSet struct {
 	// prefixes is dsts' prefixes, each once, as HostPrefixes hands them
 	// out; nil after a change (built again at the next ask).
 	prefixes []netip.Prefix
+	// down: devices that went down or away with no IPv4 route counted on
+	// them. Routes and links come on two sockets, so a route's add can be
+	// read after its device's removal: a route added on one marks the set
+	// stale. At most maxDown (then cleared, and the set stale).
+	down map[int]bool
 }
+
+const maxDown = 4096
 
 func (s *routeSet) add(k routeKey) {
 	if _, ok := s.dsts[k]; ok {
@@ -164,18 +171,27 @@ func (m *Manager) redump() error {
 }
 
 // applyLink marks the set stale when a device that has IPv4 routes in it
-// goes down or away (the kernel removes those routes unannounced).
+// goes down or away (the kernel removes those routes unannounced), and
+// otherwise remembers the device as down (see routeSet.down).
 func (m *Manager) applyLink(u netlink.LinkUpdate) {
 	if u.Link == nil || u.Link.Attrs() == nil {
 		return
 	}
-	if u.Header.Type != unix.RTM_DELLINK && u.IfInfomsg.Flags&unix.IFF_UP != 0 {
-		return
-	}
 	m.routes.mu.Lock()
 	defer m.routes.mu.Unlock()
-	if m.routes.v4oif[u.Link.Attrs().Index] > 0 {
-		m.routes.stale = true
+	s, idx := &m.routes, u.Link.Attrs().Index
+	switch {
+	case u.Header.Type != unix.RTM_DELLINK && u.IfInfomsg.Flags&unix.IFF_UP != 0:
+		delete(s.down, idx) // up (again)
+	case s.v4oif[idx] > 0:
+		s.stale = true
+	case len(s.down) >= maxDown:
+		s.down, s.stale = nil, true
+	default:
+		if s.down == nil {
+			s.down = map[int]bool{}
+		}
+		s.down[idx] = true
 	}
 }
 
@@ -192,6 +208,9 @@ func (m *Manager) applyRoute(u netlink.RouteUpdate) {
 	switch u.Type {
 	case unix.RTM_NEWROUTE:
 		m.routes.add(k)
+		if m.routes.down[k.oif] {
+			m.routes.stale = true // its device is gone (or down) already
+		}
 	case unix.RTM_DELROUTE:
 		m.routes.remove(k)
 	}

@@ -96,3 +96,50 @@ func TestWatchedRoutesInNetns(t *testing.T) {
 		}
 	})
 }
+
+// A device's route read after the device's removal (routes and links come
+// on two sockets; here both wait while the set's lock is held, as during a
+// HostPrefixes dump) leaves no route of it in the set: a subnet over it
+// is not refused for a route no device has.
+func TestRouteOfAGoneDeviceInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		m, err := New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		stop := make(chan struct{})
+		defer close(stop)
+		if err := m.WatchRoutes(stop); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 40 {
+			pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(100 + i), 0}), 24)
+			m.routes.mu.Lock()
+			a := netlink.NewLinkAttrs()
+			a.Name = "gone0"
+			err := m.h.LinkAdd(&netlink.Bridge{LinkAttrs: a})
+			var l netlink.Link
+			if err == nil {
+				l, err = m.h.LinkByName("gone0")
+			}
+			if err == nil {
+				err = m.h.LinkSetUp(l)
+			}
+			if err == nil {
+				err = m.h.AddrAdd(l, &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(pfx.Addr().Next(), 24))})
+			}
+			if err == nil {
+				err = m.h.LinkDel(l)
+			}
+			m.routes.mu.Unlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond) // the watcher reads what is queued
+			if r, ok := m.HostRoutes().Inside(netip.MustParsePrefix("198.18.0.0/15")); ok {
+				t.Fatalf("round %d: %s covers %s, a route of a device that is gone", i, pfx, r)
+			}
+		}
+	})
+}
