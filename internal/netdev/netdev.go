@@ -78,6 +78,13 @@ func (m *Manager) EnsureBridge(b Bridge) error {
 		if err := m.h.LinkSetAlias(link, AliasPrefix+b.Owner); err != nil {
 			return fmt.Errorf("marking bridge %s: %w", b.Name, err)
 		}
+	} else if link.Type() == "bridge" && link.Attrs().Alias == "" && b.Group != 0 && link.Attrs().Group == b.Group {
+		// Made by a call cut between creating the bridge and marking it
+		// (the kernel takes no alias at creation, but the group): ours,
+		// marked now.
+		if err := m.h.LinkSetAlias(link, AliasPrefix+b.Owner); err != nil {
+			return fmt.Errorf("marking bridge %s: %w", b.Name, err)
+		}
 	} else if link.Type() != "bridge" || link.Attrs().Alias != AliasPrefix+b.Owner {
 		return fmt.Errorf("%w: %s (type %s)", ErrNotOurs, b.Name, link.Type())
 	}
@@ -125,7 +132,7 @@ func (m *Manager) DeleteLink(name, owner string) error {
 	if err != nil {
 		return fmt.Errorf("looking up %s: %w", name, err)
 	}
-	if link.Attrs().Alias != AliasPrefix+owner && !(unmarkedVeth(link) && strings.HasPrefix(owner, link.Attrs().Name[2:])) {
+	if id, unmarked := unmarkedOwner(link); link.Attrs().Alias != AliasPrefix+owner && !(unmarked && strings.HasPrefix(owner, id)) {
 		return fmt.Errorf("%w: %s", ErrNotOurs, name)
 	}
 	if err := m.h.LinkDel(link); err != nil && !isNotFound(err) {
@@ -223,28 +230,41 @@ func (m *Manager) Owned() (map[string]string, error) {
 	for _, l := range links {
 		if id, ok := strings.CutPrefix(l.Attrs().Alias, AliasPrefix); ok {
 			out[l.Attrs().Name] = id
-		} else if unmarkedVeth(l) {
-			out[l.Attrs().Name] = l.Attrs().Name[2:] // the endpoint ID's first 12
+		} else if id, ok := unmarkedOwner(l); ok {
+			out[l.Attrs().Name] = id // the ID's first characters
 		}
 	}
 	return out, nil
 }
 
-// unmarkedVeth is a host end ournet made whose marking was cut short (a
-// crash between creating the pair and setting its alias): a veth with no
-// alias named as ournet names them, "ov" and 12 hex digits of an endpoint
-// ID. The name is specific enough to be nobody else's.
-func unmarkedVeth(l netlink.Link) bool {
-	name := l.Attrs().Name
-	if l.Type() != "veth" || l.Attrs().Alias != "" || len(name) != 14 || !strings.HasPrefix(name, "ov") {
-		return false
+// unmarkedOwner is the beginning of the owner's ID of a link ournet made
+// whose marking was cut short (a crash between creating it and setting
+// its alias): a link with no alias named as ournet names them, a veth's
+// host end "ov" and 12 hex digits of an endpoint ID, a bridge "ournet-"
+// and 8 of a network's. The names are specific enough to be nobody
+// else's. (A bridge with a name of the user's is known by its group, in
+// EnsureBridge.)
+func unmarkedOwner(l netlink.Link) (string, bool) {
+	if l.Attrs().Alias != "" {
+		return "", false
 	}
-	for _, c := range name[2:] {
-		if !strings.ContainsRune("0123456789abcdef", c) {
-			return false
+	for _, k := range []struct {
+		kind, prefix string
+		idLen        int
+	}{{"veth", "ov", 12}, {"bridge", "ournet-", 8}} {
+		id, ok := strings.CutPrefix(l.Attrs().Name, k.prefix)
+		if ok && l.Type() == k.kind && len(id) == k.idLen && strings.Trim(id, "0123456789abcdef") == "" &&
+			(k.kind != "bridge" || l.Attrs().Group != 0) { // ournet makes its bridges in a group
+			return id, true
 		}
 	}
-	return true
+	return "", false
+}
+
+// unmarkedVeth is unmarkedOwner's veth.
+func unmarkedVeth(l netlink.Link) bool {
+	_, ok := unmarkedOwner(l)
+	return ok && l.Type() == "veth"
 }
 
 // linkList retries a dump that the kernel interrupted because links changed

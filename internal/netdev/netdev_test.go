@@ -158,3 +158,51 @@ func TestUnmarkedVethInNetns(t *testing.T) {
 		}
 	})
 }
+
+// The same for a bridge (made with ournet's device group, not yet marked):
+// adopted when the create is made again, named or not as ournet names
+// them; listed by Owned and removed as an orphan when named as ournet
+// names them; a bridge with no alias and another group stays someone
+// else's.
+func TestUnmarkedBridgeInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		m, err := New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		const group = 0x6f75
+		for _, b := range []struct {
+			name  string
+			group uint32
+		}{{"ournet-01234567", group}, {"ournet-89abcdef", group}, {"mybridge", group}, {"ournet-fedcba98", 0}} {
+			attrs := netlink.NewLinkAttrs()
+			attrs.Name, attrs.Group = b.name, b.group
+			if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		owned, err := m.Owned()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, other := owned["ournet-fedcba98"]; owned["ournet-01234567"] != "01234567" || owned["ournet-89abcdef"] != "89abcdef" || other {
+			t.Fatalf("Owned = %v", owned)
+		}
+		for _, nid := range []string{"0123456789abcdef", "fedcba9876543210"} {
+			name := map[string]string{"0123456789abcdef": "ournet-01234567", "fedcba9876543210": "mybridge"}[nid]
+			if err := m.EnsureBridge(Bridge{Name: name, Owner: nid, Group: group}); err != nil {
+				t.Fatalf("adopting the unmarked bridge %s: %v", name, err)
+			}
+			if l, _ := netlink.LinkByName(name); l == nil || l.Attrs().Alias != AliasPrefix+nid {
+				t.Fatalf("%s not marked after adoption: %+v", name, l)
+			}
+		}
+		if err := m.EnsureBridge(Bridge{Name: "ournet-fedcba98", Owner: "fedcba9800000000", Group: group}); !errors.Is(err, ErrNotOurs) {
+			t.Fatalf("a bridge with no alias and another group: %v, want ErrNotOurs", err)
+		}
+		if err := m.DeleteLink("ournet-89abcdef", "89abcdef"); err != nil {
+			t.Fatalf("removing the orphan: %v", err)
+		}
+	})
+}
