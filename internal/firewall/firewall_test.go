@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
+
 	"github.com/ournet/ournet/internal/golden"
 	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/nft"
@@ -118,6 +120,17 @@ func TestApplyInNetns(t *testing.T) {
 		if got := nftList(t); got != all {
 			t.Fatalf("adding every network again changed the table:\n%s\nwant\n%s", got, all)
 		}
+		// The table as nft lists it loads again (a ruleset saved with
+		// `nft list ruleset` and loaded at boot), the same.
+		nftDo(t, "delete", "table", "inet", TableName)
+		load := exec.Command("nft", "-f", "-")
+		load.Stdin = strings.NewReader(all)
+		if out, err := load.CombinedOutput(); err != nil {
+			t.Fatalf("loading the table as nft lists it: %v: %s", err, out)
+		}
+		if got := nftList(t); got != all {
+			t.Fatalf("the table loaded again differs:\n%s\nwant\n%s", got, all)
+		}
 		// A fresh firewall (a restarted plugin) adds them all in one go:
 		// the same table.
 		fw2, _ := newKernelFirewall(t)
@@ -194,6 +207,7 @@ add element inet ournet into { "ournet-01234567" : jump net-0123456789ab }
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("the table with the masquerade first: %v: %s", err, out)
 		}
+
 		fw = New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
 		if err := fw.Setup(); err != nil {
 			t.Fatal(err)
@@ -203,6 +217,40 @@ add element inet ournet into { "ournet-01234567" : jump net-0123456789ab }
 		}
 		if d, err := fw.Drifted([]Network{cases[0].n}); err != nil || len(d) != 0 || !strings.Contains(nftList(t), "priority srcnat + 1;") {
 			t.Fatalf("after an upgrade from the masquerade before iptables' nat: drifted %v, %v\n%s", d, err, nftList(t))
+		}
+		// And the table of the version whose concatenated sets had
+		// NFT_SET_CONCAT (nft sets none; a set is not changed in place).
+		nftDo(t, "delete", "table", "inet", TableName)
+		cmd = exec.Command("nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(`table inet ournet {
+	chain forward { type filter hook forward priority -5; policy accept; }
+	chain postrouting { type nat hook postrouting priority srcnat + 1; policy accept; }
+}
+`)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("the table with concatenated sets flagged: %v: %s", err, out)
+		}
+		c, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		prevICC := setICC.set()
+		prevICC.Concatenation = true
+		if err := c.AddSet(prevICC, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		fw = New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
+			t.Fatal(err)
+		}
+		if s, err := c.GetSetByName(table, setICC.name); err != nil || s.Concatenation {
+			t.Fatalf("after the upgrade, set %s: %+v, %v", setICC.name, s, err)
 		}
 		if got := save(t, r, iptables.IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") ||
 			strings.Contains(got, "OURNET-I") || strings.Contains(got, "OURNET-GUARD") || strings.Contains(got, "OURNET-POSTROUTING") {

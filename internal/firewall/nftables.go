@@ -83,8 +83,10 @@ var (
 )
 
 func (d *setDef) set() *nftables.Set {
-	s := &nftables.Set{Table: table, Name: d.name, ID: d.id, KeyType: d.key,
-		Interval: d.kind == ranges, Concatenation: d.key.Name == ifname2.Name}
+	// Concatenated keys in a hash set need no NFT_SET_CONCAT (that is
+	// for intervals), and nft, loading the table as it lists it, sets
+	// none: with it, the set was not the one ournet adds.
+	s := &nftables.Set{Table: table, Name: d.name, ID: d.id, KeyType: d.key, Interval: d.kind == ranges}
 	if d.key.Name == nftables.TypeIFName.Name || d.key.Name == ifname2.Name {
 		// Interface names are strings, which nft prints in host order.
 		s.KeyByteOrder = binaryutil.NativeEndian
@@ -94,7 +96,7 @@ func (d *setDef) set() *nftables.Set {
 
 // same reports whether a set found in the table is this one.
 func (d *setDef) same(s *nftables.Set) bool {
-	return !s.IsMap && s.Interval == (d.kind == ranges) && s.KeyType.Bytes == d.key.Bytes
+	return !s.IsMap && s.Interval == (d.kind == ranges) && !s.Concatenation && s.KeyType.Bytes == d.key.Bytes
 }
 
 func unprotSet(f iptables.Family) *setDef { return pick(f, setUnprot4, setUnprot6) }

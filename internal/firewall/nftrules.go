@@ -161,8 +161,9 @@ func natBaseRules() []nftRule {
 			nftRule{"ournet base: " + famName(f) + " masquerade, out of ournet's bridges", join(from, one(neq(native32(BridgeGroup)), &expr.Masq{}))},
 			nftRule{"ournet base: " + famName(f) + " masquerade, routed into another bridge of ournet's", join(from, one(eq(native32(BridgeGroup)),
 				// No input device: bridged, or the host's own (older
-				// kernels end the rule at the load itself).
-				meta(expr.MetaKeyIIFNAME), neq(nft.IfName("")),
+				// kernels end the rule at the load itself). Not as
+				// iifname != "", which nft lists but cannot load again.
+				meta(expr.MetaKeyIIF), neq(native32(0)),
 				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
 				lookup(setHairpin, reg32, true), &expr.Masq{}))})
 	}
