@@ -30,7 +30,7 @@ var crashPoints = []string{
 // status asks the plugin for its state over its socket.
 func (e *Engine) status(t *testing.T) (nets []json.RawMessage, pools []struct {
 	ID        string
-	Allocated []struct{ Addr string }
+	Allocated []struct{ Addr, Kind string }
 }) {
 	t.Helper()
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
@@ -42,7 +42,7 @@ func (e *Engine) status(t *testing.T) (nets []json.RawMessage, pools []struct {
 		Networks []json.RawMessage
 		Pools    []struct {
 			ID        string
-			Allocated []struct{ Addr string }
+			Allocated []struct{ Addr, Kind string }
 		}
 	}
 	waitFor(t, 30*time.Second, "plugin status", func() error {
@@ -98,6 +98,20 @@ func TestCrashInjection(t *testing.T) {
 	}
 	if err := e.Ping("crash-a", "crash-c"); err != nil {
 		t.Fatal(err)
+	}
+	// The gateway's RequestAddress was cut short after its save and
+	// replayed: it kept its address, and nothing leaked (the gateway and
+	// the three containers' are all the pool holds).
+	_, pools := e.status(t)
+	for _, p := range pools {
+		for _, al := range p.Allocated {
+			if al.Kind == "gateway" && al.Addr != "198.18.46.1" {
+				t.Errorf("pool %s: gateway %s, want 198.18.46.1", p.ID, al.Addr)
+			}
+		}
+		if len(p.Allocated) != 4 {
+			t.Errorf("pool %s holds %d addresses, want 4 (the gateway, three containers): %+v", p.ID, len(p.Allocated), p.Allocated)
+		}
 	}
 	// Every point was reached: the markers are there.
 	markers := e.StateDir(t)

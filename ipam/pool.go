@@ -3,6 +3,7 @@ package ipam
 import (
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // AddrKind says why an address is held, for error messages and diagnostics.
@@ -23,6 +24,42 @@ type Allocation struct {
 	// Orphaned is when (Unix milliseconds) the ournet endpoint that used
 	// this address was deleted; zero while one may use it (orphan.go).
 	Orphaned int64 `json:"orphaned,omitempty"`
+	// Call is the plugin's call that handed the address out, for a
+	// replay of it (RequestAddressIn), and CallAt when (Unix
+	// milliseconds): kept for callMemory.
+	Call   string `json:"call,omitempty"`
+	CallAt int64  `json:"callAt,omitempty"`
+}
+
+// callMemory is how long an allocation remembers its call: longer than
+// dockerd retries a call cut short.
+const callMemory = 2 * time.Minute
+
+// madeIn is the index of the allocation call made, or -1.
+func (p *pool) madeIn(call string) int {
+	if call == "" {
+		return -1
+	}
+	for i, al := range p.Addrs {
+		if al.Call == call && time.Since(time.UnixMilli(al.CallAt)) <= callMemory {
+			return i
+		}
+	}
+	return -1
+}
+
+// recordCall marks addr as handed out in call, and forgets the calls of
+// the others once callMemory has passed.
+func (p *pool) recordCall(addr netip.Addr, call string) {
+	for i := range p.Addrs {
+		al := &p.Addrs[i]
+		switch {
+		case call != "" && al.Addr == addr:
+			al.Call, al.CallAt = call, time.Now().UnixMilli()
+		case al.Call != "" && time.Since(time.UnixMilli(al.CallAt)) > callMemory:
+			al.Call, al.CallAt = "", 0
+		}
+	}
 }
 
 // pool is one RequestPool answer with its addresses; it is also the JSON

@@ -14,6 +14,14 @@ import (
 // without, it picks a free one from the --ip-range, or from the subnet when
 // there is none. The answer is in CIDR form with the subnet's length.
 func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.RequestAddressResponse, error) {
+	return a.RequestAddressIn("", req)
+}
+
+// RequestAddressIn is RequestAddress in the plugin's call named call (""
+// for none), which the address it hands out records: a replay of the
+// call (its work saved, its reply lost to a crash) gets that address
+// again, instead of a second one, or a refusal of the --ip it holds.
+func (a *Allocator) RequestAddressIn(call string, req *api.RequestAddressRequest) (*api.RequestAddressResponse, error) {
 	log.WithFields(log.Fields{"pool": req.PoolID, "addr": req.Address, "options": req.Options}).Debug("ipam: RequestAddress")
 	gateway := req.Options[optRequestAddressType] == optGateway
 	var want netip.Addr
@@ -30,6 +38,10 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 	if !ok {
 		return nil, newErr(ErrUnknownPool, "this network's address pool %q is not known to ournet (its state may have been lost); "+
 			"remove the network and create it again", req.PoolID)
+	}
+	if i := cur.madeIn(call); i >= 0 {
+		log.WithFields(log.Fields{"pool": cur.ID, "addr": cur.Addrs[i].Addr}).Info("ipam: a replayed RequestAddress gets the address its first run saved")
+		return &api.RequestAddressResponse{Address: netip.PrefixFrom(cur.Addrs[i].Addr, cur.Prefix.Bits()).String()}, nil
 	}
 	p := cur.clone()
 	p.Pending = false
@@ -67,6 +79,7 @@ func (a *Allocator) RequestAddress(req *api.RequestAddressRequest) (*api.Request
 		want = addr
 	}
 
+	p.recordCall(want, call)
 	if err := a.save(p); err != nil {
 		return nil, err
 	}

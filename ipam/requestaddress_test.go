@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -245,5 +246,51 @@ func TestBigV6PoolStaysCheap(t *testing.T) {
 	mustAddr(t, a, id2, "fd00:2:0:ffff:ffff:ffff:ffff:ffff", nil)
 	if got := mustAddr(t, a, id2, "", nil); got != "fd00:2:0:ffff::/48" {
 		t.Errorf("got %s", got)
+	}
+}
+
+// A replay of a call whose address was saved (its reply lost to a crash)
+// gets that address again: the gateway stays the first address, an --ip
+// is not refused as in use, a dynamic address is not handed out twice;
+// and after a restart too. Another call gets another address.
+func TestReplayedCallGetsItsAddress(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st, a := start(t, path)
+	id := mustPool(t, a, "198.18.60.0/24", "", nil)
+	in := func(a *Allocator, call, addr string, opts map[string]string) string {
+		t.Helper()
+		res, err := a.RequestAddressIn(call, &api.RequestAddressRequest{PoolID: id, Address: addr, Options: opts})
+		if err != nil {
+			t.Fatalf("RequestAddressIn(%s, %q): %v", call, addr, err)
+		}
+		return res.Address
+	}
+	steps := []struct {
+		call, addr string
+		opts       map[string]string
+		want       string
+	}{
+		{"c1", "", gwOpts, "198.18.60.1/24"},
+		{"c2", "198.18.60.9", nil, "198.18.60.9/24"},
+		{"c3", "", nil, "198.18.60.2/24"},
+	}
+	for _, s := range steps {
+		if got := in(a, s.call, s.addr, s.opts); got != s.want {
+			t.Fatalf("%s: %s, want %s", s.call, got, s.want)
+		}
+	}
+	st.Close()
+	st, a = start(t, path) // the plugin restarts, and dockerd's retries come
+	defer st.Close()
+	for _, s := range steps {
+		if got := in(a, s.call, s.addr, s.opts); got != s.want {
+			t.Fatalf("replay of %s: %s, want %s", s.call, got, s.want)
+		}
+	}
+	if got := in(a, "c4", "", nil); got != "198.18.60.3/24" {
+		t.Fatalf("another call: %s, want 198.18.60.3/24", got)
+	}
+	if n := len(a.pools[id].Addrs); n != 4 {
+		t.Fatalf("%d addresses held, want 4: %+v", n, a.pools[id].Addrs)
 	}
 }

@@ -98,13 +98,28 @@ type inflightCall struct {
 	full string
 }
 
+// name is the call's identity, the same in its replays: what an IPAM
+// allocation records, so that a replay of a call whose work was saved but
+// whose reply was not gets that work's result, not a second one.
+func (c *inflightCall) name() string {
+	if c == nil || c.full == "" {
+		return ""
+	}
+	return strings.TrimSuffix(filepath.Base(c.full), ".json")
+}
+
 // begin keeps body until done is called. A call whose body cannot be kept
 // is handled all the same (it just cannot be replayed).
 func (f *inflight) begin(path string, body []byte) *inflightCall {
-	name := fmt.Sprintf("%020d-%06d-%s.json", time.Now().UnixNano(), f.seq.Add(1)%1000000, strings.TrimPrefix(path, "/"))
+	return f.beginAs(fmt.Sprintf("%020d-%06d-%s.json", time.Now().UnixNano(), f.seq.Add(1)%1000000, strings.TrimPrefix(path, "/")), body)
+}
+
+// beginAs is begin under a given name: a replay keeps the name of the
+// call it replays (name is the call's identity, see inflightCall.name).
+func (f *inflight) beginAs(name string, body []byte) *inflightCall {
 	c := &inflightCall{full: filepath.Join(f.dir, name)}
 	if err := os.WriteFile(c.full, body, 0o600); err != nil {
-		log.WithError(err).WithField("call", path).Debug("keeping the call's body for a replay")
+		log.WithError(err).WithField("call", name).Debug("keeping the call's body for a replay")
 		os.Remove(c.full) // a partial body must never be replayed
 		c.full = ""
 	}
@@ -248,7 +263,7 @@ func markCutShort(f *inflight, a interface {
 // replayed only when it is the one of its kind that was cut short within
 // retryWindow (two cut-short Joins could otherwise swap containers); with
 // several, every retry is answered "run the command again".
-func (f *inflight) take(path string) (body, reply []byte) {
+func (f *inflight) take(path string) (body, reply []byte, name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var files []string
@@ -267,7 +282,8 @@ func (f *inflight) take(path string) (body, reply []byte) {
 		if len(files) > 1 {
 			log.WithField("call", path).WithField("cut short", len(files)).Warn("several calls of this kind were cut short: none is replayed (they cannot be told apart)")
 		}
-		return nil, nil
+		return nil, nil, ""
 	}
-	return readKept(files[0])
+	body, reply = readKept(files[0])
+	return body, reply, filepath.Base(files[0])
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
@@ -52,6 +53,7 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 			writeJSON(w, http.StatusBadRequest, errorBody{Err: "ournet: bad request: " + err.Error()})
 			return
 		}
+		replayOf := "" // the kept call this one replays
 		if len(bytes.TrimSpace(body)) == 0 && !emptyOK[path] {
 			// dockerd retries a call whose connection broke (the plugin
 			// died) with the body already consumed: an empty request.
@@ -66,7 +68,7 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 				return
 			}
 			var reply []byte
-			if body, reply = replays.take(path); body == nil {
+			if body, reply, replayOf = replays.take(path); body == nil {
 				writeFailure(w, emptyRetry)
 				return
 			}
@@ -90,8 +92,12 @@ func routeAfter[Req any, Res any](mux *http.ServeMux, path string, fn func(*Req)
 				return
 			}
 		}
-		c := replays.begin(path, body)
+		c := replays.begin(path, body, replayOf)
 		defer c.done()
+		if name := c.name(); name != "" {
+			calls.Store(req, name)
+			defer calls.Delete(req)
+		}
 		res, err := fn(req)
 		fields := log.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)}
 		if err != nil {
@@ -124,11 +130,25 @@ var replays = &inflightSet{}
 // inflightSet is an optional *inflight.
 type inflightSet struct{ f *inflight }
 
-func (s *inflightSet) begin(path string, body []byte) *inflightCall {
+// begin keeps a call's body; a replay of a kept call keeps its name.
+func (s *inflightSet) begin(path string, body []byte, replayOf string) *inflightCall {
 	if s.f == nil || emptyOK[path] {
 		return nil
 	}
+	if replayOf != "" {
+		return s.f.beginAs(replayOf, body)
+	}
 	return s.f.begin(path, body)
+}
+
+// calls maps a request being handled to its call's name (inflightCall.name).
+var calls sync.Map
+
+// callOf is the name of the call req is handled in, "" for none.
+func callOf(req any) string {
+	name, _ := calls.Load(req)
+	s, _ := name.(string)
+	return s
 }
 
 func (s *inflightSet) takeAll(path string) ([][]byte, bool) {
@@ -138,9 +158,9 @@ func (s *inflightSet) takeAll(path string) ([][]byte, bool) {
 	return s.f.takeAll(path)
 }
 
-func (s *inflightSet) take(path string) (body, reply []byte) {
+func (s *inflightSet) take(path string) (body, reply []byte, name string) {
 	if s.f == nil {
-		return nil, nil
+		return nil, nil, ""
 	}
 	return s.f.take(path)
 }
@@ -169,7 +189,7 @@ func replayDeletes[Req any, Res any](w http.ResponseWriter, path string, fn func
 		if err := json.Unmarshal(b, req); err != nil {
 			continue
 		}
-		c := replays.begin(path, b)
+		c := replays.begin(path, b, "")
 		_, err := fn(req)
 		c.done()
 		if err != nil && first == nil {
@@ -280,7 +300,16 @@ func newMux(d network.Driver, a ipamapi.Ipam, extra func(*http.ServeMux)) *http.
 		sweepPools = func() { s.SweepOrphans() }
 	}
 	routeAfter(mux, "/IpamDriver.ReleasePool", noErr(a.ReleasePool), nil, sweepPools)
-	route(mux, "/IpamDriver.RequestAddress", a.RequestAddress)
+	if ac, ok := a.(interface {
+		RequestAddressIn(call string, req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error)
+	}); ok {
+		// A replay of a call whose address was saved gets that address.
+		route(mux, "/IpamDriver.RequestAddress", func(req *ipamapi.RequestAddressRequest) (*ipamapi.RequestAddressResponse, error) {
+			return ac.RequestAddressIn(callOf(req), req)
+		})
+	} else {
+		route(mux, "/IpamDriver.RequestAddress", a.RequestAddress)
+	}
 	var sweepAddrs func()
 	if s, ok := a.(interface{ SweepAddresses() int }); ok {
 		sweepAddrs = func() { s.SweepAddresses() }

@@ -18,6 +18,8 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/ournet/ournet/driver"
+	"github.com/ournet/ournet/internal/store"
+	"github.com/ournet/ournet/ipam"
 )
 
 type stubIPAM struct{ ipamapi.Ipam }
@@ -400,5 +402,42 @@ func TestEmptyRetryIgnoresCallsGivenUp(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Fatalf("files left in %s: %v", dir, entries)
+	}
+}
+
+// A RequestAddress the dead run saved but never answered, replayed for
+// dockerd's empty retry, gets the address the dead run saved (the
+// gateway stays the first address), not a second one; a new call gets
+// the next. The allocation knows the call by its kept file's name.
+func TestReplayedRequestAddressGetsTheSavedAddress(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	a, err := ipam.New(ipam.Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.RequestPool(&ipamapi.RequestPoolRequest{Pool: "198.18.61.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	before := openInflight(t, dir)
+	body := `{"PoolID":"` + p.PoolID + `","Options":{"RequestAddressType":"com.docker.network.gateway"}}`
+	c := before.begin("/IpamDriver.RequestAddress", []byte(body))
+	// The dead run's work: saved, then killed before its reply was kept.
+	if _, err := a.RequestAddressIn(c.name(), &ipamapi.RequestAddressRequest{PoolID: p.PoolID, Options: map[string]string{"RequestAddressType": "com.docker.network.gateway"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	restartInflight(t, dir)
+	mux := newMux(stubDriver{}, a, nil)
+	if code, out := call(t, mux, "/IpamDriver.RequestAddress", ""); code != 200 || out["Address"] != "198.18.61.1/24" {
+		t.Fatalf("the empty retry = %d %v, want the saved gateway 198.18.61.1/24", code, out)
+	}
+	if code, out := call(t, mux, "/IpamDriver.RequestAddress", `{"PoolID":"`+p.PoolID+`"}`); code != 200 || out["Address"] != "198.18.61.2/24" {
+		t.Fatalf("a new RequestAddress = %d %v, want 198.18.61.2/24", code, out)
 	}
 }
