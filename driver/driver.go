@@ -220,6 +220,10 @@ func (n *Network) fwNetwork() firewall.Network {
 			iptables.IPv4: n.Options.GwModeV4 == gwUnprotected,
 			iptables.IPv6: n.Options.GwModeV6 == gwUnprotected,
 		},
+		Routed: map[iptables.Family]bool{
+			iptables.IPv4: n.Options.GwModeV4 == gwRouted,
+			iptables.IPv6: n.Options.GwModeV6 == gwRouted,
+		},
 	}
 	fn.Subnets = n.pools(nil)
 	return fn

@@ -32,7 +32,7 @@ var cases = []struct {
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.4.0/24")}}},
 	{"dual-stack", Network{ID: "4123456789abcdef", Bridge: "ournet-41234567", ICC: true, Masquerade: both,
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.6.0/24"), netip.MustParsePrefix("fd00:5::/64"), netip.MustParsePrefix("198.18.5.0/24")}}},
-	{"routed-v6", Network{ID: "5123456789abcdef", Bridge: "ournet-51234567", ICC: true, Masquerade: map[iptables.Family]bool{iptables.IPv4: true},
+	{"routed-v6", Network{ID: "5123456789abcdef", Bridge: "ournet-51234567", ICC: true, Masquerade: map[iptables.Family]bool{iptables.IPv4: true}, Routed: map[iptables.Family]bool{iptables.IPv6: true},
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.7.0/24"), netip.MustParsePrefix("fd00:7::/64")}}},
 	{"unprotected-v4", Network{ID: "6123456789abcdef", Bridge: "ournet-61234567", ICC: true, Masquerade: both, Unprotected: map[iptables.Family]bool{iptables.IPv4: true},
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.8.0/24"), netip.MustParsePrefix("fd00:8::/64")}}},

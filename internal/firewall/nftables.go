@@ -30,6 +30,8 @@ const (
 	Masq4Set     = "masq4"    // IPv4 subnets that masquerade
 	Masq6Set     = "masq6"
 	HairpinSet   = "hairpin" // "<bridge>" . "<bridge>": a masquerading network's own way back in
+	Routed4Set   = "routed4" // bridges of IPv4 routed networks: ICMP in
+	Routed6Set   = "routed6"
 )
 
 // BridgeGroup is the device group of every ournet bridge: how the static
@@ -79,7 +81,9 @@ var (
 	setMasq4     = &setDef{Masq4Set, 7, ranges, nftables.TypeIPAddr}
 	setMasq6     = &setDef{Masq6Set, 8, ranges, nftables.TypeIP6Addr}
 	setHairpin   = &setDef{HairpinSet, 9, keys, ifname2}
-	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setHairpin}
+	setRouted4   = &setDef{Routed4Set, 10, keys, nftables.TypeIFName}
+	setRouted6   = &setDef{Routed6Set, 11, keys, nftables.TypeIFName}
+	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setHairpin, setRouted4, setRouted6}
 )
 
 func (d *setDef) set() *nftables.Set {
@@ -100,6 +104,7 @@ func (d *setDef) same(s *nftables.Set) bool {
 }
 
 func unprotSet(f iptables.Family) *setDef { return pick(f, setUnprot4, setUnprot6) }
+func routedSet(f iptables.Family) *setDef { return pick(f, setRouted4, setRouted6) }
 func masqSet(f iptables.Family) *setDef   { return pick(f, setMasq4, setMasq6) }
 
 func pick(f iptables.Family, v4, v6 *setDef) *setDef {
@@ -164,6 +169,9 @@ func netElems(n Network) []elem {
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 		if n.Unprotected[f] {
 			out = append(out, elem{set: unprotSet(f), key: br, comment: c})
+		}
+		if n.Routed[f] {
+			out = append(out, elem{set: routedSet(f), key: br, comment: c})
 		}
 	}
 	hairpin := false

@@ -113,14 +113,21 @@ func forwardBaseRules() []nftRule {
 		{"ournet base: icc", one(&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
 			lookup(setICC, reg32, false), accept)},
 	}
+	notFromContainers := one(
+		meta(expr.MetaKeyIIFGROUP), neq(native32(BridgeGroup)),
+		meta(expr.MetaKeyIIFNAME), neq(nft.IfName("docker0")),
+		// A prefix: cmp compares only the bytes given.
+		meta(expr.MetaKeyIIFNAME), neq([]byte("br-")))
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-		rs = append(rs, nftRule{"ournet base: " + famName(f) + " nat-unprotected, not from container bridges", join(family(f), oif,
-			one(lookup(unprotSet(f), reg, false),
-				meta(expr.MetaKeyIIFGROUP), neq(native32(BridgeGroup)),
-				meta(expr.MetaKeyIIFNAME), neq(nft.IfName("docker0")),
-				// A prefix: cmp compares only the bytes given.
-				meta(expr.MetaKeyIIFNAME), neq([]byte("br-")),
-				accept))})
+		icmp := byte(unix.IPPROTO_ICMP)
+		if f == iptables.IPv6 {
+			icmp = unix.IPPROTO_ICMPV6
+		}
+		rs = append(rs,
+			nftRule{"ournet base: " + famName(f) + " nat-unprotected, not from container bridges", join(family(f), oif,
+				one(lookup(unprotSet(f), reg, false)), notFromContainers, one(accept))},
+			nftRule{"ournet base: " + famName(f) + " routed, ICMP not from container bridges", join(family(f), oif,
+				one(lookup(routedSet(f), reg, false), meta(expr.MetaKeyL4PROTO), eq([]byte{icmp})), notFromContainers, one(accept))})
 	}
 	return append(rs,
 		nftRule{"ournet base: nothing else into a network", join(oif, one(lookup(setNets, reg, false), drop))},

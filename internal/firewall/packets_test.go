@@ -153,6 +153,14 @@ func (b *box) seenAs(t *testing.T, addr string, port int) (string, error) {
 	return string(got), err
 }
 
+// pings says whether b gets an answer to one ping of addr within a second.
+func (b *box) pings(t *testing.T, addr string) bool {
+	t.Helper()
+	var err error
+	b.in(t, func() { err = exec.Command("busybox", "ping", "-c", "1", "-W", "1", addr).Run() })
+	return err == nil
+}
+
 func run(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -201,9 +209,12 @@ func TestPacketsInNetns(t *testing.T) {
 		other := bridge("br-0123456789ab", p("198.18.92.1/24"), false) // an engine network's
 		dock := bridge("docker0", p("198.18.94.1/24"), false)
 		hostbr := bridge("br0", p("198.18.95.1/24"), false) // the host's own: a LAN, an uplink
+		br3 := bridge("ournet-p3", p("198.18.96.1/24"), true)
 		for _, n := range []Network{
 			{ID: "p10000000000", Bridge: "ournet-p1", Subnets: []netip.Prefix{p("198.18.91.0/24")}, ICC: true, Masquerade: masq},
 			{ID: "p20000000000", Bridge: "ournet-p2", Subnets: []netip.Prefix{p("198.18.93.0/24")}, ICC: true, Masquerade: masq},
+			{ID: "p30000000000", Bridge: "ournet-p3", Subnets: []netip.Prefix{p("198.18.96.0/24")}, ICC: true, // gateway mode routed
+				Routed: map[iptables.Family]bool{iptables.IPv4: true}},
 		} {
 			if err := fw.AddNetwork(n); err != nil {
 				t.Fatal(err)
@@ -215,8 +226,9 @@ func TestPacketsInNetns(t *testing.T) {
 		d1 := newBox(t, "d1", "vd1", other, p("198.18.92.10/24"), p("198.18.92.1/24"))
 		k1 := newBox(t, "k1", "vk1", dock, p("198.18.94.10/24"), p("198.18.94.1/24"))
 		h1 := newBox(t, "h1", "vh1", hostbr, p("198.18.95.10/24"), p("198.18.95.1/24"))
+		r1 := newBox(t, "r1", "vr1", br3, p("198.18.96.10/24"), p("198.18.96.1/24"))
 		out := newBox(t, "outside", "up0", nil, p("203.0.113.2/24"), p("203.0.113.1/24"))
-		for _, b := range []*box{c1, c2, e1, d1, k1, h1, out} {
+		for _, b := range []*box{c1, c2, e1, d1, k1, h1, r1, out} {
 			b.serve(t, 80)
 		}
 		// Ports published, DNAT as portmap's rules make it, at c1's
@@ -251,6 +263,8 @@ func TestPacketsInNetns(t *testing.T) {
 			{"a port published on a bridge not ournet's: reached, masqueraded", c1, "198.18.91.1", 8080, "198.18.92.1"},
 			{"a port published on another network: reached, masqueraded", c1, "198.18.91.1", 8082, "198.18.93.1"},
 			{"the outside to a container: dropped", out, "198.18.91.10", 80, ""},
+			{"the outside to a routed network's container: not masqueraded back, and dropped", out, "198.18.96.10", 80, ""},
+			{"out of a routed network: not masqueraded", r1, "203.0.113.2", 80, "198.18.96.10"},
 		} {
 			got, err := c.from.seenAs(t, c.to, c.port)
 			switch {
@@ -258,6 +272,23 @@ func TestPacketsInNetns(t *testing.T) {
 				t.Errorf("%s: %s reached %s:%d (seen as %s)", c.what, c.from.name, c.to, c.port, got)
 			case c.want != "" && (err != nil || got != c.want):
 				t.Errorf("%s: %s to %s:%d seen as %q (%v), want %s", c.what, c.from.name, c.to, c.port, got, err, c.want)
+			}
+		}
+		// ICMP reaches a routed network's containers from outside, as with
+		// the bridge driver; not from another container network, and not a
+		// nat network's.
+		for _, c := range []struct {
+			what string
+			from *box
+			to   string
+			want bool
+		}{
+			{"the outside pings a routed network's container", out, "198.18.96.10", true},
+			{"another network's container pings a routed network's", c1, "198.18.96.10", false},
+			{"the outside pings a nat network's container", out, "198.18.91.10", false},
+		} {
+			if got := c.from.pings(t, c.to); got != c.want {
+				t.Errorf("%s: answered %v, want %v", c.what, got, c.want)
 			}
 		}
 	})

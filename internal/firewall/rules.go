@@ -21,6 +21,10 @@ type Network struct {
 	// Unprotected per family (gateway mode nat-unprotected): anything that
 	// does not come from a container bridge may reach any port.
 	Unprotected map[iptables.Family]bool
+	// Routed per family (gateway mode routed): ICMP that does not come
+	// from a container bridge may reach the containers, as with the
+	// bridge driver.
+	Routed map[iptables.Family]bool
 }
 
 func (n Network) subnets(f iptables.Family) []netip.Prefix {
