@@ -6,8 +6,8 @@ import (
 )
 
 // gateway_mode_ipv4=routed: the outside sees a container by its own address
-// (no masquerade) and still reaches no unpublished port, which the host
-// does reach. inhibit_ipv4: the bridge gets no IPv4 address, and the
+// (no masquerade), pings it, and still reaches no unpublished port, which
+// the host does reach. inhibit_ipv4: the bridge gets no IPv4 address, and the
 // network's containers still reach each other.
 func TestGatewayModeRoutedAndInhibit(t *testing.T) {
 	u := NewUplink(t, eng)
@@ -25,6 +25,10 @@ func TestGatewayModeRoutedAndInhibit(t *testing.T) {
 	}
 	if out, err := u.Exec("curl", "-sf", "-m", "3", "http://"+ip+":8080/"); err == nil {
 		t.Errorf("routed: the uplink reached an unpublished port: %q", out)
+	}
+	// ICMP gets in, as with the bridge driver's routed mode.
+	if out, err := u.Exec("busybox", "ping", "-c", "1", "-W", "2", ip); err != nil {
+		t.Errorf("routed: the uplink's ping of the container got no answer: %v %s", err, out)
 	}
 
 	id := Net(t, eng, "gw-inhibit", "-d", "ournet", "--subnet", "198.18.61.0/24", "-o", "com.docker.network.bridge.inhibit_ipv4=true")
