@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,8 +12,6 @@ import (
 	api "github.com/docker/go-plugins-helpers/ipam"
 
 	"github.com/ournet/ournet/internal/cluster"
-	"github.com/ournet/ournet/internal/store"
-	"github.com/ournet/ournet/ipam"
 )
 
 // slowStore is a cluster store without quorum: each claim fails, unavailable,
@@ -55,15 +52,7 @@ func (g *gate) StoreResult(err error) {
 // (seven at the store's 5 s each went past dockerd's 30 s), and so is an
 // unrelated network's release; once the store answers, claims go through.
 func TestClaimsDoNotQueueOnADownStore(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	a, err := ipam.New(ipam.Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newAllocator(t)
 	cs, g := &slowStore{wait: 500 * time.Millisecond}, &gate{}
 	a.SetBlocks(blocks{s: cs, gate: g})
 	pool := func(subnet string) string {

@@ -410,15 +410,7 @@ func TestEmptyRetryIgnoresCallsGivenUp(t *testing.T) {
 // gateway stays the first address), not a second one; a new call gets
 // the next. The allocation knows the call by its kept file's name.
 func TestReplayedRequestAddressGetsTheSavedAddress(t *testing.T) {
-	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	a, err := ipam.New(ipam.Config{}, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newAllocator(t)
 	p, err := a.RequestPool(&ipamapi.RequestPoolRequest{Pool: "198.18.61.0/24"})
 	if err != nil {
 		t.Fatal(err)
@@ -440,4 +432,19 @@ func TestReplayedRequestAddressGetsTheSavedAddress(t *testing.T) {
 	if code, out := call(t, mux, "/IpamDriver.RequestAddress", `{"PoolID":"`+p.PoolID+`"}`); code != 200 || out["Address"] != "198.18.61.2/24" {
 		t.Fatalf("a new RequestAddress = %d %v, want 198.18.61.2/24", code, out)
 	}
+}
+
+// newAllocator is ournet's IPAM over a state file of its own.
+func newAllocator(t *testing.T) *ipam.Allocator {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	a, err := ipam.New(ipam.Config{}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -17,16 +17,7 @@ import (
 // HostRoutes' check answers from it.
 func TestWatchedRoutesInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		m, err := New()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
-		stop := make(chan struct{})
-		defer close(stop)
-		if err := m.WatchRoutes(stop); err != nil {
-			t.Fatal(err)
-		}
+		m := watching(t)
 		dumped := func() []netip.Prefix {
 			routes, err := m.dumpRoutes()
 			if err != nil {
@@ -103,16 +94,7 @@ func TestWatchedRoutesInNetns(t *testing.T) {
 // is not refused for a route no device has.
 func TestRouteOfAGoneDeviceInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		m, err := New()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
-		stop := make(chan struct{})
-		defer close(stop)
-		if err := m.WatchRoutes(stop); err != nil {
-			t.Fatal(err)
-		}
+		m := watching(t)
 		for i := range 40 {
 			pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(100 + i), 0}), 24)
 			m.routes.mu.Lock()
@@ -142,4 +124,20 @@ func TestRouteOfAGoneDeviceInNetns(t *testing.T) {
 			}
 		}
 	})
+}
+
+// watching is a Manager of the test's namespace that watches its routes
+// until the test ends. Call inside testns.Do.
+func watching(t *testing.T) *Manager {
+	t.Helper()
+	m, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop); m.Close() })
+	if err := m.WatchRoutes(stop); err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
