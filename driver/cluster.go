@@ -419,8 +419,8 @@ func (d *Driver) kickAgent(id string) {
 	}
 }
 
-// localChanged tells network id's agent that this host's endpoints of it
-// changed. Called with d.mu held.
+// localChanged tells n's agent that this host's endpoints of n changed.
+// Called with d.mu held.
 func (d *Driver) localChanged(n *Network) {
 	if n == nil || n.Cluster == nil || d.cl == nil {
 		return
