@@ -55,7 +55,7 @@ func TestTwoContainersTalk(t *testing.T) {
 			if eng.LinkExists(bridge) {
 				t.Fatalf("bridge %s still exists after network rm", bridge)
 			}
-			if out := eng.Rules(); strings.Contains(out, "net-"+id[:12]) || strings.Contains(out, `"ournet:`+id[:12]) {
+			if out := eng.Rules(); strings.Contains(out, `"ournet:`+id[:12]) {
 				t.Fatalf("rules of the removed network remain:\n%s", out)
 			}
 		})

@@ -119,8 +119,8 @@ func TestInternal(t *testing.T) {
 	if out, err := u.Exec("curl", "-sf", "-m", "3", "http://"+ipB+":8080/"); err == nil {
 		t.Fatalf("internal: the uplink reached a container: %q", out)
 	}
-	if route, _ := eng.Exec("int-a", "ip", "route"); strings.Contains(route, "default") {
-		t.Fatalf("internal: container has a default route: %s", route)
+	if route, err := eng.Exec("int-a", "ip", "route"); err != nil || strings.Contains(route, "default") {
+		t.Fatalf("internal: container has a default route, or ip route failed: %v %s", err, route)
 	}
 }
 

@@ -103,6 +103,9 @@ func TestCrashInjection(t *testing.T) {
 	// replayed: it kept its address, and nothing leaked (the gateway and
 	// the three containers' are all the pool holds).
 	_, pools := e.status(t)
+	if len(pools) != 1 {
+		t.Fatalf("%d pools, want the network's one: %+v", len(pools), pools)
+	}
 	for _, p := range pools {
 		for _, al := range p.Allocated {
 			if al.Kind == "gateway" && al.Addr != "198.18.46.1" {

@@ -56,8 +56,8 @@ func TestIPv6Only(t *testing.T) {
 	if out, _ := eng.Sh("ip", "-4", "-o", "addr", "show", "dev", bridge); out != "" {
 		t.Fatalf("IPv6-only bridge %s has IPv4 addresses: %s", bridge, out)
 	}
-	if out, _ := eng.Exec("v6o-a", "ip", "-4", "-o", "addr", "show", "dev", "eth0"); strings.TrimSpace(out) != "" {
-		t.Fatalf("IPv6-only container has IPv4 addresses: %s", out)
+	if out, err := eng.Exec("v6o-a", "ip", "-4", "-o", "addr", "show", "dev", "eth0"); err != nil || strings.TrimSpace(out) != "" {
+		t.Fatalf("IPv6-only container has IPv4 addresses, or ip failed: %v %s", err, out)
 	}
 	ipA, ipB := containerIP6(t, eng, "v6o-a", "v6only"), containerIP6(t, eng, "v6o-b", "v6only")
 	if out, err := eng.Exec("v6o-b", "ping6", "-c", "1", "-W", "2", ipA); err != nil {
@@ -168,7 +168,8 @@ func TestGatewayModeNatUnprotected(t *testing.T) {
 			t.Errorf("nat-unprotected: %s on another network reached the container: %q", from, out)
 		}
 	}
-	// The same check on a nat network proves the uplink's route works.
+	// And on a nat network, with the same kind of route, the same port
+	// stays closed.
 	Net(t, eng, "prot", "-d", "ournet", "--subnet", "198.18.154.0/24")
 	Container(t, eng, "prot-a", "--network", "prot")
 	eng.Serve(t, "prot-a", 8080)
