@@ -221,8 +221,10 @@ func TestFastPathFollowsLocalEndpoints(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	n := waitLocals(0) // the agent's first listing, before any endpoint
-	for _, addr := range []string{"198.18.7.5/24", "198.18.7.5/24"} { // the second takes the first's address
+	// The agent's first listing, before any endpoint; then an endpoint,
+	// twice, the second taking the first's address.
+	n := waitLocals(0)
+	for _, addr := range []string{"198.18.7.5/24", "198.18.7.5/24"} {
 		if _, err := d.CreateEndpoint(epReq(nid, eid, addr, "")); err != nil {
 			t.Fatal(err)
 		}
