@@ -186,29 +186,38 @@ func (s *Store) dropMember(ctx context.Context, name, host string, guard ...clie
 			}
 		}
 		if others > 0 || len(spec.Kvs) == 0 {
-			t, err := s.cli.Txn(ctx).If(guard...).Then(clientv3.OpDelete(mkey)).Commit()
-			return err == nil && t.Succeeded, err
+			done, _, err := s.guarded(ctx, guard, nil, clientv3.OpDelete(mkey))
+			return done, err
 		}
 		var n Network
 		_ = json.Unmarshal(spec.Kvs[0].Value, &n)
 		vkey := prefix + "vni/" + strconv.Itoa(n.VNI)
 		// No member joined since the listing (a join writes its key anew).
 		alone := clientv3.Compare(clientv3.ModRevision(netKey(name)+"members/").WithPrefix(), "<", r.Header.Revision+1)
-		t, err := s.cli.Txn(ctx).If(append(slices.Clone(guard), alone)...).Then(
+		done, held, err := s.guarded(ctx, guard, []clientv3.Cmp{alone},
 			clientv3.OpDelete(netKey(name), clientv3.WithPrefix()),
-			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(vkey), "=", name)}, []clientv3.Op{clientv3.OpDelete(vkey)}, nil),
-		).Commit()
-		if err != nil || t.Succeeded {
-			return err == nil, err
-		}
-		if len(guard) > 0 {
-			if g, err := s.cli.Txn(ctx).If(guard...).Commit(); err != nil || !g.Succeeded {
-				return false, err
-			}
+			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(vkey), "=", name)}, []clientv3.Op{clientv3.OpDelete(vkey)}, nil))
+		if err != nil || done || !held {
+			return done, err
 		}
 		// Another host joined meanwhile: again.
 	}
 	return false, fmt.Errorf("removing member %s of %s kept conflicting with other hosts", host, name)
+}
+
+// guarded commits ops if guard and conds all hold, in one transaction;
+// held says whether guard did, at that revision (so that a caller tells
+// a condition of its own that failed from a guard that did).
+func (s *Store) guarded(ctx context.Context, guard, conds []clientv3.Cmp, ops ...clientv3.Op) (done, held bool, err error) {
+	t, err := s.cli.Txn(ctx).If(append(slices.Clone(guard), conds...)...).Then(ops...).
+		Else(clientv3.OpTxn(guard, nil, nil)).Commit()
+	if err != nil {
+		return false, false, err
+	}
+	if t.Succeeded {
+		return true, true, nil
+	}
+	return false, t.Responses[0].GetResponseTxn().Succeeded, nil
 }
 
 // blockBits is the prefix length of the address blocks a subnet is split
@@ -388,15 +397,11 @@ func (s *Store) releaseBlocks(ctx context.Context, name, host string, guard ...c
 		if string(kv.Value) != host {
 			continue
 		}
-		held := clientv3.Compare(clientv3.Value(string(kv.Key)), "=", host)
-		t, err := s.cli.Txn(ctx).If(append(slices.Clone(guard), held)...).Then(clientv3.OpDelete(string(kv.Key))).Commit()
-		if err != nil {
+		// Not held any more (the block changed hands): skipped.
+		_, held, err := s.guarded(ctx, guard, []clientv3.Cmp{clientv3.Compare(clientv3.Value(string(kv.Key)), "=", host)},
+			clientv3.OpDelete(string(kv.Key)))
+		if err != nil || !held {
 			return false, err
-		}
-		if !t.Succeeded && len(guard) > 0 {
-			if g, err := s.cli.Txn(ctx).If(guard...).Commit(); err != nil || !g.Succeeded {
-				return false, err
-			}
 		}
 	}
 	return true, nil
@@ -434,8 +439,7 @@ func (s *Store) RetireHost(ctx context.Context, host string) error {
 			}
 			for _, kv := range eps.Kvs {
 				if ep, ok := decodeEndpoint(name, kv.Key, kv.Value); ok && ep.Host == host {
-					t, err := s.cli.Txn(ctx).If(gone).Then(clientv3.OpDelete(string(kv.Key))).Commit()
-					if err != nil || !t.Succeeded {
+					if done, _, err := s.guarded(ctx, []clientv3.Cmp{gone}, nil, clientv3.OpDelete(string(kv.Key))); err != nil || !done {
 						return cmp.Or(err, alive)
 					}
 				}
