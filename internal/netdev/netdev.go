@@ -60,10 +60,9 @@ func (m *Manager) EnsureBridge(b Bridge) error {
 		return err
 	}
 	link, err := m.h.LinkByName(b.Name)
-	if err != nil {
-		if !isNotFound(err) {
-			return fmt.Errorf("looking up %s: %w", b.Name, err)
-		}
+	mark := false
+	switch {
+	case isNotFound(err):
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = b.Name
 		attrs.MTU = b.MTU
@@ -75,18 +74,18 @@ func (m *Manager) EnsureBridge(b Bridge) error {
 		if link, err = m.h.LinkByName(b.Name); err != nil {
 			return fmt.Errorf("looking up new bridge %s: %w", b.Name, err)
 		}
-		if err := m.h.LinkSetAlias(link, AliasPrefix+b.Owner); err != nil {
-			return fmt.Errorf("marking bridge %s: %w", b.Name, err)
-		}
-	} else if link.Type() == "bridge" && link.Attrs().Alias == "" && b.Group != 0 && link.Attrs().Group == b.Group {
-		// Made by a call cut between creating the bridge and marking it
-		// (the kernel takes no alias at creation, but the group): ours,
-		// marked now.
-		if err := m.h.LinkSetAlias(link, AliasPrefix+b.Owner); err != nil {
-			return fmt.Errorf("marking bridge %s: %w", b.Name, err)
-		}
-	} else if link.Type() != "bridge" || link.Attrs().Alias != AliasPrefix+b.Owner {
+		mark = true // the kernel takes no alias at creation (but the group)
+	case err != nil:
+		return fmt.Errorf("looking up %s: %w", b.Name, err)
+	case link.Type() == "bridge" && link.Attrs().Alias == "" && b.Group != 0 && link.Attrs().Group == b.Group:
+		mark = true // made by a call cut between creating and marking it: ours
+	case link.Type() != "bridge" || link.Attrs().Alias != AliasPrefix+b.Owner:
 		return fmt.Errorf("%w: %s (type %s)", ErrNotOurs, b.Name, link.Type())
+	}
+	if mark {
+		if err := m.h.LinkSetAlias(link, AliasPrefix+b.Owner); err != nil {
+			return fmt.Errorf("marking bridge %s: %w", b.Name, err)
+		}
 	}
 	if b.MTU != 0 && link.Attrs().MTU != b.MTU {
 		if err := m.h.LinkSetMTU(link, b.MTU); err != nil {
@@ -251,10 +250,11 @@ func unmarkedOwner(l netlink.Link) (string, bool) {
 	for _, k := range []struct {
 		kind, prefix string
 		idLen        int
-	}{{"veth", "ov", 12}, {"bridge", "ournet-", 8}} {
+		grouped      bool // ournet makes its bridges in a device group
+	}{{"veth", "ov", 12, false}, {"bridge", "ournet-", 8, true}} {
 		id, ok := strings.CutPrefix(l.Attrs().Name, k.prefix)
 		if ok && l.Type() == k.kind && len(id) == k.idLen && strings.Trim(id, "0123456789abcdef") == "" &&
-			(k.kind != "bridge" || l.Attrs().Group != 0) { // ournet makes its bridges in a group
+			(!k.grouped || l.Attrs().Group != 0) {
 			return id, true
 		}
 	}
