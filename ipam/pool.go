@@ -35,13 +35,18 @@ type Allocation struct {
 // dockerd retries a call cut short.
 const callMemory = 2 * time.Minute
 
+// remembersCall says whether the allocation still knows its call.
+func (al Allocation) remembersCall() bool {
+	return al.Call != "" && time.Since(time.UnixMilli(al.CallAt)) <= callMemory
+}
+
 // madeIn is the index of the allocation call made, or -1.
 func (p *pool) madeIn(call string) int {
 	if call == "" {
 		return -1
 	}
 	for i, al := range p.Addrs {
-		if al.Call == call && time.Since(time.UnixMilli(al.CallAt)) <= callMemory {
+		if al.Call == call && al.remembersCall() {
 			return i
 		}
 	}
@@ -56,7 +61,7 @@ func (p *pool) recordCall(addr netip.Addr, call string) {
 		switch {
 		case call != "" && al.Addr == addr:
 			al.Call, al.CallAt = call, time.Now().UnixMilli()
-		case al.Call != "" && time.Since(time.UnixMilli(al.CallAt)) > callMemory:
+		case al.Call != "" && !al.remembersCall():
 			al.Call, al.CallAt = "", 0
 		}
 	}
