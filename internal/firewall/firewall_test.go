@@ -54,6 +54,16 @@ func nftList(t *testing.T) string {
 	return string(out)
 }
 
+// nftLoad loads text with nft -f; what names it in a failure.
+func nftLoad(t *testing.T, what, text string) {
+	t.Helper()
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("loading %s: %v: %s", what, err, out)
+	}
+}
+
 func nftDo(t *testing.T, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("nft", args...).CombinedOutput()
@@ -123,11 +133,7 @@ func TestApplyInNetns(t *testing.T) {
 		// The table as nft lists it loads again (a ruleset saved with
 		// `nft list ruleset` and loaded at boot), the same.
 		nftDo(t, "delete", "table", "inet", TableName)
-		load := exec.Command("nft", "-f", "-")
-		load.Stdin = strings.NewReader(all)
-		if out, err := load.CombinedOutput(); err != nil {
-			t.Fatalf("loading the table as nft lists it: %v: %s", err, out)
-		}
+		nftLoad(t, "the table as nft lists it", all)
 		if got := nftList(t); got != all {
 			t.Fatalf("the table loaded again differs:\n%s\nwant\n%s", got, all)
 		}
@@ -172,8 +178,7 @@ func TestApplyInNetns(t *testing.T) {
 		// And the table as the layout before sets made it: per-network
 		// chains behind verdict maps.
 		nftDo(t, "delete", "table", "inet", TableName)
-		cmd := exec.Command("nft", "-f", "-")
-		cmd.Stdin = strings.NewReader(`table inet ournet {
+		nftLoad(t, "the table before sets", `table inet ournet {
 	map into { type ifname : verdict; }
 	map masq4 { type ipv4_addr : verdict; flags interval; }
 	chain net-0123456789ab { drop; }
@@ -181,16 +186,7 @@ func TestApplyInNetns(t *testing.T) {
 }
 add element inet ournet into { "ournet-01234567" : jump net-0123456789ab }
 `)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("the table before sets: %v: %s", err, out)
-		}
-		fw = New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
-		if err := fw.Setup(); err != nil {
-			t.Fatal(err)
-		}
-		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
-			t.Fatal(err)
-		}
+		fw = upgraded(t, r)
 		if d, err := fw.Drifted([]Network{cases[0].n}); err != nil || len(d) != 0 || strings.Contains(nftList(t), "chain net-") || strings.Contains(nftList(t), "verdict") {
 			t.Fatalf("after an upgrade from the table with chains: drifted %v, %v\n%s", d, err, nftList(t))
 		}
@@ -198,38 +194,24 @@ add element inet ournet into { "ournet-01234567" : jump net-0123456789ab }
 		// iptables' nat (a base chain's priority cannot be changed in
 		// place: the table is made anew).
 		nftDo(t, "delete", "table", "inet", TableName)
-		cmd = exec.Command("nft", "-f", "-")
-		cmd.Stdin = strings.NewReader(`table inet ournet {
+		nftLoad(t, "the table with the masquerade first", `table inet ournet {
 	chain forward { type filter hook forward priority -5; policy accept; }
 	chain postrouting { type nat hook postrouting priority srcnat - 5; policy accept; }
 }
 `)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("the table with the masquerade first: %v: %s", err, out)
-		}
 
-		fw = New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
-		if err := fw.Setup(); err != nil {
-			t.Fatal(err)
-		}
-		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
-			t.Fatal(err)
-		}
+		fw = upgraded(t, r)
 		if d, err := fw.Drifted([]Network{cases[0].n}); err != nil || len(d) != 0 || !strings.Contains(nftList(t), "priority srcnat + 1;") {
 			t.Fatalf("after an upgrade from the masquerade before iptables' nat: drifted %v, %v\n%s", d, err, nftList(t))
 		}
 		// And the table of the version whose concatenated sets had
 		// NFT_SET_CONCAT (nft sets none; a set is not changed in place).
 		nftDo(t, "delete", "table", "inet", TableName)
-		cmd = exec.Command("nft", "-f", "-")
-		cmd.Stdin = strings.NewReader(`table inet ournet {
+		nftLoad(t, "the table with concatenated sets flagged", `table inet ournet {
 	chain forward { type filter hook forward priority -5; policy accept; }
 	chain postrouting { type nat hook postrouting priority srcnat + 1; policy accept; }
 }
 `)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("the table with concatenated sets flagged: %v: %s", err, out)
-		}
 		c, err := nftables.New()
 		if err != nil {
 			t.Fatal(err)
@@ -242,13 +224,7 @@ add element inet ournet into { "ournet-01234567" : jump net-0123456789ab }
 		if err := c.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		fw = New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
-		if err := fw.Setup(); err != nil {
-			t.Fatal(err)
-		}
-		if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
-			t.Fatal(err)
-		}
+		fw = upgraded(t, r)
 		if s, err := c.GetSetByName(table, setICC.name); err != nil || s.Concatenation {
 			t.Fatalf("after the upgrade, set %s: %+v, %v", setICC.name, s, err)
 		}
@@ -413,4 +389,18 @@ func TestDriftAndJumpOrderInNetns(t *testing.T) {
 			t.Fatalf("FORWARD after setup = %q", fwd)
 		}
 	})
+}
+
+// upgraded is the firewall of a restarted plugin over whatever the
+// namespace holds: set up, with the first case's network added.
+func upgraded(t *testing.T, r iptables.Runner) *Firewall {
+	t.Helper()
+	fw := New(r, nft.Dialer(), iptables.IPv4, iptables.IPv6)
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.AddNetworks([]Network{cases[0].n}); err != nil {
+		t.Fatal(err)
+	}
+	return fw
 }

@@ -234,17 +234,13 @@ func TestPacketsInNetns(t *testing.T) {
 		// Ports published, DNAT as portmap's rules make it, at c1's
 		// gateway: 8080 to d1 on the other bridge, 8082 to e1 on the other
 		// network.
-		nft := exec.Command("nft", "-f", "-")
-		nft.Stdin = strings.NewReader(`table ip pub {
+		nftLoad(t, "the published ports' DNAT", `table ip pub {
 	chain pre {
 		type nat hook prerouting priority dstnat; policy accept;
 		ip daddr 198.18.91.1 tcp dport 8080 dnat to 198.18.92.10:80
 		ip daddr 198.18.91.1 tcp dport 8082 dnat to 198.18.93.10:80
 	}
 }`)
-		if o, err := nft.CombinedOutput(); err != nil {
-			t.Fatalf("nft: %v: %s", err, o)
-		}
 		for _, c := range []struct {
 			what string
 			from *box
