@@ -32,6 +32,9 @@ const (
 	HairpinSet   = "hairpin" // "<bridge>" . "<bridge>": a masquerading network's own way back in
 	Routed4Set   = "routed4" // bridges of IPv4 routed networks: ICMP in
 	Routed6Set   = "routed6"
+	Open4Set     = "open4"      // "<address> . <protocol> . <port>": published on an IPv4 routed network
+	Open6Set     = "open6"      // (and IPv6)
+	RoutedOwnSet = "routed_own" // "<bridge>" . "<bridge>": a routed network's own traffic, judged by icc alone
 )
 
 // BridgeGroup is the device group of every ournet bridge: how the static
@@ -69,7 +72,11 @@ type setDef struct {
 	key  nftables.SetDatatype
 }
 
-var ifname2 = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+var (
+	ifname2 = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+	open4   = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	open6   = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+)
 
 var (
 	setNets      = &setDef{NetsSet, 1, keys, nftables.TypeIFName}
@@ -83,7 +90,10 @@ var (
 	setHairpin   = &setDef{HairpinSet, 9, keys, ifname2}
 	setRouted4   = &setDef{Routed4Set, 10, keys, nftables.TypeIFName}
 	setRouted6   = &setDef{Routed6Set, 11, keys, nftables.TypeIFName}
-	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setHairpin, setRouted4, setRouted6}
+	setOpen4     = &setDef{Open4Set, 12, keys, open4}
+	setOpen6     = &setDef{Open6Set, 13, keys, open6}
+	setRoutedOwn = &setDef{RoutedOwnSet, 14, keys, ifname2}
+	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setHairpin, setRouted4, setRouted6, setOpen4, setOpen6, setRoutedOwn}
 )
 
 func (d *setDef) set() *nftables.Set {
@@ -105,6 +115,7 @@ func (d *setDef) same(s *nftables.Set) bool {
 
 func unprotSet(f iptables.Family) *setDef { return pick(f, setUnprot4, setUnprot6) }
 func routedSet(f iptables.Family) *setDef { return pick(f, setRouted4, setRouted6) }
+func openSet(f iptables.Family) *setDef   { return pick(f, setOpen4, setOpen6) }
 func masqSet(f iptables.Family) *setDef   { return pick(f, setMasq4, setMasq6) }
 
 func pick(f iptables.Family, v4, v6 *setDef) *setDef {
@@ -174,6 +185,10 @@ func netElems(n Network) []elem {
 			out = append(out, elem{set: routedSet(f), key: br, comment: c})
 		}
 	}
+	if n.Routed[iptables.IPv4] || n.Routed[iptables.IPv6] {
+		out = append(out, elem{set: setRoutedOwn, key: concat(br, br), comment: c})
+		out = append(out, openElems(n, c)...)
+	}
 	hairpin := false
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 		if !n.Masquerade[f] {
@@ -192,6 +207,27 @@ func netElems(n Network) []elem {
 	}
 	if hairpin {
 		out = append(out, elem{set: setHairpin, key: concat(br, br), comment: c})
+	}
+	return out
+}
+
+// openElems are the elements of n's open ports, each once.
+func openElems(n Network, c string) []elem {
+	var out []elem
+	for _, o := range n.Open {
+		a, f := o.Addr.Unmap(), iptables.IPv4
+		if a.Is6() {
+			f = iptables.IPv6
+		}
+		if !n.Routed[f] {
+			continue
+		}
+		// Each field padded to 4 bytes, as the rule loads them; the port
+		// in network order.
+		e := elem{set: openSet(f), key: concat(a.AsSlice(), []byte{o.Proto, 0, 0, 0}, []byte{byte(o.Port >> 8), byte(o.Port), 0, 0}), comment: c}
+		if !slices.ContainsFunc(out, func(x elem) bool { return x.id() == e.id() }) {
+			out = append(out, e)
+		}
 	}
 	return out
 }

@@ -118,6 +118,10 @@ func forwardBaseRules() []nftRule {
 		meta(expr.MetaKeyIIFNAME), neq(nft.IfName("docker0")),
 		// A prefix: cmp compares only the bytes given.
 		meta(expr.MetaKeyIIFNAME), neq([]byte("br-")))
+	// Into the engine's bridges: a connection DNATed to a port published
+	// there, or a reply to one that came from there (to a port published
+	// on a routed network).
+	notPublishedNorReply := join(ctNone(expr.CtKeySTATUS, ctStatusDNAT), ctNone(expr.CtKeySTATE, ctEstablished|ctRelated))
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 		icmp := byte(unix.IPPROTO_ICMP)
 		if f == iptables.IPv6 {
@@ -127,21 +131,44 @@ func forwardBaseRules() []nftRule {
 			nftRule{"ournet base: " + famName(f) + " nat-unprotected, not from container bridges", join(family(f), oif,
 				one(lookup(unprotSet(f), reg, false)), notFromContainers, one(accept))},
 			nftRule{"ournet base: " + famName(f) + " routed, ICMP not from container bridges", join(family(f), oif,
-				one(lookup(routedSet(f), reg, false), meta(expr.MetaKeyL4PROTO), eq([]byte{icmp})), notFromContainers, one(accept))})
+				one(lookup(routedSet(f), reg, false), meta(expr.MetaKeyL4PROTO), eq([]byte{icmp})), notFromContainers, one(accept))},
+			nftRule{"ournet base: " + famName(f) + " routed, published ports, not from the network's own bridge", join(family(f), oif,
+				one(lookup(routedSet(f), reg, false)), openPort(f), one(accept))})
 	}
 	return append(rs,
 		nftRule{"ournet base: nothing else into a network", join(oif, one(lookup(setNets, reg, false), drop))},
 		nftRule{"ournet base: into an ournet bridge that has no network", join(one(meta(expr.MetaKeyOIFGROUP), eq(native32(BridgeGroup))), one(drop))},
 		nftRule{"ournet base: out of an internal network", join(one(meta(expr.MetaKeyIIFNAME), lookup(setInternal, reg, false)), one(drop))},
-		nftRule{"ournet base: into docker0, unless published there", join(
+		nftRule{"ournet base: into docker0, unless published there or a reply", join(
 			one(meta(expr.MetaKeyIIFGROUP), eq(native32(BridgeGroup)), meta(expr.MetaKeyOIFNAME), eq(nft.IfName("docker0"))),
-			ctNone(expr.CtKeySTATUS, ctStatusDNAT), one(drop))},
-		nftRule{"ournet base: into a br- bridge (the engine's), unless published there", join(
+			notPublishedNorReply, one(drop))},
+		nftRule{"ournet base: into a br- bridge (the engine's), unless published there or a reply", join(
 			one(meta(expr.MetaKeyIIFGROUP), eq(native32(BridgeGroup)), meta(metaOIFKind), eq(nft.IfName("bridge")),
 				// A prefix: cmp compares only the bytes given.
 				meta(expr.MetaKeyOIFNAME), eq([]byte("br-"))),
-			ctNone(expr.CtKeySTATUS, ctStatusDNAT), one(drop))},
+			notPublishedNorReply, one(drop))},
 	)
+}
+
+// openPort matches a packet for a port published on a routed network (of
+// family f, whose bridge the packet leaves by) that does not come from
+// that bridge: bridged inside the network, with br_netfilter, it comes in
+// and leaves by the bridge, and icc alone judges it, as the bridge
+// driver's "! -i <bridge>" does. From anywhere else (the outside, the
+// host, another network) the port is open at the container's address.
+func openPort(f iptables.Family) []expr.Any {
+	daddr, n := uint32(16), uint32(4) // IPv4 header: daddr
+	if f == iptables.IPv6 {
+		daddr, n = 24, 16
+	}
+	return one(
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
+		lookup(setRoutedOwn, reg32, true),
+		// The key, a field per 32-bit register: address, protocol, port.
+		&expr.Payload{DestRegister: reg32, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: n},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32 + n/4},
+		&expr.Payload{DestRegister: reg32 + n/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		lookup(openSet(f), reg32, false))
 }
 
 // natBaseRules is all the nat chain holds: a packet from a subnet that

@@ -210,11 +210,17 @@ func TestPacketsInNetns(t *testing.T) {
 		dock := bridge("docker0", p("198.18.94.1/24"), false)
 		hostbr := bridge("br0", p("198.18.95.1/24"), false) // the host's own: a LAN, an uplink
 		br3 := bridge("ournet-p3", p("198.18.96.1/24"), true)
+		br4 := bridge("ournet-p4", p("198.18.97.1/24"), true)
+		tcp := uint8(6)
 		for _, n := range []Network{
 			{ID: "p10000000000", Bridge: "ournet-p1", Subnets: []netip.Prefix{p("198.18.91.0/24")}, ICC: true, Masquerade: masq},
 			{ID: "p20000000000", Bridge: "ournet-p2", Subnets: []netip.Prefix{p("198.18.93.0/24")}, ICC: true, Masquerade: masq},
-			{ID: "p30000000000", Bridge: "ournet-p3", Subnets: []netip.Prefix{p("198.18.96.0/24")}, ICC: true, // gateway mode routed
-				Routed: map[iptables.Family]bool{iptables.IPv4: true}},
+			// Gateway mode routed, r1's port 80 published (open), icc on;
+			// and icc off, r3's port 80 published.
+			{ID: "p30000000000", Bridge: "ournet-p3", Subnets: []netip.Prefix{p("198.18.96.0/24")}, ICC: true,
+				Routed: map[iptables.Family]bool{iptables.IPv4: true}, Open: []Opening{{Proto: tcp, Addr: netip.MustParseAddr("198.18.96.10"), Port: 80}}},
+			{ID: "p40000000000", Bridge: "ournet-p4", Subnets: []netip.Prefix{p("198.18.97.0/24")},
+				Routed: map[iptables.Family]bool{iptables.IPv4: true}, Open: []Opening{{Proto: tcp, Addr: netip.MustParseAddr("198.18.97.10"), Port: 80}}},
 		} {
 			if err := fw.AddNetwork(n); err != nil {
 				t.Fatal(err)
@@ -227,10 +233,14 @@ func TestPacketsInNetns(t *testing.T) {
 		k1 := newBox(t, "k1", "vk1", dock, p("198.18.94.10/24"), p("198.18.94.1/24"))
 		h1 := newBox(t, "h1", "vh1", hostbr, p("198.18.95.10/24"), p("198.18.95.1/24"))
 		r1 := newBox(t, "r1", "vr1", br3, p("198.18.96.10/24"), p("198.18.96.1/24"))
+		r2 := newBox(t, "r2", "vr2", br3, p("198.18.96.11/24"), p("198.18.96.1/24"))
+		r3 := newBox(t, "r3", "vr3", br4, p("198.18.97.10/24"), p("198.18.97.1/24"))
+		r4 := newBox(t, "r4", "vr4", br4, p("198.18.97.11/24"), p("198.18.97.1/24"))
 		out := newBox(t, "outside", "up0", nil, p("203.0.113.2/24"), p("203.0.113.1/24"))
-		for _, b := range []*box{c1, c2, e1, d1, k1, h1, r1, out} {
+		for _, b := range []*box{c1, c2, e1, d1, k1, h1, r1, r2, r3, r4, out} {
 			b.serve(t, 80)
 		}
+		r1.serve(t, 81)
 		// Ports published, DNAT as portmap's rules make it, at c1's
 		// gateway: 8080 to d1 on the other bridge, 8082 to e1 on the other
 		// network.
@@ -259,7 +269,14 @@ func TestPacketsInNetns(t *testing.T) {
 			{"a port published on a bridge not ournet's: reached, masqueraded", c1, "198.18.91.1", 8080, "198.18.92.1"},
 			{"a port published on another network: reached, masqueraded", c1, "198.18.91.1", 8082, "198.18.93.1"},
 			{"the outside to a container: dropped", out, "198.18.91.10", 80, ""},
-			{"the outside to a routed network's container: not masqueraded back, and dropped", out, "198.18.96.10", 80, ""},
+			{"the outside to a routed network's container, a port not published: dropped", out, "198.18.96.10", 81, ""},
+			{"the outside to a routed network's container, another container's port: dropped", out, "198.18.96.11", 80, ""},
+			{"the outside to a port published on a routed network: reached, not masqueraded", out, "198.18.96.10", 80, "203.0.113.2"},
+			{"another network to a port published on a routed network: reached, masqueraded", c1, "198.18.96.10", 80, "198.18.96.1"},
+			{"a bridge not ournet's to a port published on a routed network: reached", d1, "198.18.96.10", 80, "198.18.92.10"},
+			{"icc on, inside a routed network: reached", r2, "198.18.96.10", 81, "198.18.96.11"},
+			{"icc off, inside a routed network, to its published port: dropped", r4, "198.18.97.10", 80, ""},
+			{"the outside to a port published on a routed, icc off network: reached", out, "198.18.97.10", 80, "203.0.113.2"},
 			{"out of a routed network: not masqueraded", r1, "203.0.113.2", 80, "198.18.96.10"},
 		} {
 			got, err := c.from.seenAs(t, c.to, c.port)

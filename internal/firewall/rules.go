@@ -22,9 +22,22 @@ type Network struct {
 	// does not come from a container bridge may reach any port.
 	Unprotected map[iptables.Family]bool
 	// Routed per family (gateway mode routed): ICMP that does not come
-	// from a container bridge may reach the containers, as with the
-	// bridge driver.
+	// from a container bridge may reach the containers, and so may the
+	// ports in Open from anywhere but the network's own bridge (where icc
+	// decides), as with the bridge driver.
 	Routed map[iptables.Family]bool
+	// Open are the ports the network's containers publish on a routed
+	// family: no host port, no DNAT, the container's own address and port
+	// open to direct routing. Those of a family that is not routed are
+	// ignored. In a fixed order (same compares them in order).
+	Open []Opening
+}
+
+// Opening is one container port open to direct routing.
+type Opening struct {
+	Proto uint8 // an IP protocol number: TCP, UDP, SCTP
+	Addr  netip.Addr
+	Port  uint16
 }
 
 func (n Network) subnets(f iptables.Family) []netip.Prefix {
@@ -41,5 +54,6 @@ func (n Network) subnets(f iptables.Family) []netip.Prefix {
 func (n Network) same(o Network) bool {
 	return n.ID == o.ID && n.Bridge == o.Bridge && slices.Equal(n.Subnets, o.Subnets) &&
 		n.ICC == o.ICC && n.Internal == o.Internal &&
-		maps.Equal(n.Masquerade, o.Masquerade) && maps.Equal(n.Unprotected, o.Unprotected)
+		maps.Equal(n.Masquerade, o.Masquerade) && maps.Equal(n.Unprotected, o.Unprotected) &&
+		maps.Equal(n.Routed, o.Routed) && slices.Equal(n.Open, o.Open)
 }
