@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+
+	log "github.com/sirupsen/logrus"
 )
 
 // Options the engine sends with CreateEndpoint and ProgramExternalConnectivity.
@@ -139,7 +142,10 @@ func (e engineBinding) validate() (Binding, error) {
 }
 
 // Mapping is one installed publication: one host address and port of one
-// family, DNATed to the container's address and port.
+// family, DNATed to the container's address and port; or, on a family
+// whose gateway mode is routed (Direct), no host port at all: the
+// container's address and port, open to direct routing (the firewall's
+// job), as the bridge driver's routed mode.
 type Mapping struct {
 	Proto         Proto
 	HostIP        netip.Addr // 0.0.0.0 or :: for every address of the family
@@ -149,9 +155,16 @@ type Mapping struct {
 }
 
 func (m Mapping) String() string {
+	if m.Direct() {
+		return fmt.Sprintf("%s/%s (routed: no host port)", netip.AddrPortFrom(m.ContainerIP, m.ContainerPort), m.Proto)
+	}
 	return fmt.Sprintf("%s->%s/%s", netip.AddrPortFrom(m.HostIP, m.HostPort),
 		netip.AddrPortFrom(m.ContainerIP, m.ContainerPort), m.Proto)
 }
+
+// Direct reports whether the mapping is a routed family's: no host port, no
+// DNAT, nothing of the mapper's in the kernel.
+func (m Mapping) Direct() bool { return m.HostPort == 0 }
 
 // Is4 reports whether the mapping is IPv4 (iptables) rather than IPv6.
 func (m Mapping) Is4() bool { return m.HostIP.Is4() }
@@ -169,19 +182,33 @@ type Endpoint struct {
 	// DefaultHostIPv4 is com.docker.network.bridge.host_binding_ipv4,
 	// used when a binding gives no host address; invalid means 0.0.0.0.
 	DefaultHostIPv4 netip.Addr
+	// RoutedV4 and RoutedV6: the network's gateway mode for the family is
+	// routed, where a binding gets no host port but a Direct mapping.
+	RoutedV4, RoutedV6 bool
+}
+
+func (ep Endpoint) routed(a netip.Addr) bool {
+	if a.Is4() {
+		return ep.RoutedV4
+	}
+	return ep.RoutedV6
 }
 
 // want is one binding resolved against the endpoint: the host addresses it
-// is published on (all with the same port number) and the ports to try.
+// is published on (all with the same port number) and the ports to try;
+// and the families it opens directly instead (routed: an unspecified
+// address each).
 type want struct {
 	b          Binding
 	hostIPs    []netip.Addr
+	direct     []netip.Addr
 	first, end uint16 // candidate host ports; 0,0: the ephemeral range
 }
 
 // resolve turns bindings into wants, as Docker's bridge driver does: no host
 // address means the network's default for IPv4 and, when that default is
 // 0.0.0.0, :: for IPv6 as well; an explicit address publishes on it alone.
+// On a routed family the host address and port are ignored, as there.
 func resolve(ep Endpoint, bs []Binding) ([]want, error) {
 	def := ep.DefaultHostIPv4
 	if !def.IsValid() {
@@ -204,7 +231,7 @@ func resolve(ep Endpoint, bs []Binding) ([]want, error) {
 			if len(w.hostIPs) == 0 {
 				return nil, fmt.Errorf("ournet: cannot publish port %d/%s: the container has no address on this network", b.Port, b.Proto)
 			}
-		case b.HostIP == netip.IPv6Loopback():
+		case b.HostIP == netip.IPv6Loopback() && !ep.RoutedV6:
 			return nil, fmt.Errorf("ournet: cannot publish %s on ::1 (to container port %d/%s): the kernel does not forward IPv6 loopback traffic to containers and ournet runs no userland proxy; publish on 127.0.0.1 or on one of the host's IPv6 addresses", hostPortText(b), b.Port, b.Proto)
 		case b.HostIP.Is4() && !ep.IPv4.IsValid():
 			return nil, fmt.Errorf("ournet: cannot publish port %d/%s on %s: the container has no IPv4 address on this network; publish on an IPv6 host address", b.Port, b.Proto, b.HostIP)
@@ -213,22 +240,52 @@ func resolve(ep Endpoint, bs []Binding) ([]want, error) {
 		default:
 			w.hostIPs = []netip.Addr{b.HostIP}
 		}
+		w.hostIPs = slices.DeleteFunc(w.hostIPs, func(h netip.Addr) bool {
+			if !ep.routed(h) {
+				return false
+			}
+			if !h.IsUnspecified() || b.HostPort != 0 {
+				log.WithField("binding", b.String()).Info("the network is routed: the port is opened at the container's address, the host address and port are ignored")
+			}
+			w.direct = append(w.direct, unspecified(h))
+			return true
+		})
 		out = append(out, w)
 	}
 	return out, nil
+}
+
+func unspecified(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
+}
+
+// directMappings are w's routed families' mappings.
+func (w want) directMappings(ep Endpoint) []Mapping {
+	var out []Mapping
+	for _, h := range w.direct {
+		out = append(out, w.mapping(ep, h, 0))
+	}
+	return out
 }
 
 // mappings are w's mappings once host port port is chosen.
 func (w want) mappings(ep Endpoint, port uint16) []Mapping {
 	var out []Mapping
 	for _, h := range w.hostIPs {
-		c := ep.IPv4
-		if h.Is6() {
-			c = ep.IPv6
-		}
-		out = append(out, Mapping{Proto: w.b.Proto, HostIP: h, HostPort: port, ContainerIP: c, ContainerPort: w.b.Port})
+		out = append(out, w.mapping(ep, h, port))
 	}
 	return out
+}
+
+func (w want) mapping(ep Endpoint, h netip.Addr, port uint16) Mapping {
+	c := ep.IPv4
+	if h.Is6() {
+		c = ep.IPv6
+	}
+	return Mapping{Proto: w.b.Proto, HostIP: h, HostPort: port, ContainerIP: c, ContainerPort: w.b.Port}
 }
 
 // hostPortText is the host side of b as the user wrote it: host port

@@ -146,6 +146,10 @@ func (m *Mapper) Map(ep Endpoint, req []Binding) ([]Mapping, error) {
 	}
 	p := &published{ep: ep, req: req}
 	for _, w := range wants {
+		p.mappings = append(p.mappings, w.directMappings(ep)...)
+		if len(w.hostIPs) == 0 {
+			continue
+		}
 		ms, held, err := m.reserve(ep, w)
 		if err != nil {
 			closeAll(p.held)
@@ -179,6 +183,9 @@ func (m *Mapper) Restore(ep Endpoint, req []Binding, ms []Mapping) error {
 	p := &published{ep: ep, req: req, mappings: ms}
 	var errs []error
 	for _, mp := range ms {
+		if mp.Direct() {
+			continue
+		}
 		c, err := m.cfg.Reserve(mp.Proto, netip.AddrPortFrom(mp.HostIP, mp.HostPort))
 		if err != nil {
 			errs = append(errs, inUse(mp.Proto, mp.HostIP, mp.HostPort, err))
@@ -326,10 +333,10 @@ func (m *Mapper) install(ep Endpoint, ms []Mapping) error {
 // port. Both are lost when drift repair recreates the bridge or reattaches
 // the port, so Reconcile applies them again.
 func (m *Mapper) kernelSettings(ep Endpoint, ms []Mapping) error {
-	if len(ms) == 0 {
+	if !slices.ContainsFunc(ms, func(mp Mapping) bool { return !mp.Direct() }) {
 		return nil
 	}
-	if slices.ContainsFunc(ms, func(mp Mapping) bool { return mp.Is4() && (mp.HostIP.IsUnspecified() || mp.loopback()) }) {
+	if slices.ContainsFunc(ms, func(mp Mapping) bool { return mp.Is4() && !mp.Direct() && (mp.HostIP.IsUnspecified() || mp.loopback()) }) {
 		// Never turned off again: other endpoints of the bridge may need
 		// it, and the guard makes it harmless.
 		if err := m.cfg.Sysctl("ipv4/conf/"+ep.Bridge+"/route_localnet", "1"); err != nil {
@@ -350,7 +357,7 @@ func (m *Mapper) kernelSettings(ep Endpoint, ms []Mapping) error {
 func (m *Mapper) forget(ms []Mapping, toContainer bool) {
 	var flows []Mapping
 	for _, mp := range ms {
-		if mp.Proto != TCP {
+		if mp.Proto != TCP && !mp.Direct() {
 			flows = append(flows, mp)
 		}
 	}

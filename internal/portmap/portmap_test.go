@@ -306,3 +306,58 @@ func TestRulesWithoutRoot(t *testing.T) {
 		}
 	}
 }
+
+// On a routed family a binding publishes no host port: no reservation, no
+// DNAT rule, no kernel setting, a Direct mapping at the container's
+// address, whatever host address and port it gave (with the bridge driver,
+// ignored too); the other family of the same endpoint is NATed as ever.
+// Unmap and Restore leave no reservation behind either.
+func TestRoutedFamilyOpensDirectly(t *testing.T) {
+	fx := newFixture(40000, 40010)
+	e := ep("r")
+	e.RoutedV4 = true
+	req := []Binding{{Proto: TCP, Port: 80}, {Proto: UDP, Port: 53, HostPort: 5353, HostIP: lo4}}
+	got, err := fx.m.Map(e, req)
+	want := []Mapping{
+		{Proto: TCP, HostIP: any4, ContainerIP: c4, ContainerPort: 80},
+		{Proto: TCP, HostIP: any6, HostPort: 40000, ContainerIP: c6, ContainerPort: 80},
+		{Proto: UDP, HostIP: any4, ContainerIP: c4, ContainerPort: 53},
+	}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Map = %v, %v; want %v", got, err, want)
+	}
+	if !got[0].Direct() || got[1].Direct() || got[0].String() != c4.String()+":80/tcp (routed: no host port)" {
+		t.Fatalf("Direct %v %v, String %q", got[0].Direct(), got[1].Direct(), got[0].String())
+	}
+	if len(fx.ports.held) != 1 || !fx.ports.held[key(TCP, netip.MustParseAddrPort("[::]:40000"))] {
+		t.Fatalf("held %v: only [::]:40000/tcp should be", fx.ports.held)
+	}
+	v4, _ := fx.run.Save(iptables.IPv4, "nat")
+	if strings.Contains(v4, "OURNET-P-") || len(fx.sysctl) != 0 {
+		t.Fatalf("routed IPv4 got NAT rules or route_localnet: %s %v", v4, fx.sysctl)
+	}
+	if v6, _ := fx.run.Save(iptables.IPv6, "nat"); !strings.Contains(v6, "--dport 40000 -j DNAT") {
+		t.Fatalf("nat IPv6 has no DNAT rule:\n%s", v6)
+	}
+	if again, err := fx.m.Map(e, req); err != nil || !slices.Equal(again, want) {
+		t.Fatalf("Map again = %v, %v", again, err)
+	}
+	if err := fx.m.Unmap("r"); err != nil || len(fx.ports.held) != 0 {
+		t.Fatalf("Unmap: %v, held %v", err, fx.ports.held)
+	}
+	if err := fx.m.Restore(e, req, want); err != nil || len(fx.ports.held) != 1 {
+		t.Fatalf("Restore: %v, held %v (only the IPv6 host port)", err, fx.ports.held)
+	}
+
+	// Every family routed: nothing in the kernel at all, and ::1 (refused
+	// on a nat family: no userland proxy) is only ignored.
+	all := ep("s")
+	all.RoutedV4, all.RoutedV6 = true, true
+	got, err = fx.m.Map(all, []Binding{{Proto: TCP, Port: 443, HostPort: 8443, HostIP: netip.IPv6Loopback()}})
+	if err != nil || len(got) != 1 || got[0] != (Mapping{Proto: TCP, HostIP: any6, ContainerIP: c6, ContainerPort: 443}) {
+		t.Fatalf("::1 on a routed family: %v, %v", got, err)
+	}
+	if s, _ := fx.run.Save(iptables.IPv6, "nat"); strings.Contains(s, "OURNET-P-"+iptables.Short("s")) {
+		t.Fatalf("an all-routed endpoint got NAT rules:\n%s", s)
+	}
+}

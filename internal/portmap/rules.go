@@ -145,7 +145,7 @@ func target(a netip.Addr, port uint16) string {
 func endpointRules(f iptables.Family, id string, ms []Mapping) (dnat, masq []string) {
 	var containers []netip.Addr
 	for _, m := range ms {
-		if m.Is4() != (f == iptables.IPv4) {
+		if m.Is4() != (f == iptables.IPv4) || m.Direct() {
 			continue
 		}
 		dnat = append(dnat, fmt.Sprintf("-A %s %s-p %s -m %s --dport %d -j DNAT --to-destination %s",
