@@ -208,8 +208,8 @@ func logEp(nid, eid string) *log.Entry {
 	return log.WithFields(log.Fields{"nid": short12(nid), "eid": short12(eid)})
 }
 
-// fwNetwork is what the firewall needs to know of n.
-func (n *Network) fwNetwork() firewall.Network {
+// fwNetwork is what the firewall needs to know of n. Called with d.mu held.
+func (d *Driver) fwNetwork(n *Network) firewall.Network {
 	fn := firewall.Network{
 		ID: n.ID, Bridge: n.Bridge, ICC: n.Options.ICC, Internal: n.Options.Internal,
 		Masquerade: map[iptables.Family]bool{
@@ -226,6 +226,7 @@ func (n *Network) fwNetwork() firewall.Network {
 		},
 	}
 	fn.Subnets = n.pools(nil)
+	fn.Open = d.openings(n.ID)
 	return fn
 }
 

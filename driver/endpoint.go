@@ -181,7 +181,7 @@ func (d *Driver) removeEndpoint(n *Network, ep *Endpoint, addrsGone bool) error 
 	if ep.published || d.endpoints[ep.ID] != nil {
 		d.unpublish(n, ep)
 	}
-	if err := d.unmapPorts(ep); err != nil {
+	if err := d.unmapPorts(n, ep); err != nil {
 		return err
 	}
 	if err := d.links.DeleteVeth(ep.HostVeth, ep.ID); err != nil {

@@ -171,7 +171,7 @@ func (d *Driver) programNetwork(n *Network) error {
 	if err := d.prepareNetwork(n); err != nil {
 		return err
 	}
-	if err := d.fw.AddNetwork(n.fwNetwork()); err != nil {
+	if err := d.fw.AddNetwork(d.fwNetwork(n)); err != nil {
 		return fmt.Errorf("ournet: programming firewall rules for bridge %s: %w", n.Bridge, err)
 	}
 	return nil

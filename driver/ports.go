@@ -1,11 +1,14 @@
 package driver
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/docker/go-plugins-helpers/network"
 
+	"github.com/ournet/ournet/internal/firewall"
 	"github.com/ournet/ournet/internal/portmap"
 )
 
@@ -33,7 +36,8 @@ func (noPorts) Reconcile() (repaired []string, err error) { return nil, nil }
 
 // portEndpoint is what the mapper needs to know of ep.
 func (n *Network) portEndpoint(ep *Endpoint) portmap.Endpoint {
-	pe := portmap.Endpoint{ID: ep.ID, Bridge: n.Bridge, HostVeth: ep.HostVeth, DefaultHostIPv4: n.Options.HostBindingV4}
+	pe := portmap.Endpoint{ID: ep.ID, Bridge: n.Bridge, HostVeth: ep.HostVeth, DefaultHostIPv4: n.Options.HostBindingV4,
+		RoutedV4: n.Options.GwModeV4 == gwRouted, RoutedV6: n.Options.GwModeV6 == gwRouted}
 	if ep.Addr.IsValid() {
 		pe.IPv4 = ep.Addr.Addr()
 	}
@@ -84,6 +88,7 @@ func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) e
 	if n.Options.Internal {
 		return nil
 	}
+	opened := direct(ep.Ports)
 	ms, err := d.ports.Map(n.portEndpoint(ep), ep.PortReq)
 	ep.Ports = ms
 	if serr := d.st.Put(bucketEndpoints, ep.ID, ep); serr != nil && err == nil {
@@ -91,6 +96,14 @@ func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) e
 		_ = d.ports.Unmap(ep.ID)
 		ep.Ports = nil
 		err = fmt.Errorf("ournet: saving endpoint state: %w", serr)
+	}
+	if err == nil && (opened || direct(ms)) {
+		if ferr := d.fw.AddNetwork(d.fwNetwork(n)); ferr != nil {
+			_ = d.ports.Unmap(ep.ID)
+			ep.Ports = nil
+			_ = d.st.Put(bucketEndpoints, ep.ID, ep)
+			err = fmt.Errorf("ournet: opening the published ports at the container's address (gateway mode routed): %w", ferr)
+		}
 	}
 	if err != nil {
 		return err
@@ -118,22 +131,60 @@ func (d *Driver) revokePorts(id string) error {
 	if len(ep.Ports) == 0 && !wasGateway {
 		return nil
 	}
+	opened := direct(ep.Ports)
 	ep.Ports = nil
 	if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
 		return fmt.Errorf("ournet: saving endpoint state: %w", err)
+	}
+	if n := d.networks[ep.NetworkID]; opened && n != nil {
+		if err := d.fw.AddNetwork(d.fwNetwork(n)); err != nil {
+			return fmt.Errorf("ournet: closing the published ports at the container's address (gateway mode routed): %w", err)
+		}
 	}
 	logEp(ep.NetworkID, ep.ID).Debug("ports unpublished")
 	return nil
 }
 
-// unmapPorts is revokePorts for an endpoint being deleted: DeleteEndpoint
-// may come without RevokeExternalConnectivity (a failed start, a stale
-// endpoint at engine start).
-func (d *Driver) unmapPorts(ep *Endpoint) error {
+// unmapPorts is revokePorts for an endpoint being deleted (no longer in
+// d.endpoints; n nil if its network is gone): DeleteEndpoint may come
+// without RevokeExternalConnectivity (a failed start, a stale endpoint at
+// engine start).
+func (d *Driver) unmapPorts(n *Network, ep *Endpoint) error {
 	if err := d.ports.Unmap(ep.ID); err != nil {
 		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(ep.ID), err)
 	}
+	opened := direct(ep.Ports)
+	ep.Ports = nil // its openings go with it, though it is in d.endpoints still
+	if n != nil && opened {
+		if err := d.fw.AddNetwork(d.fwNetwork(n)); err != nil {
+			return fmt.Errorf("ournet: closing the published ports at the container's address of endpoint %s: %w", short12(ep.ID), err)
+		}
+	}
 	return nil
+}
+
+// direct reports whether ms open a port at the container's address (a
+// routed family's).
+func direct(ms []portmap.Mapping) bool { return slices.ContainsFunc(ms, portmap.Mapping.Direct) }
+
+// openings are the ports network nid's endpoints open at their addresses,
+// in a fixed order. Called with d.mu held.
+func (d *Driver) openings(nid string) []firewall.Opening {
+	var out []firewall.Opening
+	for _, ep := range d.endpoints {
+		if ep.NetworkID != nid {
+			continue
+		}
+		for _, m := range ep.Ports {
+			if m.Direct() {
+				out = append(out, firewall.Opening{Proto: uint8(m.Proto), Addr: m.ContainerIP, Port: m.ContainerPort})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b firewall.Opening) int {
+		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port))
+	})
+	return slices.Compact(out)
 }
 
 // restorePorts publishes again, after a restart of the plugin or the

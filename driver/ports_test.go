@@ -37,7 +37,10 @@ func (f *fakePorts) Map(ep portmap.Endpoint, req []portmap.Binding) ([]portmap.M
 	var ms []portmap.Mapping
 	for _, b := range req {
 		hp := b.HostPort
-		if hp == 0 {
+		switch {
+		case ep.RoutedV4:
+			hp = 0 // Direct: open at the container's address
+		case hp == 0:
 			hp = 40000
 		}
 		ms = append(ms, portmap.Mapping{Proto: b.Proto, HostIP: netip.IPv4Unspecified(), HostPort: hp, ContainerIP: ep.IPv4, ContainerPort: b.Port})
@@ -199,5 +202,72 @@ func TestPortsRestore(t *testing.T) {
 	}
 	if _, ok := p2.restored[gone]; ok || !slices.Equal(p2.kept, []string{eid}) {
 		t.Fatalf("restored the endpoint whose veth is gone: %v, kept %v", p2.restored, p2.kept)
+	}
+}
+
+// On a routed network the published ports are opened at the container's
+// address by the firewall: each endpoint's in the network's Open list from
+// ProgramExternalConnectivity until its revoke or delete, kept over a
+// restart; a firewall that refuses fails the start and leaves nothing.
+func TestRoutedPortsOpenInTheFirewall(t *testing.T) {
+	d, _, fw, st := newTestDriver(t)
+	p := newFakePorts()
+	d.setPorts(p)
+	if err := d.CreateNetwork(createReq(optGwModeV4, "routed")); err != nil {
+		t.Fatal(err)
+	}
+	const eid2 = "ffffffffffff0000000000000000000000000000000000000000000000000000"
+	for id, addr := range map[string]string{eid: "198.18.7.5/24", eid2: "198.18.7.4/24"} {
+		if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: id,
+			Interface: &network.EndpointInterface{Address: addr}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func(what string, want ...firewall.Opening) {
+		t.Helper()
+		if got := fw.nets[nid].Open; !slices.Equal(got, want) {
+			t.Fatalf("%s: open %v, want %v", what, got, want)
+		}
+	}
+	a5, a4 := netip.MustParseAddr("198.18.7.5"), netip.MustParseAddr("198.18.7.4")
+	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080)}); err != nil {
+		t.Fatal(err)
+	}
+	if !p.lastEp.RoutedV4 || p.lastEp.RoutedV6 {
+		t.Fatalf("the mapper was not told the network is routed for IPv4 only: %+v", p.lastEp)
+	}
+	open("one endpoint", firewall.Opening{Proto: 6, Addr: a5, Port: 80})
+	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid2, Options: portmapOpt(tcp8080, anyUDP)}); err != nil {
+		t.Fatal(err)
+	}
+	both := []firewall.Opening{{Proto: 6, Addr: a4, Port: 80}, {Proto: 17, Addr: a4, Port: 53}, {Proto: 6, Addr: a5, Port: 80}}
+	open("two endpoints", both...)
+
+	// A restart: the saved ports are open again from the first rules.
+	d2 := New(Deps{Links: d.links, Firewall: &fakeFW{nets: map[string]firewall.Network{}}, Sysctls: fakeSysctl{}, Store: st})
+	d2.setPorts(newFakePorts())
+	if err := d2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := d2.fw.(*fakeFW).nets[nid].Open; !slices.Equal(got, both) {
+		t.Fatalf("after a restart: open %v, want %v", got, both)
+	}
+
+	if err := d.RevokeExternalConnectivity(&network.RevokeExternalConnectivityRequest{NetworkID: nid, EndpointID: eid2}); err != nil {
+		t.Fatal(err)
+	}
+	open("after the revoke", firewall.Opening{Proto: 6, Addr: a5, Port: 80})
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	open("after a delete without a revoke")
+
+	fw.fail = errors.New("netlink: no buffer space")
+	err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid2, Options: portmapOpt(tcp8080)})
+	if err == nil || !strings.Contains(err.Error(), "gateway mode routed") || !strings.Contains(err.Error(), "no buffer space") {
+		t.Fatalf("a firewall that refuses: %v", err)
+	}
+	if len(p.mapped) != 0 || len(storedEndpoint(t, st, eid2).Ports) != 0 {
+		t.Fatalf("a failed start left ports: mapped %v, saved %+v", p.mapped, storedEndpoint(t, st, eid2).Ports)
 	}
 }

@@ -119,7 +119,7 @@ func (d *Driver) Reconcile() {
 			continue // removed meanwhile: never bring it back
 		}
 		logNet(fn.ID).Warn("drift: rules changed, restoring them")
-		again = append(again, n.fwNetwork())
+		again = append(again, d.fwNetwork(n))
 	}
 	// In one restore per family (a flushed table drifts every network).
 	if err := d.fw.AddNetworks(again); err != nil {
@@ -139,7 +139,7 @@ func (d *Driver) repairAllLinks() []firewall.Network {
 	d.repairLinks(nil)
 	nets := make([]firewall.Network, 0, len(d.networks))
 	for _, n := range d.networks {
-		nets = append(nets, n.fwNetwork())
+		nets = append(nets, d.fwNetwork(n))
 	}
 	return nets
 }

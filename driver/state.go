@@ -142,14 +142,14 @@ func (d *Driver) Restore() error {
 			logNet(n.ID).WithError(err).Error("restoring network")
 			firstErr = cmpErr(firstErr, err)
 		}
-		rules = append(rules, n.fwNetwork())
+		rules = append(rules, d.fwNetwork(n))
 	}
 	// All networks' rules in one iptables-restore per family, so that the
 	// restore takes about as long for a hundred networks as for one.
 	if err := d.fw.AddNetworks(rules); err != nil {
 		logNet("").WithError(err).Warn("restoring rules in one go; retrying network by network")
 		for _, n := range nets {
-			if err := d.fw.AddNetwork(n.fwNetwork()); err != nil {
+			if err := d.fw.AddNetwork(d.fwNetwork(n)); err != nil {
 				logNet(n.ID).WithError(err).Error("restoring rules")
 				firstErr = cmpErr(firstErr, err)
 			}

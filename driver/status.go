@@ -53,7 +53,7 @@ func (d *Driver) Status() ([]NetworkStatus, error) {
 	defer d.lock()()
 	var all []firewall.Network
 	for _, n := range d.networks {
-		all = append(all, n.fwNetwork())
+		all = append(all, d.fwNetwork(n))
 	}
 	drifted, err := d.fw.Drifted(all)
 	if err != nil {
