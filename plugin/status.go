@@ -194,7 +194,16 @@ func publishedPorts(rep *statusReport) []PublishedPort {
 }
 
 func portText(p driver.PortStatus) string {
-	return fmt.Sprintf("%s -> %d/%s", net.JoinHostPort(p.HostIP, fmt.Sprint(p.HostPort)), p.ContainerPort, p.Proto)
+	return fmt.Sprintf("%s -> %d/%s", hostText(p), p.ContainerPort, p.Proto)
+}
+
+// hostText is where a published port is reached: a host address and port,
+// or, on a routed family (no host port), the container's own address.
+func hostText(p driver.PortStatus) string {
+	if p.HostPort == 0 {
+		return "routed: " + p.ContainerIP
+	}
+	return net.JoinHostPort(p.HostIP, fmt.Sprint(p.HostPort))
 }
 
 func printPorts(w io.Writer, ports []PublishedPort) {
@@ -205,7 +214,7 @@ func printPorts(w io.Writer, ports []PublishedPort) {
 		if name == "" {
 			name = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%.12s\t%s\t%d/%s\n", name, p.Endpoint, net.JoinHostPort(p.HostIP, fmt.Sprint(p.HostPort)), p.ContainerPort, p.Proto)
+		fmt.Fprintf(tw, "%s\t%.12s\t%s\t%d/%s\n", name, p.Endpoint, hostText(p.PortStatus), p.ContainerPort, p.Proto)
 	}
 	tw.Flush()
 }
