@@ -224,7 +224,7 @@ func TestIPv6DualStack(t *testing.T) {
 	Net(t, eng, "v6", "-d", "ournet", "--ipv6", "--subnet", "198.18.22.0/24", "--subnet", "2001:db8:22::/64")
 	Container(t, eng, "v6-a", "--network", "v6")
 	Container(t, eng, "v6-b", "--network", "v6")
-	ipB := eng.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \"v6\").GlobalIPv6Address}}", "v6-b")
+	ipB := eng.IP6(t, "v6-b", "v6")
 	if !strings.HasPrefix(ipB, "2001:db8:22::") {
 		t.Fatalf("v6-b's IPv6 address = %q", ipB)
 	}
@@ -246,7 +246,7 @@ func TestIPv6DualStack(t *testing.T) {
 		"-o", "com.docker.network.bridge.enable_icc=false")
 	Container(t, eng, "v6icc-a", "--network", "v6-icc")
 	Container(t, eng, "v6icc-b", "--network", "v6-icc")
-	ipIB := eng.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \"v6-icc\").GlobalIPv6Address}}", "v6icc-b")
+	ipIB := eng.IP6(t, "v6icc-b", "v6-icc")
 	if _, err := eng.Exec("v6icc-a", "ping6", "-c", "1", "-W", "2", ipIB); err == nil {
 		t.Fatal("icc=false: IPv6 ping between containers passed")
 	}

@@ -30,6 +30,7 @@ func TestGatewayModeRoutedAndInhibit(t *testing.T) {
 	if out, err := u.Exec("busybox", "ping", "-c", "1", "-W", "2", ip); err != nil {
 		t.Errorf("routed: the uplink's ping of the container got no answer: %v %s", err, out)
 	}
+	routedPublish(t, u)
 
 	id := Net(t, eng, "gw-inhibit", "-d", "ournet", "--subnet", "198.18.61.0/24", "-o", "com.docker.network.bridge.inhibit_ipv4=true")
 	bridge := "ournet-" + id[:8]
@@ -40,5 +41,45 @@ func TestGatewayModeRoutedAndInhibit(t *testing.T) {
 	Container(t, eng, "gw-inh2", "--network", "gw-inhibit")
 	if err := eng.Ping("gw-inh1", "gw-inh2"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// routedPublish: on a routed family, -p opens the container's port at its
+// own address and ignores the host port (no DNAT), as the bridge driver's
+// routed mode; the container's other ports stay closed, and the opening
+// goes with the container: another one given its address later, publishing
+// nothing, is not reached. IPv4 and IPv6.
+func routedPublish(t *testing.T, u *Uplink) {
+	Net(t, eng, "gw-rpub", "-d", "ournet", "--ipv6", "--subnet", "198.18.62.0/24", "--subnet", "2001:db8:62::/64",
+		"-o", "com.docker.network.bridge.gateway_mode_ipv4=routed", "-o", "com.docker.network.bridge.gateway_mode_ipv6=routed")
+	u.RouteVia(t, "198.18.62.0/24")
+	u.RouteVia(t, "2001:db8:62::/64")
+	Container(t, eng, "gw-rpub1", "--network", "gw-rpub", "-p", "18160:8080")
+	ip4, ip6 := eng.IP(t, "gw-rpub1", "gw-rpub"), eng.IP6(t, "gw-rpub1", "gw-rpub")
+	eng.Serve(t, "gw-rpub1", 8080)
+	eng.Serve(t, "gw-rpub1", 8081)
+	for _, url := range []string{"http://" + ip4, "http://[" + ip6 + "]"} {
+		if out, err := u.Exec("curl", "-sf", "-m", "3", url+":8080/"); err != nil || !strings.Contains(out, "hello from gw-rpub1") {
+			t.Errorf("routed: the published port at %s:8080 from the uplink: %q %v", url, out, err)
+		}
+		if out, err := u.Exec("curl", "-sf", "-m", "3", url+":8081/"); err == nil {
+			t.Errorf("routed: the uplink reached %s:8081, which is not published: %q", url, out)
+		}
+	}
+	for _, url := range []string{"http://" + UplinkHostIP, "http://[" + UplinkHostIP6 + "]"} {
+		if out, err := u.Exec("curl", "-sf", "-m", "3", url+":18160/"); err == nil {
+			t.Errorf("routed: host port 18160 at %s was published (DNATed): %q", url, out)
+		}
+	}
+	eng.Run(t, "rm", "-f", "gw-rpub1")
+	Container(t, eng, "gw-rpub2", "--network", "gw-rpub", "--ip", ip4, "--ip6", ip6)
+	eng.Serve(t, "gw-rpub2", 8080)
+	if out, err := eng.Sh("curl", "-sf", "-m", "3", "http://"+ip4+":8080/"); err != nil || !strings.Contains(out, "hello from gw-rpub2") {
+		t.Fatalf("the host cannot reach the second container, so the next check would prove nothing: %v %s", err, out)
+	}
+	for _, url := range []string{"http://" + ip4, "http://[" + ip6 + "]"} {
+		if out, err := u.Exec("curl", "-sf", "-m", "3", url+":8080/"); err == nil {
+			t.Errorf("routed: after the publishing container's removal, the uplink reached %s:8080 of one that publishes nothing: %q", url, out)
+		}
 	}
 }

@@ -144,6 +144,16 @@ func (e *Engine) IP(t testing.TB, container, network string) string {
 	return ip
 }
 
+// IP6 is a container's global IPv6 address on a network.
+func (e *Engine) IP6(t testing.TB, container, network string) string {
+	t.Helper()
+	ip := e.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+network+"\").GlobalIPv6Address}}", container)
+	if ip == "" {
+		t.Fatalf("container %s has no IPv6 address on %s", container, network)
+	}
+	return ip
+}
+
 // Ping checks that from reaches addr (one echo, 2 s).
 func (e *Engine) Ping(from, addr string) error {
 	out, err := e.Exec(from, "ping", "-c", "1", "-W", "2", addr)
