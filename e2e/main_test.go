@@ -137,19 +137,20 @@ func (e *Engine) Exec(container string, cmd ...string) (string, error) {
 // IP is a container's IPv4 address on a network.
 func (e *Engine) IP(t testing.TB, container, network string) string {
 	t.Helper()
-	ip := e.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+network+"\").IPAddress}}", container)
-	if ip == "" {
-		t.Fatalf("container %s has no address on %s", container, network)
-	}
-	return ip
+	return e.netAddr(t, container, network, "IPAddress")
 }
 
 // IP6 is a container's global IPv6 address on a network.
 func (e *Engine) IP6(t testing.TB, container, network string) string {
 	t.Helper()
-	ip := e.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+network+"\").GlobalIPv6Address}}", container)
+	return e.netAddr(t, container, network, "GlobalIPv6Address")
+}
+
+func (e *Engine) netAddr(t testing.TB, container, network, field string) string {
+	t.Helper()
+	ip := e.Run(t, "inspect", "-f", "{{(index .NetworkSettings.Networks \""+network+"\")."+field+"}}", container)
 	if ip == "" {
-		t.Fatalf("container %s has no IPv6 address on %s", container, network)
+		t.Fatalf("container %s has no %s on %s", container, field, network)
 	}
 	return ip
 }
