@@ -31,15 +31,15 @@
 //		set open4 { type ipv4_addr . inet_proto . inet_service } # its published ports (and open6)
 //		chain forward {                       # hook forward, priority filter - 5
 //			oifname @nets ct state established,related accept
-//			oifname @published ct status dnat accept
 //			iifname . oifname @icc accept
+//			iifname @internal drop            # out of an internal network
+//			oifname @published ct status dnat accept
 //			meta nfproto ipv4 oifname @unprotected4 iifgroup != 0x6f75 iifname != "docker0" iifname != "br-*" accept
 //			oifname @routed4 meta l4proto icmp (not from container bridges, as above) accept
 //			oifname @routed4 iifname . oifname != @routed_own ip daddr . meta l4proto . th dport @open4 accept
 //			(the same for IPv6)
 //			oifname @nets drop                # nothing else into a network
 //			oifgroup 0x6f75 drop              # an ournet bridge with no network
-//			iifname @internal drop            # out of an internal network
 //			iifgroup 0x6f75 oifname "docker0" | oifkind "bridge" oifname "br-*"
 //			    ct status != dnat ct state != established,related drop   # into the engine's bridges
 //		}

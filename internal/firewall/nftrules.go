@@ -93,10 +93,11 @@ func lookup(d *setDef, r uint32, invert bool) expr.Any {
 // there), same-network traffic (icc), for a nat-unprotected network what
 // does not come from a container bridge (ournet's group, docker0, br-*),
 // and nothing else: no direct routing to container addresses, whatever
-// FORWARD's policy, and no traffic between networks. A bridge of ournet's
-// without a network (it can only be drift) gets nothing through. Then a
-// packet that leaves an internal network's bridge for anywhere else is
-// dropped, and one that leaves any ournet bridge for a bridge of the
+// FORWARD's policy, and no traffic between networks. A packet that
+// leaves an internal network's bridge for anywhere but that bridge is
+// dropped first, before any of those ways into another network. A bridge
+// of ournet's without a network (it can only be drift) gets nothing
+// through. Then a packet that leaves any ournet bridge for a bridge of the
 // engine's own networks (docker0, and br-* as the bridge driver names
 // them), unless it is a connection DNATed to a port published there: the
 // bridge driver's networks are as isolated from ournet's as ournet's from
@@ -109,9 +110,14 @@ func forwardBaseRules() []nftRule {
 	oif := one(meta(expr.MetaKeyOIFNAME))
 	rs := []nftRule{
 		{"ournet base: replies", join(oif, one(lookup(setNets, reg, false)), ctAny(expr.CtKeySTATE, ctEstablished|ctRelated), one(accept))},
-		{"ournet base: published ports", join(oif, one(lookup(setPublished, reg, false)), ctAny(expr.CtKeySTATUS, ctStatusDNAT), one(accept))},
 		{"ournet base: icc", one(&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
 			lookup(setICC, reg32, false), accept)},
+		// Before any way into another network (a port published there,
+		// DNATed at the internal network's own gateway address, or open
+		// on a routed network): nothing leaves an internal network but
+		// to its own bridge, with icc.
+		{"ournet base: out of an internal network", join(one(meta(expr.MetaKeyIIFNAME), lookup(setInternal, reg, false)), one(drop))},
+		{"ournet base: published ports", join(oif, one(lookup(setPublished, reg, false)), ctAny(expr.CtKeySTATUS, ctStatusDNAT), one(accept))},
 	}
 	notFromContainers := one(
 		meta(expr.MetaKeyIIFGROUP), neq(native32(BridgeGroup)),
@@ -138,7 +144,6 @@ func forwardBaseRules() []nftRule {
 	return append(rs,
 		nftRule{"ournet base: nothing else into a network", join(oif, one(lookup(setNets, reg, false), drop))},
 		nftRule{"ournet base: into an ournet bridge that has no network", join(one(meta(expr.MetaKeyOIFGROUP), eq(native32(BridgeGroup))), one(drop))},
-		nftRule{"ournet base: out of an internal network", join(one(meta(expr.MetaKeyIIFNAME), lookup(setInternal, reg, false)), one(drop))},
 		nftRule{"ournet base: into docker0, unless published there or a reply", join(
 			one(meta(expr.MetaKeyIIFGROUP), eq(native32(BridgeGroup)), meta(expr.MetaKeyOIFNAME), eq(nft.IfName("docker0"))),
 			notPublishedNorReply, one(drop))},

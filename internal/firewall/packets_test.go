@@ -211,6 +211,7 @@ func TestPacketsInNetns(t *testing.T) {
 		hostbr := bridge("br0", p("198.18.95.1/24"), false) // the host's own: a LAN, an uplink
 		br3 := bridge("ournet-p3", p("198.18.96.1/24"), true)
 		br4 := bridge("ournet-p4", p("198.18.97.1/24"), true)
+		br5 := bridge("ournet-p5", p("198.18.98.1/24"), true)
 		tcp := uint8(6)
 		for _, n := range []Network{
 			{ID: "p10000000000", Bridge: "ournet-p1", Subnets: []netip.Prefix{p("198.18.91.0/24")}, ICC: true, Masquerade: masq},
@@ -221,6 +222,9 @@ func TestPacketsInNetns(t *testing.T) {
 				Routed: map[iptables.Family]bool{iptables.IPv4: true}, Open: []Opening{{Proto: tcp, Addr: netip.MustParseAddr("198.18.96.10"), Port: 80}}},
 			{ID: "p40000000000", Bridge: "ournet-p4", Subnets: []netip.Prefix{p("198.18.97.0/24")},
 				Routed: map[iptables.Family]bool{iptables.IPv4: true}, Open: []Opening{{Proto: tcp, Addr: netip.MustParseAddr("198.18.97.10"), Port: 80}}},
+			// Internal; its containers given a default route anyway (a
+			// container with NET_ADMIN can add one).
+			{ID: "p50000000000", Bridge: "ournet-p5", Subnets: []netip.Prefix{p("198.18.98.0/24")}, ICC: true, Internal: true},
 		} {
 			if err := fw.AddNetwork(n); err != nil {
 				t.Fatal(err)
@@ -236,8 +240,10 @@ func TestPacketsInNetns(t *testing.T) {
 		r2 := newBox(t, "r2", "vr2", br3, p("198.18.96.11/24"), p("198.18.96.1/24"))
 		r3 := newBox(t, "r3", "vr3", br4, p("198.18.97.10/24"), p("198.18.97.1/24"))
 		r4 := newBox(t, "r4", "vr4", br4, p("198.18.97.11/24"), p("198.18.97.1/24"))
+		i1 := newBox(t, "i1", "vi1", br5, p("198.18.98.10/24"), p("198.18.98.1/24"))
+		i2 := newBox(t, "i2", "vi2", br5, p("198.18.98.11/24"), p("198.18.98.1/24"))
 		out := newBox(t, "outside", "up0", nil, p("203.0.113.2/24"), p("203.0.113.1/24"))
-		for _, b := range []*box{c1, c2, e1, d1, k1, h1, r1, r2, r3, r4, out} {
+		for _, b := range []*box{c1, c2, e1, d1, k1, h1, r1, r2, r3, r4, i2, out} {
 			b.serve(t, 80)
 		}
 		r1.serve(t, 81)
@@ -249,6 +255,7 @@ func TestPacketsInNetns(t *testing.T) {
 		type nat hook prerouting priority dstnat; policy accept;
 		ip daddr 198.18.91.1 tcp dport 8080 dnat to 198.18.92.10:80
 		ip daddr 198.18.91.1 tcp dport 8082 dnat to 198.18.93.10:80
+		ip daddr 198.18.98.1 tcp dport 8082 dnat to 198.18.93.10:80
 	}
 }`)
 		for _, c := range []struct {
@@ -277,6 +284,10 @@ func TestPacketsInNetns(t *testing.T) {
 			{"icc on, inside a routed network: reached", r2, "198.18.96.10", 81, "198.18.96.11"},
 			{"icc off, inside a routed network, to its published port: dropped", r4, "198.18.97.10", 80, ""},
 			{"the outside to a port published on a routed, icc off network: reached", out, "198.18.97.10", 80, "203.0.113.2"},
+			{"inside an internal network: reached", i1, "198.18.98.11", 80, "198.18.98.10"},
+			{"an internal network to a port published on a routed network: dropped", i1, "198.18.96.10", 80, ""},
+			{"an internal network to a port published on another network, at its own gateway: dropped", i1, "198.18.98.1", 8082, ""},
+			{"an internal network to the uplink: dropped", i1, "203.0.113.2", 80, ""},
 			{"out of a routed network: not masqueraded", r1, "203.0.113.2", 80, "198.18.96.10"},
 		} {
 			got, err := c.from.seenAs(t, c.to, c.port)
