@@ -88,7 +88,6 @@ func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) e
 	if n.Options.Internal {
 		return nil
 	}
-	opened := direct(ep.Ports)
 	ms, err := d.ports.Map(n.portEndpoint(ep), ep.PortReq)
 	ep.Ports = ms
 	if serr := d.st.Put(bucketEndpoints, ep.ID, ep); serr != nil && err == nil {
@@ -97,13 +96,14 @@ func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) e
 		ep.Ports = nil
 		err = fmt.Errorf("ournet: saving endpoint state: %w", serr)
 	}
-	if err == nil && (opened || direct(ms)) {
-		if ferr := d.fw.AddNetwork(d.fwNetwork(n)); ferr != nil {
-			_ = d.ports.Unmap(ep.ID)
-			ep.Ports = nil
-			_ = d.st.Put(bucketEndpoints, ep.ID, ep)
-			err = fmt.Errorf("ournet: opening the published ports at the container's address (gateway mode routed): %w", ferr)
-		}
+	// Failed or not: on error the mapper holds nothing of the endpoint
+	// any more, and what was open for it closes too.
+	if ferr := d.syncOpenings(n); ferr != nil && err == nil {
+		_ = d.ports.Unmap(ep.ID)
+		ep.Ports = nil
+		_ = d.st.Put(bucketEndpoints, ep.ID, ep)
+		_ = d.syncOpenings(n)
+		err = fmt.Errorf("ournet: opening the published ports at the container's address (gateway mode routed): %w", ferr)
 	}
 	if err != nil {
 		return err
@@ -131,15 +131,14 @@ func (d *Driver) revokePorts(id string) error {
 	if len(ep.Ports) == 0 && !wasGateway {
 		return nil
 	}
-	opened := direct(ep.Ports)
 	ep.Ports = nil
-	if err := d.st.Put(bucketEndpoints, ep.ID, ep); err != nil {
-		return fmt.Errorf("ournet: saving endpoint state: %w", err)
+	serr := d.st.Put(bucketEndpoints, ep.ID, ep)
+	ferr := d.syncOpenings(d.networks[ep.NetworkID])
+	if serr != nil {
+		return fmt.Errorf("ournet: saving endpoint state: %w", serr)
 	}
-	if n := d.networks[ep.NetworkID]; opened && n != nil {
-		if err := d.fw.AddNetwork(d.fwNetwork(n)); err != nil {
-			return fmt.Errorf("ournet: closing the published ports at the container's address (gateway mode routed): %w", err)
-		}
+	if ferr != nil {
+		return fmt.Errorf("ournet: closing the published ports at the container's address (gateway mode routed): %w", ferr)
 	}
 	logEp(ep.NetworkID, ep.ID).Debug("ports unpublished")
 	return nil
@@ -153,19 +152,25 @@ func (d *Driver) unmapPorts(n *Network, ep *Endpoint) error {
 	if err := d.ports.Unmap(ep.ID); err != nil {
 		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(ep.ID), err)
 	}
-	opened := direct(ep.Ports)
 	ep.Ports = nil // its openings go with it, though it is in d.endpoints still
-	if n != nil && opened {
-		if err := d.fw.AddNetwork(d.fwNetwork(n)); err != nil {
-			return fmt.Errorf("ournet: closing the published ports at the container's address of endpoint %s: %w", short12(ep.ID), err)
-		}
+	if err := d.syncOpenings(n); err != nil {
+		return fmt.Errorf("ournet: closing the published ports at the container's address of endpoint %s: %w", short12(ep.ID), err)
 	}
 	return nil
 }
 
-// direct reports whether ms open a port at the container's address (a
-// routed family's).
-func direct(ms []portmap.Mapping) bool { return slices.ContainsFunc(ms, portmap.Mapping.Direct) }
+// syncOpenings makes a routed network's openings in the firewall what its
+// endpoints' ports are now, after every change of those, whether the
+// change went through or not: an opening must never outlive its
+// endpoint's ports, whose address the next container may get. Cheap when
+// nothing changed (the firewall knows what it wrote). n may be nil (a
+// network gone: its elements went with it). Called with d.mu held.
+func (d *Driver) syncOpenings(n *Network) error {
+	if n == nil || (n.Options.GwModeV4 != gwRouted && n.Options.GwModeV6 != gwRouted) {
+		return nil
+	}
+	return d.fw.AddNetwork(d.fwNetwork(n))
+}
 
 // openings are the ports network nid's endpoints open at their addresses,
 // in a fixed order. Called with d.mu held.

@@ -271,3 +271,52 @@ func TestRoutedPortsOpenInTheFirewall(t *testing.T) {
 		t.Fatalf("a failed start left ports: mapped %v, saved %+v", p.mapped, storedEndpoint(t, st, eid2).Ports)
 	}
 }
+
+// An opening never outlives its endpoint's ports, whatever fails on the
+// way: a second ProgramExternalConnectivity whose mapping fails (the
+// mapper no longer holds the old one), a revoke whose save fails. The
+// address is free for the next container once the endpoint is deleted.
+func TestRoutedOpeningsCloseWhenAChangeFails(t *testing.T) {
+	for _, c := range []struct {
+		what string
+		fail func(d *Driver, p *fakePorts, st *store.Store) error
+	}{
+		{"a failed program", func(d *Driver, p *fakePorts, _ *store.Store) error {
+			p.fail = errors.New("host port in use")
+			return d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080, anyUDP)})
+		}},
+		{"a revoke that cannot save", func(d *Driver, _ *fakePorts, st *store.Store) error {
+			st.Close()
+			return d.RevokeExternalConnectivity(&network.RevokeExternalConnectivityRequest{NetworkID: nid, EndpointID: eid})
+		}},
+	} {
+		t.Run(c.what, func(t *testing.T) {
+			d, _, fw, st := newTestDriver(t)
+			p := newFakePorts()
+			d.setPorts(p)
+			if err := d.CreateNetwork(createReq(optGwModeV4, "routed")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+				Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080)}); err != nil {
+				t.Fatal(err)
+			}
+			if len(fw.nets[nid].Open) != 1 {
+				t.Fatalf("not opened: %v", fw.nets[nid].Open)
+			}
+			if err := c.fail(d, p, st); err == nil {
+				t.Fatal("the change did not fail, so the test proves nothing")
+			}
+			if o := fw.nets[nid].Open; len(o) != 0 {
+				t.Fatalf("the endpoint has no ports any more, still open: %v", o)
+			}
+			_ = d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid})
+			if o := fw.nets[nid].Open; len(o) != 0 {
+				t.Fatalf("the endpoint is deleted, still open: %v", o)
+			}
+		})
+	}
+}
