@@ -110,13 +110,15 @@ type Firewall struct {
 	// gen counts the table's writes: a read made without the lock goes
 	// into known only if nothing was written meanwhile.
 	gen uint64
+	// forget clears the flows of openings a change closed (forgetOpenings).
+	forget func([]Opening)
 }
 
 // New returns a Firewall that programs the given iptables families and
 // the nftables table, over connections from dial (nft.Dialer(), or a
 // nft.Fake's Dial in tests).
 func New(run iptables.Runner, dial func() (nft.Conn, error), families ...iptables.Family) *Firewall {
-	return &Firewall{run: run, dial: dial, families: families}
+	return &Firewall{run: run, dial: dial, families: families, forget: forgetOpenings}
 }
 
 // Families lists the iptables families this firewall programs.
@@ -152,7 +154,9 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 		if err := ensureBase(c, s); err != nil {
 			return err
 		}
+		var closed []Opening
 		for _, n := range part {
+			closed = append(closed, closedOpenings(s.byOwner[iptables.Short(n.ID)], netElems(n))...)
 			if err := rewriteNFT(c, s, n); err != nil {
 				return err
 			}
@@ -160,6 +164,9 @@ func (fw *Firewall) AddNetworks(nets []Network) error {
 		if err := c.Flush(); err != nil {
 			fw.known = nil
 			return fmt.Errorf("nftables: adding the rules of %d network(s): %w", len(part), err)
+		}
+		if len(closed) > 0 {
+			fw.forget(closed)
 		}
 	}
 	s.baseIntact = true // ensureBase made it so
@@ -243,12 +250,16 @@ func (fw *Firewall) DelNetwork(id string) error {
 	if err := ensureBase(c, s); err != nil {
 		return err
 	}
+	closed := closedOpenings(s.byOwner[short], nil)
 	if err := delNFT(c, s, short); err != nil {
 		return err
 	}
 	if err := c.Flush(); err != nil {
 		fw.known = nil
 		return fmt.Errorf("nftables: removing the rules of network %s: %w", short, err)
+	}
+	if len(closed) > 0 {
+		fw.forget(closed)
 	}
 	delete(fw.known, short)
 	return nil

@@ -409,3 +409,26 @@ func upgraded(t *testing.T, r iptables.Runner) *Firewall {
 	}
 	return fw
 }
+
+// The openings a change closes are read back from the elements as written,
+// both families; TCP's are not among them (its flows die with their
+// connections).
+func TestClosedOpenings(t *testing.T) {
+	n := Network{ID: "c10000000000", Bridge: "ournet-c1", Routed: both, Open: []Opening{
+		{Proto: 17, Addr: netip.MustParseAddr("198.18.9.2"), Port: 5353},
+		{Proto: 132, Addr: netip.MustParseAddr("fd00:9::2"), Port: 65535},
+		{Proto: 6, Addr: netip.MustParseAddr("198.18.9.2"), Port: 80},
+	}}
+	have := map[string]elem{}
+	for _, e := range netElems(n) {
+		have[e.id()] = e
+	}
+	got := closedOpenings(have, nil)
+	slices.SortFunc(got, func(a, b Opening) int { return int(a.Proto) - int(b.Proto) })
+	if want := n.Open[:2]; !slices.Equal(got, want) {
+		t.Fatalf("closed %v, want %v", got, want)
+	}
+	if got := closedOpenings(have, netElems(n)); len(got) != 0 {
+		t.Fatalf("nothing closed, yet %v", got)
+	}
+}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ournet/ournet/internal/iptables"
 	"github.com/ournet/ournet/internal/testns"
@@ -359,6 +360,95 @@ func TestUserSNATComesFirstInNetns(t *testing.T) {
 		run(t, "iptables", "-t", "nat", "-I", "POSTROUTING", "-s", "198.18.100.0/24", "-o", "up0", "-j", "SNAT", "--to-source", "203.0.113.9")
 		if got, err := c1.seenAs(t, "203.0.113.2", 80); err != nil || got != "203.0.113.9" {
 			t.Fatalf("with the user's SNAT: seen as %q (%v), want 203.0.113.9", got, err)
+		}
+	})
+}
+
+// A UDP client that keeps sending to a routed network's open port stops
+// getting in once the opening is closed (the container's ports revoked,
+// or the container gone and its address soon another's): the change
+// forgets its conntrack entry, which the replies rule would accept.
+func TestClosedOpeningForgetsUDPFlowsInNetns(t *testing.T) {
+	testns.Do(t, func() {
+		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
+		fw, _ := newKernelFirewall(t)
+		if err := fw.Setup(); err != nil {
+			t.Fatal(err)
+		}
+		p := netip.MustParsePrefix
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ournet-u1", Group: BridgeGroup}}
+		if err := netlink.LinkAdd(br); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(p("198.18.99.1/24"))}); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetUp(br); err != nil {
+			t.Fatal(err)
+		}
+		n := Network{ID: "u10000000000", Bridge: "ournet-u1", Subnets: []netip.Prefix{p("198.18.99.0/24")}, ICC: true,
+			Routed: map[iptables.Family]bool{iptables.IPv4: true}, Open: []Opening{{Proto: unix.IPPROTO_UDP, Addr: netip.MustParseAddr("198.18.99.10"), Port: 53}}}
+		if err := fw.AddNetwork(n); err != nil {
+			t.Fatal(err)
+		}
+		r1 := newBox(t, "r1", "vu1", br, p("198.18.99.10/24"), p("198.18.99.1/24"))
+		out := newBox(t, "outside", "up0", nil, p("203.0.113.2/24"), p("203.0.113.1/24"))
+		var srv, cl *net.UDPConn
+		r1.in(t, func() {
+			var err error
+			if srv, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 53}); err != nil {
+				t.Fatal(err)
+			}
+		})
+		defer srv.Close()
+		go func() { // an echo
+			b := make([]byte, 64)
+			for {
+				k, a, err := srv.ReadFromUDP(b)
+				if err != nil {
+					return
+				}
+				_, _ = srv.WriteToUDP(b[:k], a)
+			}
+		}()
+		out.in(t, func() {
+			var err error
+			if cl, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 40000}); err != nil {
+				t.Fatal(err)
+			}
+		})
+		defer cl.Close()
+		// answered says whether one of three datagrams (the same flow) gets
+		// its own echo (not a late one of an earlier datagram's).
+		seq := 0
+		answered := func() bool {
+			for range 3 {
+				seq++
+				want := fmt.Sprint(seq)
+				_, _ = cl.WriteToUDP([]byte(want), &net.UDPAddr{IP: net.IPv4(198, 18, 99, 10), Port: 53})
+				_ = cl.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+				for {
+					b := make([]byte, 64)
+					k, _, err := cl.ReadFromUDP(b)
+					if err != nil {
+						break
+					}
+					if string(b[:k]) == want {
+						return true
+					}
+				}
+			}
+			return false
+		}
+		if !answered() {
+			t.Fatal("the open port does not answer, so the next check would prove nothing")
+		}
+		n.Open = nil
+		if err := fw.AddNetwork(n); err != nil {
+			t.Fatal(err)
+		}
+		if answered() {
+			t.Error("after the opening closed, the client's flow still reaches the container")
 		}
 	})
 }
