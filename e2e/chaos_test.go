@@ -114,9 +114,26 @@ func TestChaos(t *testing.T) {
 	}
 	kills := 0
 	r := rand.New(rand.NewSource(seed))
+	var pid0 int
+	var since time.Time
 	for time.Now().Before(deadline) && kills < 10 {
 		time.Sleep(time.Duration(1500+r.Intn(3000)) * time.Millisecond)
-		if pid, err := e.PluginPID(); err == nil && syscall.Kill(pid, syscall.SIGKILL) == nil {
+		pid, err := e.PluginPID()
+		if err != nil {
+			continue
+		}
+		if pid != pid0 {
+			pid0, since = pid, time.Now()
+		}
+		// dockerd stops restarting a plugin for good when it dies before
+		// dockerd's post-start check has dialled its socket (at 0.5 s,
+		// then every 3 s: seen here once, seed 92312, the plugin killed
+		// 0.7 s after its restart). That is the engine's, and no user's
+		// kill comes so soon after a restart: only one up 4 s is killed.
+		if time.Since(since) < 4*time.Second {
+			continue
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
 			kills++
 		}
 	}
