@@ -45,7 +45,12 @@ type openFlow Opening
 
 func (o openFlow) MatchConntrackFlow(f *netlink.ConntrackFlow) bool {
 	fw := f.Forward
-	return fw.Protocol == o.Proto && fw.DstPort == o.Port && fw.DstIP.Equal(o.Addr.AsSlice())
+	if fw.Protocol != o.Proto || !fw.DstIP.Equal(o.Addr.AsSlice()) {
+		return false
+	}
+	// The library reads the ports of TCP and UDP entries only: an SCTP
+	// entry's are 0, and every SCTP flow to the address goes.
+	return o.Proto == unix.IPPROTO_SCTP || fw.DstPort == o.Port
 }
 
 // forgetOpenings deletes the conntrack entries of flows to closed

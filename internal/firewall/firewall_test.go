@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 
 	"github.com/ournet/ournet/internal/golden"
 	"github.com/ournet/ournet/internal/iptables"
@@ -430,5 +431,31 @@ func TestClosedOpenings(t *testing.T) {
 	}
 	if got := closedOpenings(have, netElems(n)); len(got) != 0 {
 		t.Fatalf("nothing closed, yet %v", got)
+	}
+}
+
+// The library reads no ports of SCTP entries: every SCTP flow to a closed
+// opening's address is matched, and of UDP only the opening's port.
+func TestOpenFlowMatch(t *testing.T) {
+	a := netip.MustParseAddr("198.18.9.2")
+	flow := func(proto uint8, port uint16) *netlink.ConntrackFlow {
+		f := &netlink.ConntrackFlow{}
+		f.Forward.Protocol, f.Forward.DstIP, f.Forward.DstPort = proto, a.AsSlice(), port
+		return f
+	}
+	for _, c := range []struct {
+		o    Opening
+		f    *netlink.ConntrackFlow
+		want bool
+	}{
+		{Opening{Proto: 132, Addr: a, Port: 9}, flow(132, 0), true},
+		{Opening{Proto: 17, Addr: a, Port: 53}, flow(17, 53), true},
+		{Opening{Proto: 17, Addr: a, Port: 53}, flow(17, 54), false},
+		{Opening{Proto: 17, Addr: a, Port: 53}, flow(6, 53), false},
+		{Opening{Proto: 17, Addr: netip.MustParseAddr("198.18.9.3"), Port: 53}, flow(17, 53), false},
+	} {
+		if got := openFlow(c.o).MatchConntrackFlow(c.f); got != c.want {
+			t.Errorf("%v against %d/%d: %v, want %v", c.o, c.f.Forward.Protocol, c.f.Forward.DstPort, got, c.want)
+		}
 	}
 }
