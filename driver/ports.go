@@ -148,13 +148,19 @@ func (d *Driver) revokePorts(id string) error {
 // d.endpoints; n nil if its network is gone): DeleteEndpoint may come
 // without RevokeExternalConnectivity (a failed start, a stale endpoint at
 // engine start).
+//
+// Its openings close whatever the mapper says (they need none of its
+// iptables work): its addresses are already free for the next container.
+// A firewall that refuses does not stop the removal (the veth, the
+// checks): the repair round closes them.
 func (d *Driver) unmapPorts(n *Network, ep *Endpoint) error {
-	if err := d.ports.Unmap(ep.ID); err != nil {
-		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(ep.ID), err)
-	}
+	uerr := d.ports.Unmap(ep.ID)
 	ep.Ports = nil // its openings go with it, though it is in d.endpoints still
 	if err := d.syncOpenings(n); err != nil {
-		return fmt.Errorf("ournet: closing the published ports at the container's address of endpoint %s: %w", short12(ep.ID), err)
+		logEp(ep.NetworkID, ep.ID).WithError(err).Warn("closing the published ports at the container's address; the repair round will")
+	}
+	if uerr != nil {
+		return fmt.Errorf("ournet: removing the published ports of endpoint %s: %w", short12(ep.ID), uerr)
 	}
 	return nil
 }

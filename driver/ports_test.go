@@ -22,6 +22,7 @@ type fakePorts struct {
 	lastEp   portmap.Endpoint
 	kept     []string
 	fail     error
+	unmapErr error
 }
 
 func newFakePorts() *fakePorts {
@@ -52,7 +53,13 @@ func (f *fakePorts) Restore(ep portmap.Endpoint, _ []portmap.Binding, ms []portm
 	f.restored[ep.ID] = ms
 	return nil
 }
-func (f *fakePorts) Unmap(id string) error        { delete(f.mapped, id); return nil }
+func (f *fakePorts) Unmap(id string) error {
+	if f.unmapErr != nil {
+		return f.unmapErr
+	}
+	delete(f.mapped, id)
+	return nil
+}
 func (f *fakePorts) Prune(keep []string) error    { f.kept = keep; return nil }
 func (f *fakePorts) Reconcile() ([]string, error) { return nil, nil }
 func portmapOpt(entries ...map[string]any) map[string]any {
@@ -289,6 +296,10 @@ func TestRoutedOpeningsCloseWhenAChangeFails(t *testing.T) {
 			st.Close()
 			return d.RevokeExternalConnectivity(&network.RevokeExternalConnectivityRequest{NetworkID: nid, EndpointID: eid})
 		}},
+		{"a delete whose iptables fail", func(d *Driver, p *fakePorts, _ *store.Store) error {
+			p.unmapErr = errors.New("iptables-save: resource busy")
+			return d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid})
+		}},
 	} {
 		t.Run(c.what, func(t *testing.T) {
 			d, _, fw, st := newTestDriver(t)
@@ -318,5 +329,29 @@ func TestRoutedOpeningsCloseWhenAChangeFails(t *testing.T) {
 				t.Fatalf("the endpoint is deleted, still open: %v", o)
 			}
 		})
+	}
+}
+
+// A firewall that refuses to close a routed network's openings does not
+// stop a container's removal: its veth goes all the same.
+func TestRoutedDeleteGoesOnWhenTheFirewallRefuses(t *testing.T) {
+	d, l, fw, _ := newTestDriver(t)
+	d.setPorts(newFakePorts())
+	if err := d.CreateNetwork(createReq(optGwModeV4, "routed")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080)}); err != nil {
+		t.Fatal(err)
+	}
+	fw.fail = errors.New("netlink: no buffer space")
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatalf("DeleteEndpoint: %v", err)
+	}
+	if _, ok := l.veths["ov"+eid[:12]]; ok {
+		t.Fatal("the container's veth stayed")
 	}
 }
