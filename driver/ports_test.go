@@ -302,22 +302,7 @@ func TestRoutedOpeningsCloseWhenAChangeFails(t *testing.T) {
 		}},
 	} {
 		t.Run(c.what, func(t *testing.T) {
-			d, _, fw, st := newTestDriver(t)
-			p := newFakePorts()
-			d.setPorts(p)
-			if err := d.CreateNetwork(createReq(optGwModeV4, "routed")); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
-				Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080)}); err != nil {
-				t.Fatal(err)
-			}
-			if len(fw.nets[nid].Open) != 1 {
-				t.Fatalf("not opened: %v", fw.nets[nid].Open)
-			}
+			d, p, _, fw, st := routedEndpoint(t)
 			if err := c.fail(d, p, st); err == nil {
 				t.Fatal("the change did not fail, so the test proves nothing")
 			}
@@ -335,8 +320,23 @@ func TestRoutedOpeningsCloseWhenAChangeFails(t *testing.T) {
 // A firewall that refuses to close a routed network's openings does not
 // stop a container's removal: its veth goes all the same.
 func TestRoutedDeleteGoesOnWhenTheFirewallRefuses(t *testing.T) {
-	d, l, fw, _ := newTestDriver(t)
-	d.setPorts(newFakePorts())
+	d, _, l, fw, _ := routedEndpoint(t)
+	fw.fail = errors.New("netlink: no buffer space")
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatalf("DeleteEndpoint: %v", err)
+	}
+	if _, ok := l.veths["ov"+eid[:12]]; ok {
+		t.Fatal("the container's veth stayed")
+	}
+}
+
+// routedEndpoint is a routed network with endpoint eid at 198.18.7.5, its
+// port 80 published (open).
+func routedEndpoint(t *testing.T) (*Driver, *fakePorts, *fakeLinks, *fakeFW, *store.Store) {
+	t.Helper()
+	d, l, fw, st := newTestDriver(t)
+	p := newFakePorts()
+	d.setPorts(p)
 	if err := d.CreateNetwork(createReq(optGwModeV4, "routed")); err != nil {
 		t.Fatal(err)
 	}
@@ -347,11 +347,8 @@ func TestRoutedDeleteGoesOnWhenTheFirewallRefuses(t *testing.T) {
 	if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080)}); err != nil {
 		t.Fatal(err)
 	}
-	fw.fail = errors.New("netlink: no buffer space")
-	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
-		t.Fatalf("DeleteEndpoint: %v", err)
+	if len(fw.nets[nid].Open) != 1 {
+		t.Fatalf("not opened: %v", fw.nets[nid].Open)
 	}
-	if _, ok := l.veths["ov"+eid[:12]]; ok {
-		t.Fatal("the container's veth stayed")
-	}
+	return d, p, l, fw, st
 }
