@@ -169,6 +169,28 @@ func run(t *testing.T, args ...string) {
 	}
 }
 
+// newBridge makes bridge name, up, with address gw; in ournet's group if
+// ours. It must run in the test's (throwaway) namespace.
+func newBridge(t *testing.T, name string, gw netip.Prefix, ours bool) netlink.Link {
+	t.Helper()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	if err := netlink.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	if ours {
+		if err := netlink.LinkSetGroup(br, int(BridgeGroup)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(gw)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	return br
+}
+
 // What leaves a network is masqueraded, except inside the network
 // (bridged) and back into its own bridge; what leaves one for a bridge
 // that is not ournet's is dropped unless DNATed there (published), and
@@ -185,34 +207,16 @@ func TestPacketsInNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 		run(t, "iptables", "-P", "FORWARD", "DROP")
-		bridge := func(name string, gw netip.Prefix, ours bool) netlink.Link {
-			br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
-			if err := netlink.LinkAdd(br); err != nil {
-				t.Fatal(err)
-			}
-			if ours {
-				if err := netlink.LinkSetGroup(br, int(BridgeGroup)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(gw)}); err != nil {
-				t.Fatal(err)
-			}
-			if err := netlink.LinkSetUp(br); err != nil {
-				t.Fatal(err)
-			}
-			return br
-		}
 		p := netip.MustParsePrefix
 		masq := map[iptables.Family]bool{iptables.IPv4: true}
-		br1 := bridge("ournet-p1", p("198.18.91.1/24"), true)
-		br2 := bridge("ournet-p2", p("198.18.93.1/24"), true)
-		other := bridge("br-0123456789ab", p("198.18.92.1/24"), false) // an engine network's
-		dock := bridge("docker0", p("198.18.94.1/24"), false)
-		hostbr := bridge("br0", p("198.18.95.1/24"), false) // the host's own: a LAN, an uplink
-		br3 := bridge("ournet-p3", p("198.18.96.1/24"), true)
-		br4 := bridge("ournet-p4", p("198.18.97.1/24"), true)
-		br5 := bridge("ournet-p5", p("198.18.98.1/24"), true)
+		br1 := newBridge(t, "ournet-p1", p("198.18.91.1/24"), true)
+		br2 := newBridge(t, "ournet-p2", p("198.18.93.1/24"), true)
+		other := newBridge(t, "br-0123456789ab", p("198.18.92.1/24"), false) // an engine network's
+		dock := newBridge(t, "docker0", p("198.18.94.1/24"), false)
+		hostbr := newBridge(t, "br0", p("198.18.95.1/24"), false) // the host's own: a LAN, an uplink
+		br3 := newBridge(t, "ournet-p3", p("198.18.96.1/24"), true)
+		br4 := newBridge(t, "ournet-p4", p("198.18.97.1/24"), true)
+		br5 := newBridge(t, "ournet-p5", p("198.18.98.1/24"), true)
 		tcp := uint8(6)
 		for _, n := range []Network{
 			{ID: "p10000000000", Bridge: "ournet-p1", Subnets: []netip.Prefix{p("198.18.91.0/24")}, ICC: true, Masquerade: masq},
@@ -330,16 +334,7 @@ func TestUserSNATComesFirstInNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := netip.MustParsePrefix
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ournet-s1"}}
-		if err := netlink.LinkAdd(br); err != nil {
-			t.Fatal(err)
-		}
-		for _, err := range []error{netlink.LinkSetGroup(br, int(BridgeGroup)),
-			netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(p("198.18.100.1/24"))}), netlink.LinkSetUp(br)} {
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
+		br := newBridge(t, "ournet-s1", p("198.18.100.1/24"), true)
 		if err := fw.AddNetwork(Network{ID: "s10000000000", Bridge: "ournet-s1", Subnets: []netip.Prefix{p("198.18.100.0/24")}, ICC: true,
 			Masquerade: map[iptables.Family]bool{iptables.IPv4: true}}); err != nil {
 			t.Fatal(err)
@@ -376,16 +371,7 @@ func TestClosedOpeningForgetsUDPFlowsInNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := netip.MustParsePrefix
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ournet-u1", Group: BridgeGroup}}
-		if err := netlink.LinkAdd(br); err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(p("198.18.99.1/24"))}); err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(br); err != nil {
-			t.Fatal(err)
-		}
+		br := newBridge(t, "ournet-u1", p("198.18.99.1/24"), true)
 		n := Network{ID: "u10000000000", Bridge: "ournet-u1", Subnets: []netip.Prefix{p("198.18.99.0/24")}, ICC: true,
 			Routed: map[iptables.Family]bool{iptables.IPv4: true}, Open: []Opening{{Proto: unix.IPPROTO_UDP, Addr: netip.MustParseAddr("198.18.99.10"), Port: 53}}}
 		if err := fw.AddNetwork(n); err != nil {
