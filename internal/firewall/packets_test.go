@@ -169,6 +169,19 @@ func run(t *testing.T, args ...string) {
 	}
 }
 
+// forwardingFirewall turns on forwarding and br_netfilter's iptables
+// calls in the test's (throwaway) namespace and returns a firewall set up
+// there.
+func forwardingFirewall(t *testing.T) *Firewall {
+	t.Helper()
+	run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
+	fw, _ := newKernelFirewall(t)
+	if err := fw.Setup(); err != nil {
+		t.Fatal(err)
+	}
+	return fw
+}
+
 // newBridge makes bridge name, up, with address gw; in ournet's group if
 // ours. It must run in the test's (throwaway) namespace.
 func newBridge(t *testing.T, name string, gw netip.Prefix, ours bool) netlink.Link {
@@ -201,11 +214,7 @@ func TestPacketsInNetns(t *testing.T) {
 		if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
 			t.Fatalf("br_netfilter is needed (dockerd needs it too): %v", err)
 		}
-		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
-		fw, _ := newKernelFirewall(t)
-		if err := fw.Setup(); err != nil {
-			t.Fatal(err)
-		}
+		fw := forwardingFirewall(t)
 		run(t, "iptables", "-P", "FORWARD", "DROP")
 		p := netip.MustParsePrefix
 		masq := map[iptables.Family]bool{iptables.IPv4: true}
@@ -328,11 +337,7 @@ func TestPacketsInNetns(t *testing.T) {
 // after) applies: ournet's masquerade runs after that chain.
 func TestUserSNATComesFirstInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
-		fw, _ := newKernelFirewall(t)
-		if err := fw.Setup(); err != nil {
-			t.Fatal(err)
-		}
+		fw := forwardingFirewall(t)
 		p := netip.MustParsePrefix
 		br := newBridge(t, "ournet-s1", p("198.18.100.1/24"), true)
 		if err := fw.AddNetwork(Network{ID: "s10000000000", Bridge: "ournet-s1", Subnets: []netip.Prefix{p("198.18.100.0/24")}, ICC: true,
@@ -365,11 +370,7 @@ func TestUserSNATComesFirstInNetns(t *testing.T) {
 // forgets its conntrack entry, which the replies rule would accept.
 func TestClosedOpeningForgetsUDPFlowsInNetns(t *testing.T) {
 	testns.Do(t, func() {
-		run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1")
-		fw, _ := newKernelFirewall(t)
-		if err := fw.Setup(); err != nil {
-			t.Fatal(err)
-		}
+		fw := forwardingFirewall(t)
 		p := netip.MustParsePrefix
 		br := newBridge(t, "ournet-u1", p("198.18.99.1/24"), true)
 		n := Network{ID: "u10000000000", Bridge: "ournet-u1", Subnets: []netip.Prefix{p("198.18.99.0/24")}, ICC: true,
