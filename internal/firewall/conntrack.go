@@ -30,10 +30,15 @@ func closedOpenings(have map[string]elem, want []elem) []Opening {
 	return out
 }
 
-// openingOf reads an open4/open6 key back (openElems writes it).
+// openingOf reads an open4/open6 key back (openElems writes it: the
+// bridge's name, the address, then protocol and port padded to 4 bytes).
 func openingOf(key []byte) (Opening, bool) {
+	if len(key) < unix.IFNAMSIZ+12 {
+		return Opening{}, false
+	}
+	key = key[unix.IFNAMSIZ:]
 	n := len(key) - 8
-	a, ok := netip.AddrFromSlice(key[:max(n, 0)])
+	a, ok := netip.AddrFromSlice(key[:n])
 	if !ok || (n != 4 && n != 16) {
 		return Opening{}, false
 	}

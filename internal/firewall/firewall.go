@@ -28,7 +28,8 @@
 //		set hairpin { type ifname . ifname }                    # such a network's "<bridge>" . "<bridge>"
 //		set routed4 { type ifname }                             # gateway mode routed (and routed6)
 //		set routed_own { type ifname . ifname }                 # a routed network's "<bridge>" . "<bridge>"
-//		set open4 { type ipv4_addr . inet_proto . inet_service } # its published ports (and open6)
+//		set open4 { type ifname . ipv4_addr . inet_proto . inet_service } # "<bridge>" . a published port at its container's address (and open6)
+//		set trusted { type ifname . ifname }                    # "<host interface>" . "<bridge>": trusted_host_interfaces
 //		chain forward {                       # hook forward, priority filter - 5
 //			oifname @nets ct state established,related accept
 //			iifname . oifname @icc accept
@@ -36,7 +37,8 @@
 //			oifname @published ct status dnat accept
 //			meta nfproto ipv4 oifname @unprotected4 iifgroup != 0x6f75 iifname != "docker0" iifname != "br-*" accept
 //			oifname @routed4 meta l4proto icmp (not from container bridges, as above) accept
-//			oifname @routed4 iifname . oifname != @routed_own ip daddr . meta l4proto . th dport @open4 accept
+//			oifname @routed4 iifname . oifname != @routed_own oifname . ip daddr . meta l4proto . th dport @open4 accept
+//			iifname . oifname @trusted oifname . ip daddr . meta l4proto . th dport @open4 accept
 //			(the same for IPv6)
 //			oifname @nets drop                # nothing else into a network
 //			oifgroup 0x6f75 drop              # an ournet bridge with no network

@@ -40,6 +40,12 @@ var cases = []struct {
 	{"routed-v4", Network{ID: "9123456789abcdef", Bridge: "ournet-91234567", ICC: false, Routed: map[iptables.Family]bool{iptables.IPv4: true},
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.9.0/24")},
 		Open:    []Opening{{Proto: 6, Addr: netip.MustParseAddr("198.18.9.2"), Port: 80}, {Proto: 132, Addr: netip.MustParseAddr("198.18.9.2"), Port: 9}, {Proto: 6, Addr: netip.MustParseAddr("198.18.9.3"), Port: 65535}}}},
+	// Its published ports open from eth9 and vxlan.1 at the containers'
+	// addresses (both families: nat); the bridge itself is dropped.
+	{"trusted", Network{ID: "a123456789abcdef", Bridge: "ournet-a1234567", ICC: false, Masquerade: both,
+		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.10.0/24"), netip.MustParsePrefix("fd00:a::/64")},
+		Open:    []Opening{{Proto: 6, Addr: netip.MustParseAddr("198.18.10.2"), Port: 80}, {Proto: 17, Addr: netip.MustParseAddr("fd00:a::2"), Port: 53}},
+		Trusted: []string{"eth9", "ournet-a1234567", "vxlan.1"}}},
 	{"unprotected-v4", Network{ID: "6123456789abcdef", Bridge: "ournet-61234567", ICC: true, Masquerade: both, Unprotected: map[iptables.Family]bool{iptables.IPv4: true},
 		Subnets: []netip.Prefix{netip.MustParsePrefix("198.18.8.0/24"), netip.MustParsePrefix("fd00:8::/64")}}},
 	{"ipv6-only", Network{ID: "7123456789abcdef", Bridge: "ournet-71234567", ICC: true, Masquerade: both,
@@ -233,6 +239,19 @@ add element inet ournet into { "ournet-01234567" : jump net-0123456789ab }
 		fw = upgraded(t, r)
 		if s, err := c.GetSetByName(table, setICC.name); err != nil || s.Concatenation {
 			t.Fatalf("after the upgrade, set %s: %+v, %v", setICC.name, s, err)
+		}
+		// And the table of the version whose open sets had no bridge in
+		// their keys (a set's type is not changed in place).
+		nftDo(t, "delete", "table", "inet", TableName)
+		nftLoad(t, "the table with open4 keyed by address", `table inet ournet {
+	set open4 { type ipv4_addr . inet_proto . inet_service; elements = { 198.18.1.2 . tcp . 80 comment "ournet:0123456789ab" }; }
+	chain forward { type filter hook forward priority -5; policy accept; }
+	chain postrouting { type nat hook postrouting priority srcnat + 1; policy accept; }
+}
+`)
+		fw = upgraded(t, r)
+		if got := nftList(t); !strings.Contains(got, "type ifname . ipv4_addr . inet_proto . inet_service") || strings.Contains(got, "198.18.1.2") {
+			t.Fatalf("after an upgrade from open4 keyed by address:\n%s", got)
 		}
 		if got := save(t, r, iptables.IPv4); strings.Contains(got, "OURNET-O-") || strings.Contains(got, "OURNET-N-") ||
 			strings.Contains(got, "OURNET-I") || strings.Contains(got, "OURNET-GUARD") || strings.Contains(got, "OURNET-POSTROUTING") {

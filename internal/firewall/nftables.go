@@ -32,9 +32,10 @@ const (
 	HairpinSet   = "hairpin" // "<bridge>" . "<bridge>": a masquerading network's own way back in
 	Routed4Set   = "routed4" // bridges of IPv4 routed networks: ICMP in
 	Routed6Set   = "routed6"
-	Open4Set     = "open4"      // "<address> . <protocol> . <port>": published on an IPv4 routed network
+	Open4Set     = "open4"      // "<bridge>" . <address> . <protocol> . <port>: published, open at the container's IPv4 address
 	Open6Set     = "open6"      // (and IPv6)
 	RoutedOwnSet = "routed_own" // "<bridge>" . "<bridge>": a routed network's own traffic, judged by icc alone
+	TrustedSet   = "trusted"    // "<host interface>" . "<bridge>": trusted_host_interfaces, open ports from there
 )
 
 // BridgeGroup is the device group of every ournet bridge: how the static
@@ -74,8 +75,8 @@ type setDef struct {
 
 var (
 	ifname2 = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
-	open4   = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
-	open6   = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+	open4   = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	open6   = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 )
 
 var (
@@ -93,7 +94,8 @@ var (
 	setOpen4     = &setDef{Open4Set, 12, keys, open4}
 	setOpen6     = &setDef{Open6Set, 13, keys, open6}
 	setRoutedOwn = &setDef{RoutedOwnSet, 14, keys, ifname2}
-	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setHairpin, setRouted4, setRouted6, setOpen4, setOpen6, setRoutedOwn}
+	setTrusted   = &setDef{TrustedSet, 15, keys, ifname2}
+	allSets      = []*setDef{setNets, setPublished, setICC, setUnprot4, setUnprot6, setInternal, setMasq4, setMasq6, setHairpin, setRouted4, setRouted6, setOpen4, setOpen6, setRoutedOwn, setTrusted}
 )
 
 func (d *setDef) set() *nftables.Set {
@@ -187,8 +189,14 @@ func netElems(n Network) []elem {
 	}
 	if n.Routed[iptables.IPv4] || n.Routed[iptables.IPv6] {
 		out = append(out, elem{set: setRoutedOwn, key: concat(br, br), comment: c})
-		out = append(out, openElems(n, c)...)
 	}
+	for _, name := range n.Trusted {
+		if name == n.Bridge {
+			continue // the network's own traffic: icc decides
+		}
+		out = append(out, elem{set: setTrusted, key: concat(nft.IfName(name), br), comment: c})
+	}
+	out = append(out, openElems(n, br, c)...)
 	hairpin := false
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 		if !n.Masquerade[f] {
@@ -211,20 +219,22 @@ func netElems(n Network) []elem {
 	return out
 }
 
-// openElems are the elements of n's open ports, each once.
-func openElems(n Network, c string) []elem {
+// openElems are the elements of n's open ports (bridge br), each once:
+// those of a routed family, open from anywhere, and, when n has trusted
+// host interfaces, every other family's too, open from those.
+func openElems(n Network, br []byte, c string) []elem {
 	var out []elem
 	for _, o := range n.Open {
 		a, f := o.Addr.Unmap(), iptables.IPv4
 		if a.Is6() {
 			f = iptables.IPv6
 		}
-		if !n.Routed[f] {
+		if !n.Routed[f] && len(n.Trusted) == 0 {
 			continue
 		}
 		// Each field padded to 4 bytes, as the rule loads them; the port
 		// in network order.
-		e := elem{set: openSet(f), key: concat(a.AsSlice(), []byte{o.Proto, 0, 0, 0}, []byte{byte(o.Port >> 8), byte(o.Port), 0, 0}), comment: c}
+		e := elem{set: openSet(f), key: concat(br, a.AsSlice(), []byte{o.Proto, 0, 0, 0}, []byte{byte(o.Port >> 8), byte(o.Port), 0, 0}), comment: c}
 		if !slices.ContainsFunc(out, func(x elem) bool { return x.id() == e.id() }) {
 			out = append(out, e)
 		}

@@ -82,6 +82,12 @@ func one(e ...expr.Any) []expr.Any { return e }
 // (each field padded to 4 bytes); reg (16 bytes) starts where reg32 does.
 const reg32 = 8 // NFT_REG32_00
 
+// ifPair loads "<in>" . "<out>" (the devices' names) for the sets of
+// interface pairs.
+func ifPair() []expr.Any {
+	return one(&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4})
+}
+
 // lookup matches when the key in register r is in set d (invert: is not).
 func lookup(d *setDef, r uint32, invert bool) expr.Any {
 	return &expr.Lookup{SourceRegister: r, SetName: d.name, SetID: d.id, Invert: invert}
@@ -92,8 +98,10 @@ func lookup(d *setDef, r uint32, invert bool) expr.Any {
 // sent it: replies, published ports (connections ournet's DNAT sent
 // there), same-network traffic (icc), for a nat-unprotected network what
 // does not come from a container bridge (ournet's group, docker0, br-*),
-// and nothing else: no direct routing to container addresses, whatever
-// FORWARD's policy, and no traffic between networks. A packet that
+// for a routed one its ICMP and its published ports at the containers'
+// addresses, the same ports from the network's trusted host interfaces,
+// and nothing else: no other direct routing to container addresses,
+// whatever FORWARD's policy, and no traffic between networks. A packet that
 // leaves an internal network's bridge for anywhere but that bridge is
 // dropped first, before any of those ways into another network. A bridge
 // of ournet's without a network (it can only be drift) gets nothing
@@ -110,8 +118,7 @@ func forwardBaseRules() []nftRule {
 	oif := one(meta(expr.MetaKeyOIFNAME))
 	rs := []nftRule{
 		{"ournet base: replies", join(oif, one(lookup(setNets, reg, false)), ctAny(expr.CtKeySTATE, ctEstablished|ctRelated), one(accept))},
-		{"ournet base: icc", one(&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
-			lookup(setICC, reg32, false), accept)},
+		{"ournet base: icc", join(ifPair(), one(lookup(setICC, reg32, false), accept))},
 		// Before any way into another network (a port published there,
 		// DNATed at the internal network's own gateway address, or open
 		// on a routed network): nothing leaves an internal network but
@@ -128,6 +135,10 @@ func forwardBaseRules() []nftRule {
 	// there, or a reply to one that came from there (to a port published
 	// on a routed network).
 	notPublishedNorReply := join(ctNone(expr.CtKeySTATUS, ctStatusDNAT), ctNone(expr.CtKeySTATE, ctEstablished|ctRelated))
+	// Bridged inside the network, with br_netfilter, a packet comes in and
+	// leaves by the bridge, and icc alone judges it, as the bridge
+	// driver's "! -i <bridge>" does.
+	notFromOwnBridge := join(ifPair(), one(lookup(setRoutedOwn, reg32, true)))
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 		icmp := byte(unix.IPPROTO_ICMP)
 		if f == iptables.IPv6 {
@@ -139,7 +150,9 @@ func forwardBaseRules() []nftRule {
 			nftRule{"ournet base: " + famName(f) + " routed, ICMP not from container bridges", join(family(f), oif,
 				one(lookup(routedSet(f), reg, false), meta(expr.MetaKeyL4PROTO), eq([]byte{icmp})), notFromContainers, one(accept))},
 			nftRule{"ournet base: " + famName(f) + " routed, published ports, not from the network's own bridge", join(family(f), oif,
-				one(lookup(routedSet(f), reg, false)), openPort(f), one(accept))})
+				one(lookup(routedSet(f), reg, false)), notFromOwnBridge, openPort(f), one(accept))},
+			nftRule{"ournet base: " + famName(f) + " published ports, from a trusted host interface", join(family(f), ifPair(),
+				one(lookup(setTrusted, reg32, false)), openPort(f), one(accept))})
 	}
 	return append(rs,
 		nftRule{"ournet base: nothing else into a network", join(oif, one(lookup(setNets, reg, false), drop))},
@@ -155,24 +168,20 @@ func forwardBaseRules() []nftRule {
 	)
 }
 
-// openPort matches a packet for a port published on a routed network (of
-// family f, whose bridge the packet leaves by) that does not come from
-// that bridge: bridged inside the network, with br_netfilter, it comes in
-// and leaves by the bridge, and icc alone judges it, as the bridge
-// driver's "! -i <bridge>" does. From anywhere else (the outside, the
-// host, another network) the port is open at the container's address.
+// openPort matches a packet for a port open at a container's address:
+// the key, a field per 32-bit register, is the bridge the packet leaves
+// by, its destination address, protocol and port.
 func openPort(f iptables.Family) []expr.Any {
 	daddr, n := uint32(16), uint32(4) // IPv4 header: daddr
 	if f == iptables.IPv6 {
 		daddr, n = 24, 16
 	}
+	const addr = reg32 + unix.IFNAMSIZ/4
 	return one(
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
-		lookup(setRoutedOwn, reg32, true),
-		// The key, a field per 32-bit register: address, protocol, port.
-		&expr.Payload{DestRegister: reg32, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: n},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32 + n/4},
-		&expr.Payload{DestRegister: reg32 + n/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32},
+		&expr.Payload{DestRegister: addr, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: n},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: addr + n/4},
+		&expr.Payload{DestRegister: addr + n/4 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		lookup(openSet(f), reg32, false))
 }
 
@@ -203,8 +212,7 @@ func natBaseRules() []nftRule {
 				// kernels end the rule at the load itself). Not as
 				// iifname != "", which nft lists but cannot load again.
 				meta(expr.MetaKeyIIF), neq(native32(0)),
-				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32 + 4},
-				lookup(setHairpin, reg32, true), &expr.Masq{}))})
+			), ifPair(), one(lookup(setHairpin, reg32, true), &expr.Masq{}))})
 	}
 	return rs
 }

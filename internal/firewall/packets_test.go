@@ -226,6 +226,7 @@ func TestPacketsInNetns(t *testing.T) {
 		br3 := newBridge(t, "ournet-p3", p("198.18.96.1/24"), true)
 		br4 := newBridge(t, "ournet-p4", p("198.18.97.1/24"), true)
 		br5 := newBridge(t, "ournet-p5", p("198.18.98.1/24"), true)
+		br6 := newBridge(t, "ournet-p6", p("198.18.99.1/24"), true)
 		tcp := uint8(6)
 		for _, n := range []Network{
 			{ID: "p10000000000", Bridge: "ournet-p1", Subnets: []netip.Prefix{p("198.18.91.0/24")}, ICC: true, Masquerade: masq},
@@ -239,6 +240,10 @@ func TestPacketsInNetns(t *testing.T) {
 			// Internal; its containers given a default route anyway (a
 			// container with NET_ADMIN can add one).
 			{ID: "p50000000000", Bridge: "ournet-p5", Subnets: []netip.Prefix{p("198.18.98.0/24")}, ICC: true, Internal: true},
+			// nat, icc off, t1's port 80 published; the outside's uplink
+			// (up0) trusted, and the network's own bridge listed too.
+			{ID: "p60000000000", Bridge: "ournet-p6", Subnets: []netip.Prefix{p("198.18.99.0/24")}, Masquerade: masq,
+				Open: []Opening{{Proto: tcp, Addr: netip.MustParseAddr("198.18.99.10"), Port: 80}}, Trusted: []string{"ournet-p6", "up0"}},
 		} {
 			if err := fw.AddNetwork(n); err != nil {
 				t.Fatal(err)
@@ -256,11 +261,14 @@ func TestPacketsInNetns(t *testing.T) {
 		r4 := newBox(t, "r4", "vr4", br4, p("198.18.97.11/24"), p("198.18.97.1/24"))
 		i1 := newBox(t, "i1", "vi1", br5, p("198.18.98.10/24"), p("198.18.98.1/24"))
 		i2 := newBox(t, "i2", "vi2", br5, p("198.18.98.11/24"), p("198.18.98.1/24"))
+		t1 := newBox(t, "t1", "vt1", br6, p("198.18.99.10/24"), p("198.18.99.1/24"))
+		t2 := newBox(t, "t2", "vt2", br6, p("198.18.99.11/24"), p("198.18.99.1/24"))
 		out := newBox(t, "outside", "up0", nil, p("203.0.113.2/24"), p("203.0.113.1/24"))
-		for _, b := range []*box{c1, c2, e1, d1, k1, h1, r1, r2, r3, r4, i2, out} {
+		for _, b := range []*box{c1, c2, e1, d1, k1, h1, r1, r2, r3, r4, i2, t1, t2, out} {
 			b.serve(t, 80)
 		}
 		r1.serve(t, 81)
+		t1.serve(t, 81)
 		// Ports published, DNAT as portmap's rules make it, at c1's
 		// gateway: 8080 to d1 on the other bridge, 8082 to e1 on the other
 		// network.
@@ -303,6 +311,12 @@ func TestPacketsInNetns(t *testing.T) {
 			{"an internal network to a port published on another network, at its own gateway: dropped", i1, "198.18.98.1", 8082, ""},
 			{"an internal network to the uplink: dropped", i1, "203.0.113.2", 80, ""},
 			{"out of a routed network: not masqueraded", r1, "203.0.113.2", 80, "198.18.96.10"},
+			{"a trusted interface to a published port at the container's address: reached", out, "198.18.99.10", 80, "203.0.113.2"},
+			{"a trusted interface to a port not published: dropped", out, "198.18.99.10", 81, ""},
+			{"a trusted interface to another container's port: dropped", out, "198.18.99.11", 80, ""},
+			{"an interface not trusted to a published port at the container's address: dropped", h1, "198.18.99.10", 80, ""},
+			{"another network to a published port at the container's address: dropped", c1, "198.18.99.10", 80, ""},
+			{"icc off, its own bridge listed as trusted, to its published port: dropped", t2, "198.18.99.10", 80, ""},
 		} {
 			got, err := c.from.seenAs(t, c.to, c.port)
 			switch {

@@ -26,11 +26,18 @@ type Network struct {
 	// ports in Open from anywhere but the network's own bridge (where icc
 	// decides), as with the bridge driver.
 	Routed map[iptables.Family]bool
-	// Open are the ports the network's containers publish on a routed
-	// family: no host port, no DNAT, the container's own address and port
-	// open to direct routing. Those of a family that is not routed are
-	// ignored. In a fixed order (same compares them in order).
+	// Open are the ports the network's containers publish at their own
+	// addresses: on a routed family (no host port, no DNAT), open to
+	// direct routing from anywhere but the network's own bridge; on any
+	// family, open from the Trusted interfaces. Those of a family that is
+	// not routed, when there are no Trusted interfaces, are ignored. In a
+	// fixed order (same compares them in order).
 	Open []Opening
+	// Trusted are the host's interfaces (trusted_host_interfaces) from
+	// which the Open ports are reached directly at the containers'
+	// addresses, as from the bridge itself. Ignored on an internal
+	// network. In a fixed order.
+	Trusted []string
 }
 
 // Opening is one container port open to direct routing.
@@ -55,5 +62,5 @@ func (n Network) same(o Network) bool {
 	return n.ID == o.ID && n.Bridge == o.Bridge && slices.Equal(n.Subnets, o.Subnets) &&
 		n.ICC == o.ICC && n.Internal == o.Internal &&
 		maps.Equal(n.Masquerade, o.Masquerade) && maps.Equal(n.Unprotected, o.Unprotected) &&
-		maps.Equal(n.Routed, o.Routed) && slices.Equal(n.Open, o.Open)
+		maps.Equal(n.Routed, o.Routed) && slices.Equal(n.Open, o.Open) && slices.Equal(n.Trusted, o.Trusted)
 }
