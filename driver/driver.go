@@ -226,7 +226,8 @@ func (d *Driver) fwNetwork(n *Network) firewall.Network {
 		},
 	}
 	fn.Subnets = n.pools(nil)
-	fn.Open = d.openings(n.ID)
+	fn.Trusted = n.Options.TrustedIfaces
+	fn.Open = d.openings(n)
 	return fn
 }
 

@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,6 +25,7 @@ const (
 	optGwModeV4      = "com.docker.network.bridge.gateway_mode_ipv4"
 	optGwModeV6      = "com.docker.network.bridge.gateway_mode_ipv6"
 	optDefaultBridge = "com.docker.network.bridge.default_bridge"
+	optTrusted       = "com.docker.network.bridge.trusted_host_interfaces"
 	optMTU           = "com.docker.network.driver.mtu"
 	optIfacePrefix   = "com.docker.network.container_iface_prefix"
 	optAntiSpoofing  = "ournet.anti_spoofing"
@@ -75,6 +77,12 @@ type NetworkOptions struct {
 	// Cluster is the cluster network this network is this host's part of
 	// (ournet.cluster, cluster.go); "" for a network of this host alone.
 	Cluster string `json:",omitempty"`
+	// TrustedIfaces (trusted_host_interfaces, Docker 28+: names joined by
+	// ':') are the host's interfaces from which published ports are
+	// reached directly at the containers' addresses, as from the bridge.
+	// Sorted, each once. This host's own: not part of a cluster
+	// network's spec.
+	TrustedIfaces []string `json:",omitempty"`
 }
 
 // knownOptions lists every -o key ournet accepts in the namespaces it owns.
@@ -82,7 +90,7 @@ var knownOptions = map[string]bool{
 	optBridgeName: true, optICC: true, optMasquerade: true, optHostBindingV4: true,
 	optInhibitIPv4: true, optGwModeV4: true, optGwModeV6: true, optDefaultBridge: true,
 	optMTU: true, optIfacePrefix: true, optEnableIPv4: true, optEnableIPv6: true, optInternal: true,
-	optAntiSpoofing: true, optCluster: true,
+	optAntiSpoofing: true, optCluster: true, optTrusted: true,
 }
 
 // ParseOptions reads CreateNetwork's options. It refuses unknown keys in
@@ -154,6 +162,8 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 			if b, err = boolOf(v, k, false); err == nil && b {
 				err = fmt.Errorf("ournet: option %s=true is for Docker's own default bridge; ournet networks are user-defined, remove the option", k)
 			}
+		case optTrusted:
+			o.TrustedIfaces, err = ifaceList(k, s)
 		case optHostBindingV4:
 			a, perr := netip.ParseAddr(s)
 			if perr != nil || !a.Is4() {
@@ -197,6 +207,23 @@ func ParseOptions(networkID string, opts map[string]any) (NetworkOptions, error)
 		return o, fmt.Errorf("ournet: a network with IPv4 disabled needs IPv6: add --ipv6 (and an IPv6 --subnet, or let ournet's IPAM pick one)")
 	}
 	return o, nil
+}
+
+// ifaceList reads a list of interface names joined by ':', as the bridge
+// driver does (empty names are skipped); a name the kernel would refuse
+// is refused.
+func ifaceList(k, s string) ([]string, error) {
+	names := strings.FieldsFunc(s, func(r rune) bool { return r == ':' })
+	if len(names) == 0 {
+		return nil, nil
+	}
+	for _, n := range names {
+		if err := netdev.CheckName(n); err != nil {
+			return nil, fmt.Errorf("ournet: option %s=%q: %w; give interface names joined by ':', such as eth1:vxlan0", k, s, err)
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
 }
 
 func knownList() []string {

@@ -48,6 +48,11 @@ func TestParseOptions(t *testing.T) {
 		{generic(optBridgeName, "a-bridge-name-too-long"), nil, "at most 15"},
 		{generic(optHostBindingV4, "::1"), nil, "not an IPv4 address"},
 		{generic(optGwModeV4, "bogus"), nil, "use nat, nat-unprotected, routed or isolated"},
+		// Docker 28's trusted_host_interfaces: names joined by ':'.
+		{generic(optTrusted, "vxlan0::eth1:eth1"), func(o NetworkOptions) bool { return strings.Join(o.TrustedIfaces, ",") == "eth1,vxlan0" }, ""},
+		{generic(optTrusted, ""), func(o NetworkOptions) bool { return o.TrustedIfaces == nil }, ""},
+		{generic(optTrusted, "eth1:an-interface-too-long"), nil, "at most 15"},
+		{generic(optTrusted, "eth 1"), nil, "give interface names joined by ':'"},
 		{generic(optGwModeV4, "nat-unprotected"), func(o NetworkOptions) bool { return o.GwModeV4 == gwUnprotected }, ""},
 		{generic(optGwModeV6, "isolated"), nil, "gateway_mode_ipv6=isolated is only for internal networks; add --internal"},
 		{map[string]any{optInternal: true, optGeneric: map[string]any{optGwModeV4: "isolated"}},

@@ -103,7 +103,7 @@ func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) e
 		ep.Ports = nil
 		_ = d.st.Put(bucketEndpoints, ep.ID, ep)
 		_ = d.syncOpenings(n)
-		err = fmt.Errorf("ournet: opening the published ports at the container's address (gateway mode routed): %w", ferr)
+		err = fmt.Errorf("ournet: opening the published ports at the container's address: %w", ferr)
 	}
 	if err != nil {
 		return err
@@ -138,7 +138,7 @@ func (d *Driver) revokePorts(id string) error {
 		return fmt.Errorf("ournet: saving endpoint state: %w", serr)
 	}
 	if ferr != nil {
-		return fmt.Errorf("ournet: closing the published ports at the container's address (gateway mode routed): %w", ferr)
+		return fmt.Errorf("ournet: closing the published ports at the container's address: %w", ferr)
 	}
 	logEp(ep.NetworkID, ep.ID).Debug("ports unpublished")
 	return nil
@@ -165,29 +165,40 @@ func (d *Driver) unmapPorts(n *Network, ep *Endpoint) error {
 	return nil
 }
 
-// syncOpenings makes a routed network's openings in the firewall what its
-// endpoints' ports are now, after every change of those, whether the
+// syncOpenings makes a network's openings in the firewall (a routed
+// network's, one with trusted host interfaces) what its endpoints' ports
+// are now, after every change of those, whether the
 // change went through or not: an opening must never outlive its
 // endpoint's ports, whose address the next container may get. Cheap when
 // nothing changed (the firewall knows what it wrote). n may be nil (a
 // network gone: its elements went with it). Called with d.mu held.
 func (d *Driver) syncOpenings(n *Network) error {
-	if n == nil || (n.Options.GwModeV4 != gwRouted && n.Options.GwModeV6 != gwRouted) {
+	if n == nil || !n.opens() {
 		return nil
 	}
 	return d.fw.AddNetwork(d.fwNetwork(n))
 }
 
-// openings are the ports network nid's endpoints open at their addresses,
-// in a fixed order. Called with d.mu held.
-func (d *Driver) openings(nid string) []firewall.Opening {
+// opens says whether n's published ports are open at its containers'
+// addresses: on a routed family (from anywhere), or from trusted host
+// interfaces (trusted_host_interfaces).
+func (n *Network) opens() bool {
+	return n.Options.GwModeV4 == gwRouted || n.Options.GwModeV6 == gwRouted || len(n.Options.TrustedIfaces) > 0
+}
+
+// openings are the ports network n's endpoints open at their addresses,
+// in a fixed order: a routed family's (Direct), and with trusted host
+// interfaces every published port's container side. Called with d.mu
+// held.
+func (d *Driver) openings(n *Network) []firewall.Opening {
 	var out []firewall.Opening
+	trusted := len(n.Options.TrustedIfaces) > 0
 	for _, ep := range d.endpoints {
-		if ep.NetworkID != nid {
+		if ep.NetworkID != n.ID {
 			continue
 		}
 		for _, m := range ep.Ports {
-			if m.Direct() {
+			if m.Direct() || trusted {
 				out = append(out, firewall.Opening{Proto: uint8(m.Proto), Addr: m.ContainerIP, Port: m.ContainerPort})
 			}
 		}

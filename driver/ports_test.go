@@ -271,11 +271,52 @@ func TestRoutedPortsOpenInTheFirewall(t *testing.T) {
 
 	fw.fail = errors.New("netlink: no buffer space")
 	err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid2, Options: portmapOpt(tcp8080)})
-	if err == nil || !strings.Contains(err.Error(), "gateway mode routed") || !strings.Contains(err.Error(), "no buffer space") {
+	if err == nil || !strings.Contains(err.Error(), "at the container's address") || !strings.Contains(err.Error(), "no buffer space") {
 		t.Fatalf("a firewall that refuses: %v", err)
 	}
 	if len(p.mapped) != 0 || len(storedEndpoint(t, st, eid2).Ports) != 0 {
 		t.Fatalf("a failed start left ports: mapped %v, saved %+v", p.mapped, storedEndpoint(t, st, eid2).Ports)
+	}
+}
+
+// With trusted_host_interfaces a nat network's published ports are open
+// at the containers' addresses from those interfaces (the firewall's
+// Trusted): the container side of every mapping, until the revoke. A nat
+// network without them opens nothing.
+func TestTrustedInterfacesOpenPublishedPorts(t *testing.T) {
+	for _, trusted := range []string{"", "eth1::eth0:eth1"} {
+		d, _, fw, _ := newTestDriver(t)
+		p := newFakePorts()
+		d.setPorts(p)
+		if err := d.CreateNetwork(createReq(optTrusted, trusted)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+			Interface: &network.EndpointInterface{Address: "198.18.7.5/24"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.ProgramExternalConnectivity(&network.ProgramExternalConnectivityRequest{NetworkID: nid, EndpointID: eid, Options: portmapOpt(tcp8080, anyUDP)}); err != nil {
+			t.Fatal(err)
+		}
+		if ms := p.mapped[eid]; len(ms) != 2 || ms[0].Direct() {
+			t.Fatalf("%q: a nat network's ports were not DNATed: %v", trusted, ms)
+		}
+		var want []firewall.Opening
+		var wantIfs []string
+		if trusted != "" {
+			a := netip.MustParseAddr("198.18.7.5")
+			want = []firewall.Opening{{Proto: 6, Addr: a, Port: 80}, {Proto: 17, Addr: a, Port: 53}}
+			wantIfs = []string{"eth0", "eth1"}
+		}
+		if got := fw.nets[nid]; !slices.Equal(got.Open, want) || !slices.Equal(got.Trusted, wantIfs) {
+			t.Fatalf("%q: open %v from %v, want %v from %v", trusted, got.Open, got.Trusted, want, wantIfs)
+		}
+		if err := d.RevokeExternalConnectivity(&network.RevokeExternalConnectivityRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+			t.Fatal(err)
+		}
+		if got := fw.nets[nid].Open; len(got) != 0 {
+			t.Fatalf("%q: after the revoke, open %v", trusted, got)
+		}
 	}
 }
 
