@@ -31,6 +31,7 @@ func TestGatewayModeRoutedAndInhibit(t *testing.T) {
 		t.Errorf("routed: the uplink's ping of the container got no answer: %v %s", err, out)
 	}
 	routedPublish(t, u)
+	trustedPublish(t, u)
 
 	id := Net(t, eng, "gw-inhibit", "-d", "ournet", "--subnet", "198.18.61.0/24", "-o", "com.docker.network.bridge.inhibit_ipv4=true")
 	bridge := "ournet-" + id[:8]
@@ -80,6 +81,54 @@ func routedPublish(t *testing.T, u *Uplink) {
 	for _, url := range []string{"http://" + ip4, "http://[" + ip6 + "]"} {
 		if out, err := u.Exec("curl", "-sf", "-m", "3", url+":8080/"); err == nil {
 			t.Errorf("routed: after the publishing container's removal, the uplink reached %s:8080 of one that publishes nothing: %q", url, out)
+		}
+	}
+}
+
+// trusted_host_interfaces (Docker 28): from a listed interface a nat
+// network's published port answers at the container's own address too;
+// its unpublished port does not, nor does a network that does not list
+// the interface, and the opening goes with the container.
+func trustedPublish(t *testing.T, u *Uplink) {
+	Net(t, eng, "gw-trust", "-d", "ournet", "--ipv6", "--subnet", "198.18.63.0/24", "--subnet", "2001:db8:63::/64",
+		"-o", "com.docker.network.bridge.trusted_host_interfaces=lo:"+UplinkHostIf)
+	Net(t, eng, "gw-untrust", "-d", "ournet", "--subnet", "198.18.64.0/24")
+	for _, p := range []string{"198.18.63.0/24", "2001:db8:63::/64", "198.18.64.0/24"} {
+		u.RouteVia(t, p)
+	}
+	Container(t, eng, "gw-trust1", "--network", "gw-trust", "-p", "18162:8080")
+	Container(t, eng, "gw-untrust1", "--network", "gw-untrust", "-p", "18163:8080")
+	ip4, ip6 := eng.IP(t, "gw-trust1", "gw-trust"), eng.IP6(t, "gw-trust1", "gw-trust")
+	other := eng.IP(t, "gw-untrust1", "gw-untrust")
+	eng.Serve(t, "gw-trust1", 8080)
+	eng.Serve(t, "gw-trust1", 8081)
+	eng.Serve(t, "gw-untrust1", 8080)
+	for _, url := range []string{"http://" + ip4, "http://[" + ip6 + "]"} {
+		if out, err := u.Exec("curl", "-sf", "-m", "3", url+":8080/"); err != nil || !strings.Contains(out, "hello from gw-trust1") {
+			t.Errorf("trusted interface: the published port at %s:8080: %q %v", url, out, err)
+		}
+		if out, err := u.Exec("curl", "-sf", "-m", "3", url+":8081/"); err == nil {
+			t.Errorf("trusted interface: reached %s:8081, which is not published: %q", url, out)
+		}
+	}
+	if out, err := u.Exec("curl", "-sf", "-m", "3", "http://"+UplinkHostIP+":18162/"); err != nil || !strings.Contains(out, "hello from gw-trust1") {
+		t.Errorf("trusted interface: host port 18162 is not published as well: %q %v", out, err)
+	}
+	if out, err := eng.Sh("curl", "-sf", "-m", "3", "http://"+other+":8080/"); err != nil || !strings.Contains(out, "hello from gw-untrust1") {
+		t.Fatalf("the host cannot reach gw-untrust1, so the next check would prove nothing: %v %s", err, out)
+	}
+	if out, err := u.Exec("curl", "-sf", "-m", "3", "http://"+other+":8080/"); err == nil {
+		t.Errorf("a network that trusts no interface: the uplink reached its published port at %s:8080: %q", other, out)
+	}
+	eng.Run(t, "rm", "-f", "gw-trust1")
+	Container(t, eng, "gw-trust2", "--network", "gw-trust", "--ip", ip4, "--ip6", ip6)
+	eng.Serve(t, "gw-trust2", 8080)
+	if out, err := eng.Sh("curl", "-sf", "-m", "3", "http://"+ip4+":8080/"); err != nil || !strings.Contains(out, "hello from gw-trust2") {
+		t.Fatalf("the host cannot reach gw-trust2, so the next check would prove nothing: %v %s", err, out)
+	}
+	for _, url := range []string{"http://" + ip4, "http://[" + ip6 + "]"} {
+		if out, err := u.Exec("curl", "-sf", "-m", "3", url+":8080/"); err == nil {
+			t.Errorf("trusted interface: after the publishing container's removal, reached %s:8080 of one that publishes nothing: %q", url, out)
 		}
 	}
 }
