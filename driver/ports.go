@@ -62,8 +62,10 @@ func (ep *Endpoint) requestPorts(opts map[string]any) error {
 // programPorts publishes the endpoint's ports. Engines up to 28.x call
 // ProgramExternalConnectivity right after Join, 29+ when the endpoint
 // becomes the container's gateway; either way it may come again, and the
-// same request then keeps the same host ports. On error nothing of the
-// endpoint's ports remains, and the engine fails the container's start
+// same request then keeps the same host ports. On error the endpoint's
+// ports are what the mapper holds (nothing, but for a repeated request
+// whose rules could not be repaired: those stay until the endpoint goes),
+// its openings follow them, and the engine fails the container's start
 // with the message. Called with d.mu held.
 func (d *Driver) programPorts(req *network.ProgramExternalConnectivityRequest) error {
 	ep, ok := d.endpoints[req.EndpointID]

@@ -122,10 +122,12 @@ func (m *Mapper) ensureBase(f iptables.Family) (iptables.Tables, error) {
 }
 
 // Map publishes req for ep: it picks and reserves every host port, then
-// installs the rules. It is all or nothing: on error no port of ep stays
-// reserved and no rule of ep remains. Mapping an endpoint again with the
-// same request keeps its ports (and repairs its rules); with another
-// request, the old publication is replaced.
+// installs the rules. A new publication is all or nothing: on error no
+// port of ep stays reserved and no rule of ep remains. Mapping an
+// endpoint again with the same request keeps its ports and repairs its
+// rules; if that repair fails, the publication stays as it was (returned
+// with the error), for the endpoint's removal or the repair round. With
+// another request, the old publication is replaced.
 func (m *Mapper) Map(ep Endpoint, req []Binding) ([]Mapping, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
