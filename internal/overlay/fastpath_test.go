@@ -19,7 +19,7 @@ import (
 func TestFastPathSkipsTheBridge(t *testing.T) {
 	l := newLab(t)
 	a, b := l.overlay()
-	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+	if err := l.reach(l.ca, "10.50.0.20"); err != nil {
 		t.Fatalf("through the bridges: %v", err)
 	}
 	bridges := func(verdict string) { // what both bridges do with every frame they would forward
@@ -55,10 +55,10 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 		!strings.Contains(out, bucket) || !strings.Contains(out, "link 1:") || strings.Count(out, "mirred") != 1 {
 		t.Fatalf("u32 entries on %s after two runs, want 4 in the roots, the MAC table and one redirect (%s):\n%s", a.Veth, bucket, out)
 	}
-	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+	if err := l.reach(l.ca, "10.50.0.20"); err != nil {
 		t.Fatalf("over the fast path: %v", err)
 	}
-	if err := l.ping(l.cb, "10.50.0.10"); err != nil {
+	if err := l.reach(l.cb, "10.50.0.10"); err != nil {
 		t.Fatalf("over the fast path, back: %v", err)
 	}
 	// Another source address takes the bridge, where anti-spoofing would
@@ -94,7 +94,7 @@ func TestFastPathSkipsTheBridge(t *testing.T) {
 		}
 	}
 	bridges("accept")
-	if err := l.ping(l.cb, "10.50.0.10"); err != nil {
+	if err := l.reach(l.cb, "10.50.0.10"); err != nil {
 		t.Fatalf("through the bridges again: %v", err)
 	}
 }
@@ -212,7 +212,7 @@ func TestFastPathManyRemotes(t *testing.T) {
 		t.Fatal(err)
 	}
 	redirects(len(others) + 1)
-	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+	if err := l.reach(l.ca, "10.50.0.20"); err != nil {
 		t.Fatalf("to a remote sharing its bucket with %d others: %v", len(sameBucket), err)
 	}
 	if err := l.ma.SetFastPath("ov-4096", []Local{a}, others); err != nil { // b gone, the others stay
@@ -226,7 +226,7 @@ func TestFastPathManyRemotes(t *testing.T) {
 		t.Fatal(err)
 	}
 	redirects(1)
-	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+	if err := l.reach(l.ca, "10.50.0.20"); err != nil {
 		t.Fatalf("to the one remote left: %v", err)
 	}
 }

@@ -89,8 +89,24 @@ func (l *lab) manager(ns string) *Manager {
 	return New(nh)
 }
 
-func (l *lab) ping(from, to string) error {
-	out, err := exec.Command("ip", "netns", "exec", from, "busybox", "ping", "-c", "1", "-W", "2", to).CombinedOutput()
+// ping sends one ping, for a check that nothing gets through.
+func (l *lab) ping(from, to string) error { return l.ping1(from, to, "2") }
+
+// reach is a check that to answers: up to three pings, so that an ARP
+// resolution a failed ping left pending (its next probe up to a second
+// away) does not fail it.
+func (l *lab) reach(from, to string) (err error) {
+	for range 3 {
+		if err = l.ping1(from, to, "1"); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// ping1 sends one ping and waits wait seconds for its answer.
+func (l *lab) ping1(from, to, wait string) error {
+	out, err := exec.Command("ip", "netns", "exec", from, "busybox", "ping", "-c", "1", "-W", wait, to).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ping %s from %s: %v %s", to, from, err, out)
 	}
@@ -120,10 +136,10 @@ func TestVXLANCarriesOnlyWhatTheStoreSays(t *testing.T) {
 	if _, _, err := l.mb.SetPeers("ov-4096", []Peer{peerA}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.ping(l.ca, "10.50.0.20"); err != nil {
+	if err := l.reach(l.ca, "10.50.0.20"); err != nil {
 		t.Fatalf("across the overlay: %v", err)
 	}
-	if err := l.ping(l.cb, "10.50.0.10"); err != nil {
+	if err := l.reach(l.cb, "10.50.0.10"); err != nil {
 		t.Fatalf("across the overlay, back: %v", err)
 	}
 	// ARP for the remote container is answered on host A (proxy): the
