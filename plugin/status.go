@@ -115,6 +115,9 @@ func printStatus(w io.Writer, rep *statusReport) {
 		o := n.Options
 		fmt.Fprintf(w, "\nnetwork %.12s  bridge %s  subnets %s\n", n.ID, n.Bridge, strings.Join(n.Subnets, " "))
 		fmt.Fprintf(w, "  icc=%t masquerade=%t internal=%t ipv6=%t mtu=%d\n", o.ICC, o.Masquerade, o.Internal, o.EnableIPv6, o.MTU)
+		if len(o.TrustedIfaces) > 0 {
+			fmt.Fprintf(w, "  published ports also open at the containers' addresses from %s (trusted_host_interfaces)\n", strings.Join(o.TrustedIfaces, ", "))
+		}
 		for _, p := range n.Problems {
 			fmt.Fprintf(w, "  PROBLEM: %s\n", p)
 			problems++

@@ -22,3 +22,16 @@ func TestPortsTableShowsRoutedPorts(t *testing.T) {
 		}
 	}
 }
+
+// A network's trusted host interfaces are in its summary: they open its
+// published ports at the containers' addresses.
+func TestStatusShowsTrustedInterfaces(t *testing.T) {
+	var b bytes.Buffer
+	printStatus(&b, &statusReport{Networks: []driver.NetworkStatus{
+		{ID: "0123456789abcdef", Bridge: "ournet-01234567", Options: driver.NetworkOptions{TrustedIfaces: []string{"eth1", "vxlan0"}}},
+		{ID: "1123456789abcdef", Bridge: "ournet-11234567"},
+	}})
+	if got := strings.Count(b.String(), "trusted_host_interfaces"); got != 1 || !strings.Contains(b.String(), "from eth1, vxlan0 (") {
+		t.Errorf("want one line naming eth1, vxlan0:\n%s", b.String())
+	}
+}
